@@ -1,0 +1,5 @@
+import sys
+
+from ibprobe.cli import main
+
+sys.exit(main())

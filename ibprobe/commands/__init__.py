@@ -1,0 +1,1 @@
+"""One module per `ibprobe` subcommand; see ibprobe/cli.py."""
