@@ -12,10 +12,10 @@ _EXPORTS = {
     "PixelCNNPP": "decoders.pixelcnn",
     "save_decoder": "decoders.io",
     "load_decoder": "decoders.io",
-    "FitConfig": "decoders.fit",
-    "FitResult": "decoders.fit",
-    "fit": "decoders.fit",
-    "NonFiniteLossError": "decoders.fit",
+    "FitConfig": "decoders.fitting",
+    "FitResult": "decoders.fitting",
+    "fit": "decoders.fitting",
+    "NonFiniteLossError": "decoders.fitting",
 }
 
 __all__ = list(_EXPORTS)
