@@ -164,3 +164,23 @@ def parse_epochs(text: str | Iterable[int] | None) -> list[int] | None:
 def epoch_dirname(epoch: int) -> str:
     """The one name for a checkpoint epoch on disk: epoch_0003."""
     return f"epoch_{int(epoch):04d}"
+
+
+def apply_overrides(cfg, overrides: dict | None, what: str = "config"):
+    """dataclasses.replace(cfg, **overrides), with a ConfigError naming the valid fields for unknown keys.
+
+    List values are turned into tuples so frozen configs stay hashable and comparable.
+    """
+    import dataclasses
+
+    if not overrides:
+        return cfg
+    names = [f.name for f in dataclasses.fields(cfg)]
+    unknown = sorted(set(overrides) - set(names))
+    if unknown:
+        raise ConfigError(f"unknown {what} field(s) {', '.join(unknown)}; valid fields: {', '.join(names)}")
+    clean = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+    try:
+        return dataclasses.replace(cfg, **clean)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"invalid {what}: {e}") from None
