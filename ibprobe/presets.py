@@ -1,0 +1,87 @@
+"""Named end-to-end configurations for `ibprobe run`: what to train, which layers to tap, how big the decoders are.
+
+- digits-quick: the embedded default (sklearn digits, 8x8, 17 levels); minutes on a laptop CPU.
+- digits: fuller CPU study, both regimes (classify and autoencode), more checkpoints and layers.
+- cifar10-paper / cinic10-paper: Darlow & Storkey's scale for a GPU: PixelCNN++ 5x160x10 decoders on 32x32x3.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ibprobe.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One `ibprobe run` configuration. `train` holds TrainConfig fields; `decoder`/`fit` override the defaults."""
+
+    name: str
+    description: str
+    train: dict
+    layers: dict  # regime -> tuple of layer names
+    regimes: tuple = ("classify",)
+    decoder: dict = field(default_factory=dict)
+    fit: dict = field(default_factory=dict)
+    gallery_layers: tuple | None = None
+
+
+_DIGITS_NET = {"widths": (16, 32, 64), "blocks": (1, 1, 1)}
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in [
+        Preset(
+            name="digits-quick",
+            description="embedded sklearn digits, 3 layers x 4 checkpoints, tiny decoders; about 5 min on 2 CPU cores",
+            train=dict(dataset="digits", model="resnet", model_args=_DIGITS_NET, epochs=8,
+                       checkpoint_epochs=(0, 1, 3, 8), optimizer="adam", lr=3e-3, batch_size=64),
+            layers={"classify": ("layer1", "layer2", "pool")},
+            decoder=dict(nr_resnet=1, nr_filters=24, nr_mix=3, dropout=0.0),
+            fit=dict(epochs=12, batch_size=64, lr=4e-3, patience=3),
+        ),
+        Preset(
+            name="digits",
+            description="embedded digits, classify and autoencode, 5 layers x 6 checkpoints; about 30 min on CPU",
+            train=dict(dataset="digits", model="resnet", model_args=_DIGITS_NET, epochs=30,
+                       checkpoint_epochs=(0, 1, 3, 8, 15, 30), optimizer="adam", lr=3e-3, batch_size=64),
+            layers={
+                "classify": ("stem", "layer1", "layer2", "layer3", "pool"),
+                "autoencode": ("encoder.layer1", "encoder.layer2", "bottleneck", "decoder.layer1"),
+            },
+            regimes=("classify", "autoencode"),
+            decoder=dict(nr_resnet=2, nr_filters=32, nr_mix=5, dropout=0.1),
+            fit=dict(epochs=30, batch_size=64, lr=3e-3, patience=4),
+        ),
+        Preset(
+            name="cifar10-paper",
+            description="CIFAR-10 from --data-root at Darlow & Storkey's scale: PixelCNN++ 5x160x10; needs a GPU",
+            train=dict(dataset="cifar10", model="resnet",
+                       model_args={"widths": (64, 128, 256, 512), "blocks": (2, 2, 2, 2)}, epochs=200,
+                       checkpoint_epochs=(0, 1, 10, 100, 200), optimizer="sgd", lr=0.1, batch_size=128,
+                       augment=True),
+            layers={"classify": ("layer1", "layer2", "layer3", "layer4")},
+            decoder=dict(nr_resnet=5, nr_filters=160, nr_mix=10, dropout=0.5),
+            fit=dict(epochs=100, batch_size=64, lr=2e-4, patience=10),
+        ),
+        Preset(
+            name="cinic10-paper",
+            description="CINIC-10 (ImageFolder at --data-root) at Darlow & Storkey's scale; needs a GPU",
+            train=dict(dataset="cinic10", model="resnet",
+                       model_args={"widths": (64, 128, 256, 512), "blocks": (2, 2, 2, 2)}, epochs=200,
+                       checkpoint_epochs=(0, 1, 10, 100, 200), optimizer="sgd", lr=0.1, batch_size=128,
+                       augment=True),
+            layers={"classify": ("layer1", "layer2", "layer3", "layer4")},
+            decoder=dict(nr_resnet=5, nr_filters=160, nr_mix=10, dropout=0.5),
+            fit=dict(epochs=100, batch_size=64, lr=2e-4, patience=10),
+        ),
+    ]
+}
+
+DEFAULT_PRESET = "digits-quick"
+
+
+def get_preset(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}") from None
