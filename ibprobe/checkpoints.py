@@ -1,0 +1,272 @@
+"""Loading checkpoints from elsewhere: safely, in the common formats, with clear errors.
+
+Checkpoints from other people are untrusted. They are always read with `torch.load(weights_only=True)`, which
+only rebuilds tensors and primitive containers and never runs code from the file; a file that needs more
+(pickled classes, functions, NumPy arrays) is refused, not executed.
+
+Formats understood by `extract_state_dict`:
+  - ours: {"model": state_dict, "epoch": int, "config": {...}, ...} (see ibprobe.train);
+  - a raw state_dict (a mapping of names to tensors);
+  - {"model": sd, ...}, {"state_dict": sd, ...}, {"model_state_dict": sd, ...} (plain, Lightning, common scripts);
+  - keys prefixed by "module." (DataParallel/DDP), "model." (Lightning) or "_orig_mod." (torch.compile), also
+    nested ("module.model."); a prefix is stripped only when every key carries it.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import pickle
+import re
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ibprobe.errors import CheckpointError
+
+WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "network")
+STRIP_PREFIXES = ("module.", "model.", "_orig_mod.")
+_FIX_HINT = (
+    "re-save only the weights where the file was made, with torch.save(model.state_dict(), path), "
+    "and pass that file instead"
+)
+
+
+def load_checkpoint_file(path: str | os.PathLike) -> Any:
+    """Read a checkpoint with torch.load(weights_only=True), never anything less safe.
+
+    Raises:
+        CheckpointError: the file is missing, is not a readable torch file, or holds Python objects beyond
+            tensors and primitives (refused for safety; nothing in it is executed).
+    """
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"no such checkpoint: {p}")
+    if p.is_dir():
+        raise CheckpointError(f"checkpoint {p} is a folder, not a file; pass the .pt/.pth/.ckpt files in it")
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(_refusal(p, e)) from None
+    except RuntimeError as e:
+        if "weights_only" in str(e) or "Weights only" in str(e):
+            raise CheckpointError(_refusal(p, e)) from None
+        raise CheckpointError(f"checkpoint {p} is corrupt or not a torch file ({_first_line(e)})") from None
+    except MemoryError:
+        raise CheckpointError(f"checkpoint {p} is too large to load into memory") from None
+    except OSError as e:
+        raise CheckpointError(f"cannot read checkpoint {p}: {e.strerror or e}") from None
+    except Exception as e:  # noqa: BLE001 - any parse failure of a foreign file is the file's fault
+        what = f"{type(e).__name__}: {_first_line(e)}" if str(e) else type(e).__name__
+        raise CheckpointError(f"checkpoint {p} is corrupt, truncated or not a torch file ({what})") from None
+
+
+def _refusal(path: Path, err: BaseException) -> str:
+    m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+    found = f" (it asks for {m.group(1)})" if m else ""
+    return (
+        f"refused checkpoint {path}: it holds Python objects beyond tensors and primitives{found}, which could run "
+        f"arbitrary code, so it was not loaded and nothing in it was executed; to fix, {_FIX_HINT}"
+    )
+
+
+def _first_line(e: BaseException) -> str:
+    s = str(e).strip().splitlines()
+    return s[0][:200] if s else type(e).__name__
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return (
+        isinstance(obj, Mapping)
+        and len(obj) > 0
+        and all(isinstance(k, str) for k in obj)
+        and all(isinstance(v, torch.Tensor) for v in obj.values())
+    )
+
+
+def extract_state_dict(obj: Any) -> tuple[dict[str, torch.Tensor], dict]:
+    """Find the model weights in a loaded checkpoint.
+
+    Returns:
+        (state_dict, meta): meta has "format" (what was recognised), "epoch" if the file has an integer
+        "epoch" key, "config" if it has a dict "config" (our runs), and "stripped_prefix" ("" if none).
+    Raises:
+        CheckpointError: no state_dict could be found.
+    """
+    meta: dict[str, Any] = {"format": "state_dict", "stripped_prefix": ""}
+    if isinstance(obj, Mapping):
+        ep = obj.get("epoch")
+        if isinstance(ep, torch.Tensor) and ep.numel() == 1 and not ep.is_floating_point():
+            ep = int(ep.item())
+        if isinstance(ep, int) and not isinstance(ep, bool) and ep >= 0:
+            meta["epoch"] = ep
+        if isinstance(obj.get("config"), Mapping):
+            meta["config"] = dict(obj["config"])
+    sd = obj
+    for _ in range(3):  # e.g. {"state_dict": {"model": sd}}
+        if _is_state_dict(sd) or not isinstance(sd, Mapping):
+            break
+        key = next((k for k in WRAPPER_KEYS if isinstance(sd.get(k), Mapping)), None)
+        if key is None:
+            break
+        meta["format"] = key if meta["format"] == "state_dict" else f"{meta['format']}.{key}"
+        sd = sd[key]
+    if isinstance(sd, Mapping):
+        # tolerate a few non-tensor entries (e.g. extra state) but require tensors to be there
+        tensors = {k: v for k, v in sd.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+        if tensors and len(tensors) >= len(sd) - 2:
+            sd = tensors
+    if not _is_state_dict(sd):
+        keys = list(obj.keys())[:8] if isinstance(obj, Mapping) else []
+        shown = f"; its top-level keys are {keys}" if keys else f"; it holds a {type(obj).__name__}"
+        raise CheckpointError(
+            "found no model weights in the checkpoint (expected a state_dict, or a dict with one of "
+            f"{', '.join(repr(k) for k in WRAPPER_KEYS)}){shown}"
+        )
+    sd, prefix = _strip_common_prefixes(dict(sd))
+    meta["stripped_prefix"] = prefix
+    return sd, meta
+
+
+def _strip_common_prefixes(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], str]:
+    stripped = ""
+    while True:
+        p = next((p for p in STRIP_PREFIXES if all(k.startswith(p) for k in sd)), None)
+        if p is None:
+            return sd, stripped
+        sd = {k[len(p):]: v for k, v in sd.items()}
+        stripped += p
+
+
+def _match_submodule(sd: Mapping[str, torch.Tensor], want: set[str]) -> dict[str, torch.Tensor] | None:
+    """If the checkpoint keys under some dotted prefix (e.g. "backbone.", or a re-added "model.") are exactly the
+    model's keys, return that sub-dict; handles wrappers that hold the model next to other modules."""
+    prefixes = {""}
+    for k in sd:
+        parts = k.split(".")
+        prefixes.update(".".join(parts[:i]) + "." for i in range(1, len(parts)))
+    for p in sorted(prefixes, key=len):
+        sub = {k[len(p):]: v for k, v in sd.items() if k.startswith(p)}
+        if set(sub) == want:
+            return sub
+    return None
+
+
+def apply_state_dict(model: nn.Module, sd: Mapping[str, torch.Tensor], *, source: str = "the checkpoint") -> None:
+    """Strictly load `sd` into `model`; on any mismatch raise one CheckpointError that summarises it."""
+    want = model.state_dict()
+    if set(sd) != set(want):
+        sub = _match_submodule(sd, set(want))
+        if sub is not None:
+            sd = sub
+    missing = [k for k in want if k not in sd]
+    unexpected = [k for k in sd if k not in want]
+    shapes = [
+        f"{k} {tuple(sd[k].shape)} vs model {tuple(want[k].shape)}"
+        for k in want
+        if k in sd and tuple(sd[k].shape) != tuple(want[k].shape)
+    ]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing key(s) ({_few(missing)})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key(s) ({_few(unexpected)})")
+        if shapes:
+            parts.append(f"{len(shapes)} shape mismatch(es) ({_few(shapes)})")
+        raise CheckpointError(
+            f"{source} does not fit the model: {'; '.join(parts)}; the --model spec or --model-arg values "
+            "probably differ from those the checkpoint was trained with"
+        )
+    try:
+        model.load_state_dict(dict(sd), strict=True)
+    except RuntimeError as e:  # e.g. dtype that cannot be copied
+        raise CheckpointError(f"{source} does not fit the model: {_first_line(e)}") from None
+
+
+def _few(names: list[str], n: int = 3) -> str:
+    more = f", ... {len(names) - n} more" if len(names) > n else ""
+    return ", ".join(names[:n]) + more
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike) -> dict:
+    """Load the checkpoint at `path` into `model` (safely, strictly); return the checkpoint's meta."""
+    sd, meta = extract_state_dict(load_checkpoint_file(path))
+    want = set(model.state_dict())
+    prefix = meta["stripped_prefix"]
+    if prefix and set(sd) != want:  # the model itself may have a top module called "model"/"module"
+        parts = prefix.split(".")[:-1]
+        for i in range(len(parts)):
+            back = ".".join(parts[i:]) + "."
+            if {back + k for k in sd} == want:
+                sd = {back + k: v for k, v in sd.items()}
+                meta["stripped_prefix"] = prefix[: len(prefix) - len(back)]
+                break
+    apply_state_dict(model, sd, source=f"checkpoint {path}")
+    return meta
+
+
+_GLOB_CHARS = re.compile(r"[*?\[]")
+
+
+def resolve_checkpoints(globs: str | os.PathLike | list) -> list[tuple[int, Path]]:
+    """Expand checkpoint globs into [(epoch, path), ...] sorted by epoch.
+
+    The epoch of a file is its integer "epoch" key, else the last number in its file name; if no file has
+    either, the files are numbered 0, 1, ... in sorted-path order. Each file is loaded once (safely) to read it.
+
+    Raises:
+        CheckpointError: a pattern matches nothing, a file cannot be read, epochs are ambiguous or repeated.
+    """
+    if isinstance(globs, (str, os.PathLike)):
+        globs = [globs]
+    paths: list[Path] = []
+    seen: set[Path] = set()
+    for pattern in globs:
+        pat = os.path.expanduser(str(pattern))
+        if _GLOB_CHARS.search(pat):
+            hits = sorted(glob.glob(pat, recursive=True))
+            hits = [h for h in hits if os.path.isfile(h)]
+            if not hits:
+                raise CheckpointError(f"no checkpoint file matched {pattern!r}")
+        else:
+            if not os.path.exists(pat):
+                raise CheckpointError(f"no such checkpoint: {pat}")
+            hits = [pat]
+        for h in hits:
+            key = Path(h).resolve()
+            if key not in seen:
+                seen.add(key)
+                paths.append(Path(h))
+    paths.sort(key=lambda p: str(p))
+
+    found: list[tuple[Path, int | None, str]] = []
+    for p in paths:
+        _, meta = extract_state_dict(load_checkpoint_file(p))
+        if "epoch" in meta:
+            found.append((p, meta["epoch"], "its 'epoch' key"))
+        else:
+            nums = re.findall(r"\d+", p.stem)
+            found.append((p, int(nums[-1]) if nums else None, "its file name"))
+    unknown = [p for p, e, _ in found if e is None]
+    if unknown and len(unknown) == len(found):
+        found = [(p, i, "file order") for i, (p, _, _) in enumerate(found)]
+    elif unknown:
+        raise CheckpointError(
+            f"cannot tell the epoch of {unknown[0]}: it has no 'epoch' key and no number in its name, while other "
+            "checkpoints have one; rename it with its epoch, e.g. model_epoch12.pt"
+        )
+    by_epoch: dict[int, tuple[Path, str]] = {}
+    for p, e, how in found:
+        if e in by_epoch:
+            q, how_q = by_epoch[e]
+            raise CheckpointError(
+                f"checkpoints {q} and {p} both are epoch {e} (from {how_q} and {how}); pass one file per epoch"
+            )
+        by_epoch[e] = (p, how)
+    return sorted((e, p) for e, (p, _) in by_epoch.items())
