@@ -1,0 +1,253 @@
+"""fit(): learns structure, resumes bit-identically, is deterministic, stops early, rejects bad input."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+import pytest
+import torch
+
+from decoders.fitting import FitConfig, NonFiniteLossError, evaluate_nll_bits, fit
+
+L = 17
+SHAPE = (1, 4, 4)
+
+try:  # the real decoder once it exists; a tiny stand-in with the same surface until then
+    from decoders import DecoderConfig, PixelCNNPP  # noqa: F401
+    import decoders.pixelcnn  # noqa: F401
+    HAVE_REAL = True
+except Exception:  # pragma: no cover - only while decoders/pixelcnn.py is missing
+    HAVE_REAL = False
+
+
+@dataclass(frozen=True)
+class _Cfg:
+    image_shape: tuple = SHAPE
+    levels: int = L
+    code_shape: tuple | None = None
+    dropout: float = 0.5
+
+
+class StandIn(torch.nn.Module):
+    """Independent categorical per sub-pixel (+ a zero-initialised linear code term), with dropout."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        self.logits = torch.nn.Parameter(torch.zeros(*cfg.image_shape, cfg.levels))
+        d = 0 if cfg.code_shape is None else int(np.prod(cfg.code_shape))
+        self.proj = torch.nn.Linear(max(d, 1), int(np.prod(cfg.image_shape)) * cfg.levels)
+        torch.nn.init.zeros_(self.proj.weight)
+        torch.nn.init.zeros_(self.proj.bias)
+        self.drop = torch.nn.Dropout(cfg.dropout)
+        self.register_buffer("code_mean", torch.zeros(max(d, 1)))
+        self.register_buffer("code_std", torch.ones(max(d, 1)))
+
+    def set_code_stats(self, codes):
+        c = torch.as_tensor(codes).float().flatten(1)
+        self.code_mean.copy_(c.mean(0))
+        self.code_std.copy_(c.std(0).clamp_min(1e-6))
+
+    def log_prob(self, x, code=None):
+        logits = self.drop(self.logits).expand(x.shape[0], *self.logits.shape)  # (B, C, H, W, L)
+        if code is not None:
+            c = (code.flatten(1) - self.code_mean) / self.code_std
+            logits = logits + self.proj(c).view_as(logits)
+        lp = torch.log_softmax(logits, -1)
+        return lp.gather(-1, x.long().unsqueeze(-1)).squeeze(-1)  # (B, C, H, W)
+
+    def nll_bits(self, x, code=None):
+        return -self.log_prob(x, code).flatten(1).sum(1) / math.log(2)
+
+
+def make_model(code_shape=None, seed=0):
+    torch.manual_seed(seed)
+    if HAVE_REAL:
+        cfg = DecoderConfig(image_shape=SHAPE, levels=L, nr_resnet=1, nr_filters=12, nr_mix=2, dropout=0.1,
+                            code_shape=code_shape)
+        return PixelCNNPP(cfg)
+    return StandIn(_Cfg(code_shape=code_shape))
+
+
+def templates_data(n=240, seed=0, noise=0.15):
+    """A few templates plus sparse +-1 noise: far less than log2(L) bits/dim of entropy."""
+    temps = np.random.default_rng(1234).integers(2, L - 2, size=(4, *SHAPE))  # the same templates for every seed
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, 4, size=n)
+    flip = rng.random((n, *SHAPE)) < noise
+    sign = rng.choice([-1, 1], size=(n, *SHAPE))
+    x = np.clip(temps[ids] + flip * sign, 0, L - 1).astype(np.uint8)
+    return x, ids
+
+
+FAST = FitConfig(epochs=3, batch_size=32, lr=5e-3, lr_decay=0.95, patience=0, device="cpu", progress=False)
+
+
+@pytest.mark.skipif(not HAVE_REAL, reason="needs decoders.pixelcnn (the stand-in cannot model the structure)")
+def test_fit_learns_structure_far_below_uniform():
+    x, _ = templates_data(n=320)
+    xt, _ = templates_data(n=64, seed=1)
+    model = make_model()
+    uniform = evaluate_nll_bits(model, xt, device="cpu").mean() / 16  # untrained model: about log2(L)
+    res = fit(model, x, cfg=replace(FAST, epochs=25, lr=1e-2), eval_images=xt)
+    bpd = res.eval_nll_bits.mean() / 16
+    assert res.eval_nll_bits.shape == (64,) and res.eval_nll_bits.dtype == np.float64
+    assert bpd < 0.5 * math.log2(L), (bpd, uniform)
+    assert bpd < uniform - 1.0
+    assert [r["epoch"] for r in res.curve] == list(range(1, res.epochs_run + 1))
+    assert set(res.curve[0]) == {"epoch", "train_bits_per_dim", "val_bits_per_dim", "lr", "seconds"}
+    assert res.curve[1]["lr"] == pytest.approx(res.curve[0]["lr"] * 0.95)
+    assert res.curve[-1]["val_bits_per_dim"] < res.curve[0]["val_bits_per_dim"]
+    assert res.n_train + res.n_val == 320 and res.n_val == 32
+
+
+def test_killed_and_resumed_fit_is_bit_identical(tmp_path):
+    x, _ = templates_data(n=96)
+    xt, _ = templates_data(n=16, seed=1)
+    cfg = replace(FAST, epochs=4)
+    ref = fit(make_model(), x, cfg=cfg, eval_images=xt)
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_2(epoch):
+        if epoch == 2:
+            raise Killed
+
+    with pytest.raises(Killed):
+        fit(make_model(), x, cfg=cfg, eval_images=xt, workdir=tmp_path, _after_epoch=kill_after_2)
+    assert (tmp_path / "fit_state.pt").exists()
+    torch.manual_seed(12345)  # a different process would start from a different global RNG state
+    res = fit(make_model(seed=99), x, cfg=cfg, eval_images=xt, workdir=tmp_path)
+    assert res.resumed_from_epoch == 2
+    np.testing.assert_array_equal(res.eval_nll_bits, ref.eval_nll_bits)
+    for a, b in zip(res.curve, ref.curve):
+        assert a["train_bits_per_dim"] == b["train_bits_per_dim"]
+        assert a["val_bits_per_dim"] == b["val_bits_per_dim"]
+    # a finished workdir: a rerun trains nothing and returns the same numbers
+    again = fit(make_model(seed=7), x, cfg=cfg, eval_images=xt, workdir=tmp_path)
+    assert again.resumed_from_epoch == 4
+    np.testing.assert_array_equal(again.eval_nll_bits, ref.eval_nll_bits)
+
+
+def test_workdir_with_other_config_is_refused(tmp_path):
+    x, _ = templates_data(n=64)
+    fit(make_model(), x, cfg=replace(FAST, epochs=1), workdir=tmp_path)
+    with pytest.raises(ValueError, match="different configuration.*lr"):
+        fit(make_model(), x, cfg=replace(FAST, epochs=1, lr=1e-3), workdir=tmp_path)
+    with pytest.raises(ValueError, match="different configuration.*images"):
+        fit(make_model(), templates_data(n=64, seed=5)[0], cfg=replace(FAST, epochs=1), workdir=tmp_path)
+    (tmp_path / "fit_state.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="cannot be read"):
+        fit(make_model(), x, cfg=replace(FAST, epochs=1), workdir=tmp_path)
+
+
+def test_same_seed_same_numbers_other_seed_differs():
+    x, _ = templates_data(n=64)
+    xt, _ = templates_data(n=8, seed=1)
+    cfg = replace(FAST, epochs=2)
+    a = fit(make_model(), x, cfg=cfg, eval_images=xt)
+    b = fit(make_model(), x, cfg=cfg, eval_images=xt)
+    c = fit(make_model(), x, cfg=replace(cfg, seed=1), eval_images=xt)
+    np.testing.assert_array_equal(a.eval_nll_bits, b.eval_nll_bits)
+    assert [r["train_bits_per_dim"] for r in a.curve] == [r["train_bits_per_dim"] for r in b.curve]
+    assert not np.array_equal(a.eval_nll_bits, c.eval_nll_bits)
+
+
+def test_early_stopping_restores_best_weights():
+    x, _ = templates_data(n=64)
+    # a learning rate this large makes validation NLL get worse after the first epochs
+    cfg = replace(FAST, epochs=30, lr=0.5, lr_decay=1.0, patience=2, grad_clip=None)
+    model = make_model()
+    res = fit(model, x, cfg=cfg, eval_images=x)
+    vals = [r["val_bits_per_dim"] for r in res.curve]
+    assert res.stopped_early and res.epochs_run < 30
+    assert res.epochs_run == res.best_epoch + 2
+    assert res.best_val_bits_per_dim == min(vals) == vals[res.best_epoch - 1]
+    assert all(v >= res.best_val_bits_per_dim for v in vals[res.best_epoch:])
+    # the model holds the best weights: re-evaluating the val split reproduces the best val figure
+    perm = torch.randperm(64, generator=torch.Generator().manual_seed(cfg.seed)).numpy()
+    val_idx = np.sort(perm[:res.n_val])
+    again = evaluate_nll_bits(model, x[val_idx]).mean() / 16
+    assert again == pytest.approx(res.best_val_bits_per_dim, rel=1e-6)
+
+
+def test_nan_loss_raises(monkeypatch):
+    x, _ = templates_data(n=64)
+    model = make_model()
+    calls = {"n": 0}
+    real = model.nll_bits
+
+    def nan_after_3(xb, code=None):
+        calls["n"] += 1
+        out = real(xb, code)
+        return out * float("nan") if calls["n"] > 3 else out
+
+    monkeypatch.setattr(model, "nll_bits", nan_after_3)
+    with pytest.raises(NonFiniteLossError, match=r"epoch 2 step 1"):
+        fit(model, x, cfg=replace(FAST, epochs=3), desc="nan-test")
+    assert issubclass(NonFiniteLossError, FloatingPointError)
+
+
+def test_nan_loss_leaves_last_good_state(tmp_path, monkeypatch):
+    x, _ = templates_data(n=64)
+    model = make_model()
+    real, calls = model.nll_bits, {"n": 0}
+
+    def nan_in_epoch_2(xb, code=None):
+        calls["n"] += 1
+        out = real(xb, code)
+        return out * float("nan") if calls["n"] > 3 else out  # 2 steps per epoch + 1 val batch
+
+    monkeypatch.setattr(model, "nll_bits", nan_in_epoch_2)
+    with pytest.raises(NonFiniteLossError):
+        fit(model, x, cfg=replace(FAST, epochs=3), workdir=tmp_path)
+    st = torch.load(tmp_path / "fit_state.pt", weights_only=True)
+    assert st["epoch"] == 1 and all(torch.isfinite(v).all() for v in st["model"].values() if v.is_floating_point())
+
+
+def test_conditional_fit_sets_code_stats_and_uses_codes():
+    x, ids = templates_data(n=128)
+    codes = (np.eye(4)[ids] * 3.0 + 5.0).astype(np.float16)  # one-hot template id, shifted and scaled
+    model = make_model(code_shape=(4,))
+    res = fit(model, x, codes, cfg=replace(FAST, epochs=4, lr=1e-2), eval_images=x[:32], eval_codes=codes[:32])
+    assert res.eval_nll_bits.shape == (32,)
+    assert torch.allclose(model.code_mean.float().flatten()[:4].cpu(),
+                          torch.tensor(codes[:, :4].astype(np.float32)).mean(0), atol=0.3)
+    wrong = evaluate_nll_bits(model, x[:32], codes[np.roll(np.arange(32), 1)])
+    assert wrong.mean() != res.eval_nll_bits.mean()
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(images=np.zeros((8, 1, 4, 5), np.uint8)), "shape"),
+    (dict(images=np.zeros((8, 1, 4, 4), np.float32)), "integers"),
+    (dict(images=np.full((8, 1, 4, 4), L, np.uint8)), "outside"),
+    (dict(images=np.zeros((1, 1, 4, 4), np.uint8)), "too few"),
+    (dict(codes=np.zeros((8, 4), np.float32)), "unconditional"),
+    (dict(eval_codes=np.zeros((8, 4), np.float32)), "without eval_images"),
+])
+def test_input_validation_unconditional(kwargs, match):
+    args = dict(images=np.zeros((8, 1, 4, 4), np.uint8))
+    args.update(kwargs)
+    images = args.pop("images")
+    with pytest.raises(ValueError, match=match):
+        fit(make_model(), images, cfg=FAST, **args)
+
+
+@pytest.mark.parametrize("codes, match", [
+    (None, "conditional"),
+    (np.zeros((7, 4), np.float32), "7 rows"),
+    (np.zeros((8, 3), np.float32), "shape"),
+    (np.array([[np.nan, 0, 0, 0]] * 8, np.float32), "NaN"),
+])
+def test_input_validation_codes(codes, match):
+    with pytest.raises(ValueError, match=match):
+        fit(make_model(code_shape=(4,)), np.zeros((8, 1, 4, 4), np.uint8), codes, cfg=FAST)
+
+
+def test_fitconfig_rejects_nonsense():
+    with pytest.raises(ValueError):
+        FitConfig(val_fraction=1.0)
+    with pytest.raises(ValueError):
+        FitConfig(epochs=0)
