@@ -1,0 +1,305 @@
+"""Sample galleries: what an image looks like when only a layer's activation h(x) is known.
+
+The paper's figure 1 (Darlow & Storkey, "What Information Does a ResNet Compress?"): for a few held-out images,
+the original followed by samples from the fitted conditional decoder q(x | h(x)), one row per (layer, checkpoint),
+plus the unconditional q(x) as a reference row. Samples that still look like the original mean the layer kept
+that information; samples that vary freely show what it discarded.
+
+`sample_gallery` computes (networks, decoders), `gallery_figure` draws (no I/O), `make_gallery` saves.
+"""
+from __future__ import annotations
+
+import io
+import os
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ibprobe.errors import DataError, UserError
+from ibprobe.utils import atomic_write_bytes, read_json, sanitize_name
+
+UNCONDITIONAL_DIR = "_unconditional"
+
+
+@dataclass
+class GalleryRow:
+    """Samples of one decoder for every chosen image. `layer is None` is the unconditional q(x)."""
+
+    layer: str | None
+    epoch: int | None
+    samples: np.ndarray  # uint8 [N, K, C, H, W]
+
+    @property
+    def label(self) -> str:
+        return "q(x), unconditional" if self.layer is None else f"{self.layer} @ epoch {self.epoch}"
+
+
+@dataclass
+class GalleryData:
+    """Chosen held-out images and decoder samples for them; pixel values are integers in [0, levels-1]."""
+
+    images: np.ndarray  # uint8 [N, C, H, W]
+    image_index: np.ndarray  # int64 [N], index into the data set
+    levels: int
+    rows: list[GalleryRow] = field(default_factory=list)
+    labels: np.ndarray | None = None  # int64 [N]
+    classes: list[str] | None = None
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.rows[0].samples.shape[1]) if self.rows else 0
+
+
+# ----------------------------------------------------------------------------------------------- discovery
+def find_decoders(run_dir: str | os.PathLike) -> dict[tuple[str | None, int | None], Path]:
+    """{(layer, epoch): decoder.pt} of every finished decoder job in `run_dir/decoders/` ((None, None) = q(x)).
+
+    The layer name is read from the job's row.json (folder names are sanitised), else matched against
+    analysis/mi.csv, else taken from the folder name. Jobs that failed are left out.
+    """
+    base = Path(run_dir) / "decoders"
+    found: dict[tuple[str | None, int | None], Path] = {}
+    if not base.is_dir():
+        return found
+    if (base / UNCONDITIONAL_DIR / "decoder.pt").is_file():
+        found[(None, None)] = base / UNCONDITIONAL_DIR / "decoder.pt"
+    names = _layer_names_from_csv(Path(run_dir))
+    for layer_dir in sorted(p for p in base.iterdir() if p.is_dir() and p.name != UNCONDITIONAL_DIR):
+        for job in sorted(layer_dir.glob("epoch_*")):
+            dec = job / "decoder.pt"
+            if not dec.is_file() or (job / "failed.json").exists():
+                continue
+            try:
+                epoch = int(job.name.split("_", 1)[1])
+            except ValueError:
+                continue
+            layer = None
+            if (job / "row.json").is_file():
+                try:
+                    layer = read_json(job / "row.json").get("layer")
+                except (OSError, ValueError, AttributeError):
+                    layer = None
+            found[(layer or names.get(layer_dir.name, layer_dir.name), epoch)] = dec
+    return found
+
+
+def _layer_names_from_csv(run_dir: Path) -> dict[str, str]:
+    p = run_dir / "analysis" / "mi.csv"
+    if not p.is_file():
+        return {}
+    from ibprobe.plots import read_mi_csv
+
+    try:
+        return {sanitize_name(r["layer"]): r["layer"] for r in read_mi_csv(p) if r.get("layer")}
+    except (UserError, ValueError, OSError):
+        return {}
+
+
+def _layer_order(run_dir: Path, layers: list[str]) -> list[str]:
+    """Layers in the order of analysis/mi.csv (the network's order), unknown ones after, by name."""
+    order = list(dict.fromkeys(_layer_names_from_csv(run_dir).values()))
+    return sorted(layers, key=lambda l: (order.index(l) if l in order else len(order), l))
+
+
+def _select(found: dict, layers: list[str] | None, epochs: list[int] | None) -> list[tuple[str, int]]:
+    have_layers = sorted({l for l, _ in found if l is not None})
+    have_epochs = sorted({e for l, e in found if l is not None})
+    if layers is not None:
+        by_sanitised = {sanitize_name(l): l for l in have_layers}
+        unknown = [l for l in layers if l not in have_layers and l not in by_sanitised]
+        if unknown:
+            raise UserError(f"no fitted decoder for layer(s) {', '.join(unknown)}; layers with decoders: "
+                            f"{', '.join(have_layers) or 'none'}")
+        layers = [l if l in have_layers else by_sanitised[l] for l in layers]
+    if epochs is not None:
+        unknown_e = [e for e in epochs if e not in have_epochs]
+        if unknown_e:
+            raise UserError(f"no fitted decoder at epoch(s) {', '.join(map(str, unknown_e))}; epochs with decoders: "
+                            f"{', '.join(map(str, have_epochs)) or 'none'}")
+    pairs = [(l, e) for l, e in found if l is not None and (layers is None or l in layers)
+             and (epochs is None or e in epochs)]
+    if not pairs and (layers is not None or epochs is not None):
+        raise UserError(f"no fitted decoder for that combination of layers and epochs; have "
+                        f"{', '.join(f'{l}@{e}' for l, e in sorted(k for k in found if k[0] is not None))}")
+    return pairs
+
+
+def _row_seed(seed: int, layer: str | None, epoch: int | None) -> int:
+    """A seed per row that does not depend on which other rows are drawn."""
+    return (int(seed) * 1_000_003 + zlib.crc32(f"{layer}@{epoch}".encode())) % (2**63)
+
+
+# ----------------------------------------------------------------------------------------------- sampling
+def sample_gallery(run_dir: str | os.PathLike, *, n_images: int = 4, n_samples: int = 4,
+                   layers: list[str] | None = None, epochs: list[int] | None = None, seed: int = 0,
+                   device: str = "auto", unconditional: bool = True, progress: bool = True) -> GalleryData:
+    """Draw `n_samples` samples from q(x | h(x)) for `n_images` held-out images, per (layer, epoch) decoder.
+
+    Images are chosen from the test split by `seed`; codes h(x) come from the network at that checkpoint
+    (the decoder standardises raw codes itself). Unknown layers or epochs raise a UserError naming what exists.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"run folder {run_dir} does not exist; run `ibprobe run --out {run_dir}` first")
+    if n_images < 1 or n_samples < 1:
+        raise UserError(f"--images and --samples must be at least 1 (got {n_images}, {n_samples})")
+    found = find_decoders(run_dir)
+    if not any(k[0] is not None for k in found):
+        raise UserError(f"{run_dir / 'decoders'} holds no fitted conditional decoder; run `ibprobe run` "
+                        f"or `ibprobe analyze` first")
+    pairs = _select(found, layers, epochs)
+    order = layers if layers is not None else _layer_order(run_dir, sorted({l for l, _ in pairs}))
+    order = [l for l in order if any(p[0] == l for p in pairs)] or sorted({l for l, _ in pairs})
+    pairs = sorted(pairs, key=lambda p: (order.index(p[0]) if p[0] in order else len(order), p[1]))
+
+    import torch
+
+    from decoders import load_decoder
+    from ibprobe.pipeline import open_source
+    from ibprobe.taps import capture
+    from ibprobe.utils import resolve_device
+
+    source, dataset = open_source(run_dir)
+    test_idx = np.asarray(dataset.test_idx)
+    if n_images > len(test_idx):
+        raise UserError(f"--images {n_images} is more than the {len(test_idx)} held-out images")
+    pick = np.sort(np.random.default_rng(seed).choice(len(test_idx), size=n_images, replace=False))
+    index = test_idx[pick].astype(np.int64)
+    images = np.asarray(dataset.images[index])  # (N, C, H, W) uint8
+    dev = resolve_device(device)
+    checkpoints = {int(e): p for e, p in source.checkpoints}
+    missing = sorted({e for _, e in pairs if e not in checkpoints})
+    if missing:
+        raise DataError(f"decoders exist for epoch(s) {missing} but the run has no such checkpoint "
+                        f"(checkpoints: {sorted(checkpoints)})")
+
+    rows: list[GalleryRow] = []
+    todo: list[tuple[str | None, int | None]] = ([(None, None)] if unconditional and (None, None) in found else [])
+    todo += pairs
+    bar = _progress(todo, progress)
+    codes: dict[tuple[str, int], np.ndarray] = {}
+    for epoch in sorted({e for _, e in pairs}):
+        model = source.load_model(checkpoints[epoch], device=str(dev))
+        want = [l for l, e in pairs if e == epoch]
+        got = capture(model, images, want, levels=dataset.levels, normalize=source.normalize,
+                      batch_size=max(1, n_images), device=str(dev))
+        codes.update({(l, epoch): got[l] for l in want})
+        del model
+    with torch.no_grad():
+        for layer, epoch in bar:
+            decoder = load_decoder(found[(layer, epoch)], map_location="cpu").to(dev).eval()
+            g = torch.Generator(device=dev)
+            g.manual_seed(_row_seed(seed, layer, epoch))
+            if layer is None:
+                x = decoder.sample(n=n_images * n_samples, generator=g)
+            else:
+                c = torch.as_tensor(codes[(layer, epoch)], dtype=torch.float32, device=dev)  # (N, ...)
+                c = c.repeat_interleave(n_samples, dim=0)  # (N*K, ...)
+                x = decoder.sample(code=c, n=n_images * n_samples, generator=g)
+            x = x.detach().to("cpu", torch.uint8).numpy()  # (N*K, C, H, W)
+            rows.append(GalleryRow(layer, epoch, x.reshape(n_images, n_samples, *x.shape[1:])))
+    return GalleryData(images=images, image_index=index, levels=int(dataset.levels), rows=rows,
+                       labels=np.asarray(dataset.labels[index], dtype=np.int64), classes=list(dataset.classes))
+
+
+def _progress(items, enabled: bool):
+    if not enabled:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc="gallery: sampling", unit="decoder", leave=False)
+
+
+# ----------------------------------------------------------------------------------------------- drawing
+def _to_display(img: np.ndarray, levels: int) -> tuple[np.ndarray, str | None]:
+    """(C, H, W) integers in [0, L-1] -> float image in [0, 1] for imshow, and the colormap (gray for C=1)."""
+    x = np.clip(img.astype(np.float32) / max(levels - 1, 1), 0.0, 1.0)
+    if x.shape[0] == 1:
+        return x[0], "gray"
+    if x.shape[0] == 3:
+        return np.transpose(x, (1, 2, 0)), None
+    return x.mean(axis=0), "gray"
+
+
+def gallery_figure(data: GalleryData, *, title: str | None = None):
+    """Figure: rows are (layer, epoch) decoders; per image, the original, then K samples from q(x | h(x))."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if not data.rows:
+        raise DataError("the gallery has no rows to draw")
+    n, k, r = len(data.images), data.n_samples, len(data.rows)
+    gap = 0.35  # spacer between image groups, in cells
+    cell = min(0.62, 15.0 / (n * (k + 1) + (n - 1) * gap))  # inches per image
+    label_w = 1.9
+    top_h = 0.55 + (0.3 if title else 0.0)
+    width = label_w + cell * (n * (k + 1) + (n - 1) * gap) + 0.15
+    height = top_h + cell * r * 1.08 + 0.15
+    fig = Figure(figsize=(width, height), dpi=150)
+    FigureCanvasAgg(fig)
+    ratios = []
+    for i in range(n):
+        ratios += [1.0] * (k + 1) + ([gap] if i < n - 1 else [])
+    gs = fig.add_gridspec(r, len(ratios), width_ratios=ratios, left=label_w / width, right=1 - 0.15 / width,
+                          top=1 - top_h / height, bottom=0.15 / height, wspace=0.06, hspace=0.08)
+    for ri, row in enumerate(data.rows):
+        for i in range(n):
+            c0 = i * (k + 2)
+            for j in range(k + 1):
+                ax = fig.add_subplot(gs[ri, c0 + j])
+                img = data.images[i] if j == 0 else row.samples[i, j - 1]
+                shown, cmap = _to_display(img, data.levels)
+                ax.imshow(shown, cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
+                ax.set_xticks([])
+                ax.set_yticks([])
+                ax.set_gid("original" if j == 0 else "sample")
+                for s in ax.spines.values():
+                    s.set_edgecolor("tab:red" if j == 0 else "0.6")
+                    s.set_linewidth(1.2 if j == 0 else 0.5)
+                if ri == 0:
+                    ax.set_title("original" if j == 0 else f"sample {j}", fontsize=7, pad=2)
+                if i == 0 and j == 0:
+                    ax.set_ylabel(row.label, rotation=0, ha="right", va="center", fontsize=8, labelpad=6)
+    for i in range(n):
+        first, last = gs[0, i * (k + 2)].get_position(fig), gs[0, i * (k + 2) + k].get_position(fig)
+        name = f"test image {int(data.image_index[i])}"
+        if data.labels is not None and data.classes:
+            name += f" ({data.classes[int(data.labels[i])]})"
+        fig.text((first.x0 + last.x1) / 2, first.y1 + 0.2 / height, name, ha="center", va="bottom", fontsize=8,
+                 gid="image_title")
+    if title:
+        fig.suptitle(title, fontsize=10, y=1 - 0.08 / height, va="top")
+    return fig
+
+
+def make_gallery(run_dir: str | os.PathLike, *, n_images: int = 4, n_samples: int = 4,
+                 layers: list[str] | None = None, epochs: list[int] | None = None, seed: int = 0,
+                 device: str = "auto", progress: bool = True) -> Path:
+    """Sample and draw the gallery into run_dir/figures/: gallery.png (returned), gallery.pdf, and gallery.npz
+    (the drawn pixels, to redraw without sampling)."""
+    data = sample_gallery(run_dir, n_images=n_images, n_samples=n_samples, layers=layers, epochs=epochs,
+                          seed=seed, device=device, progress=progress)
+    fig = gallery_figure(data, title="samples from q(x | h(x)) for held-out images")
+    out_dir = Path(run_dir) / "figures"
+    written = []
+    for ext in ("png", "pdf"):
+        buf = io.BytesIO()
+        fig.savefig(buf, format=ext, metadata={"CreationDate": None} if ext == "pdf" else None)
+        written.append(atomic_write_bytes(out_dir / f"gallery.{ext}", buf.getvalue()))
+    atomic_write_bytes(out_dir / "gallery.npz", _npz(data))
+    return written[0]
+
+
+def _npz(data: GalleryData) -> bytes:
+    """The drawn pixels, so the figure can be redrawn without sampling: images, index, per-row samples."""
+    buf = io.BytesIO()
+    np.savez_compressed(
+        buf, images=data.images, image_index=data.image_index, levels=np.int64(data.levels),
+        row_labels=np.array([row.label for row in data.rows]),
+        row_layers=np.array(["" if row.layer is None else row.layer for row in data.rows]),
+        row_epochs=np.array([-1 if row.epoch is None else row.epoch for row in data.rows], dtype=np.int64),
+        samples=np.stack([row.samples for row in data.rows]),  # (R, N, K, C, H, W) uint8
+    )
+    return buf.getvalue()

@@ -1,0 +1,83 @@
+"""Gallery: layout from synthetic samples, decoder discovery and selection errors, and end to end on a tiny run."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ibprobe.cli import main
+from ibprobe.errors import UserError
+from ibprobe.gallery import GalleryData, GalleryRow, _to_display, find_decoders, gallery_figure, sample_gallery
+from ibprobe.utils import atomic_write_json, epoch_dirname, sanitize_name
+
+
+def _data(n=3, k=2, rows=(("layer1", 0), ("layer1", 5), ("layer2.0.relu", 5)), c=1, levels=17):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, levels, (n, c, 8, 8)).astype(np.uint8)
+    grows = [GalleryRow(None, None, rng.integers(0, levels, (n, k, c, 8, 8)).astype(np.uint8))]
+    grows += [GalleryRow(l, e, rng.integers(0, levels, (n, k, c, 8, 8)).astype(np.uint8)) for l, e in rows]
+    return GalleryData(images, np.array([7, 11, 42][:n]), levels, grows, np.array([1, 2, 3][:n]),
+                       [f"class{i}" for i in range(5)])
+
+
+def test_gallery_figure_layout_and_titles():
+    data = _data()
+    fig = gallery_figure(data)
+    n, k, r = 3, 2, 4
+    assert len(fig.axes) == r * n * (k + 1)
+    assert sum(ax.get_gid() == "original" for ax in fig.axes) == r * n
+    labels = [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel()]
+    assert labels == ["q(x), unconditional", "layer1 @ epoch 0", "layer1 @ epoch 5", "layer2.0.relu @ epoch 5"]
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles == (["original"] + [f"sample {j}" for j in range(1, k + 1)]) * n
+    image_titles = [t.get_text() for t in fig.texts if t.get_gid() == "image_title"]
+    assert image_titles == ["test image 7 (class1)", "test image 11 (class2)", "test image 42 (class3)"]
+    # the third image's second sample of the last row is drawn from that row's pixels, scaled by L-1
+    ax = fig.axes[(r - 1) * n * (k + 1) + 2 * (k + 1) + 2]
+    np.testing.assert_allclose(ax.get_images()[0].get_array(), data.rows[-1].samples[2, 1, 0] / 16.0, rtol=1e-6)
+
+
+def test_display_maps_levels_to_unit_range_gray_and_rgb():
+    g, cmap = _to_display(np.array([[[0, 8], [16, 4]]], dtype=np.uint8), 17)
+    assert cmap == "gray" and g.shape == (2, 2) and g.max() == 1.0 and g[0, 1] == 0.5
+    rgb, cmap = _to_display(np.full((3, 4, 5), 255, dtype=np.uint8), 256)
+    assert cmap is None and rgb.shape == (4, 5, 3) and np.all(rgb == 1.0)
+    fig = gallery_figure(_data(n=1, k=1, rows=(("a", 0),), c=3, levels=256))
+    assert fig.axes[0].get_images()[0].get_array().shape == (8, 8, 3)
+
+
+def _fake_run(tmp_path):
+    run = tmp_path / "run"
+    (run / "decoders" / "_unconditional").mkdir(parents=True)
+    (run / "decoders" / "_unconditional" / "decoder.pt").write_bytes(b"x")
+    for layer in ("layer1", "layer2/odd name"):
+        for e in (0, 3):
+            job = run / "decoders" / sanitize_name(layer) / epoch_dirname(e)
+            job.mkdir(parents=True)
+            (job / "decoder.pt").write_bytes(b"x")
+            atomic_write_json(job / "row.json", {"layer": layer, "epoch": e, "status": "ok"})
+    failed = run / "decoders" / "layer1" / epoch_dirname(9)
+    failed.mkdir()
+    (failed / "decoder.pt").write_bytes(b"x")
+    atomic_write_json(failed / "failed.json", {"layer": "layer1", "status": "failed"})
+    return run
+
+
+def test_find_decoders_reads_real_layer_names_and_skips_failed(tmp_path):
+    found = find_decoders(_fake_run(tmp_path))
+    assert sorted(k for k in found if k[0] is not None) == [("layer1", 0), ("layer1", 3), ("layer2/odd name", 0),
+                                                             ("layer2/odd name", 3)]
+    assert (None, None) in found
+
+
+@pytest.mark.parametrize("kw, needle", [(dict(layers=["nope"]), "layers with decoders: layer1, layer2/odd name"),
+                                         (dict(epochs=[1]), "epochs with decoders: 0, 3"),
+                                         (dict(n_images=0), "at least 1")])
+def test_unknown_layer_or_epoch_is_a_user_error(tmp_path, kw, needle):
+    with pytest.raises(UserError, match=needle):
+        sample_gallery(_fake_run(tmp_path), progress=False, **kw)
+
+
+def test_cli_gallery_errors(tmp_path, capsys):
+    assert main(["gallery", str(tmp_path / "missing")]) == 2
+    assert main(["gallery", str(_fake_run(tmp_path)), "--layers", "nope", "--quiet"]) == 2
+    assert "layers with decoders" in capsys.readouterr().err
