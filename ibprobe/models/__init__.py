@@ -1,0 +1,7 @@
+"""Networks to analyse: our ResNet classifier and autoencoder, plus external specs, behind one registry."""
+from ibprobe.models.autoencoder import ResNetAEConfig, ResNetAutoencoder
+from ibprobe.models.registry import MODEL_NAMES, build_model, model_arg_names
+from ibprobe.models.resnet import BasicBlock, ResNet, ResNetConfig
+
+__all__ = ["build_model", "MODEL_NAMES", "model_arg_names", "ResNet", "ResNetConfig", "ResNetAutoencoder",
+           "ResNetAEConfig", "BasicBlock"]

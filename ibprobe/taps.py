@@ -1,0 +1,248 @@
+"""Layer taps: read any layer of a network, batch by batch or streamed into an on-disk activation store.
+
+A layer is named by its module path (`layer2`, `layer3.0.relu1`, `pool`). Capture runs the model in eval
+mode under no_grad with forward hooks that store copies (`.detach().clone()`), never views, so an in-place
+op later in the forward pass cannot corrupt them. Hooks are removed in a `finally`. A layer that fires zero
+times or more than once in one forward pass is a LayerError (a reused module would silently mix outputs).
+
+Activation store layout (float16 .npy, one file per (checkpoint epoch, layer, split)):
+    root/epoch_XXXX/<sanitize_name(layer)>/<split>.npy
+    root/epoch_XXXX/manifest.json   {layer: {"dir", "splits": {split: {"shape", "dtype", "n", "checkpoint"}}}}
+Files are written streaming (peak memory does not grow with N) under a temp name and renamed when complete.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import closing, contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ibprobe.errors import LayerError
+from ibprobe.utils import atomic_write_json, epoch_dirname, read_json, resolve_device, sanitize_name
+
+FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+
+def tappable_layers(model: nn.Module) -> list[str]:
+    """Module paths worth tapping, in forward order. Our models list their own; others: every named module."""
+    if hasattr(model, "tap_names"):
+        return list(model.tap_names())
+    return [name for name, _ in model.named_modules() if name]
+
+
+def _resolve(model: nn.Module, layers: Sequence[str]) -> dict[str, nn.Module]:
+    if isinstance(layers, str):
+        layers = [layers]
+    if not layers:
+        raise LayerError("no layers given; choose from: " + ", ".join(tappable_layers(model)))
+    modules = dict(model.named_modules())
+    unknown = [l for l in layers if l not in modules or l == ""]
+    if unknown:
+        raise LayerError(f"unknown layer(s) {', '.join(map(repr, unknown))}; available: "
+                         + ", ".join(tappable_layers(model)))
+    if len(set(layers)) != len(layers):
+        raise LayerError(f"layers listed twice: {list(layers)}")
+    return {l: modules[l] for l in layers}
+
+
+@contextmanager
+def _hooked(model: nn.Module, layers: Sequence[str]):
+    """Register copy-storing hooks; yields a dict layer -> list of outputs of the current forward pass."""
+    mods = _resolve(model, layers)
+    fired: dict[str, list[torch.Tensor]] = {l: [] for l in layers}
+    handles = []
+
+    def make(name: str):
+        def hook(_m, _inp, out):
+            if not isinstance(out, torch.Tensor):
+                raise LayerError(f"layer {name!r} returns {type(out).__name__}, not a tensor; tap one of its submodules")
+            fired[name].append(out.detach().clone())
+        return hook
+
+    try:
+        for name, m in mods.items():
+            handles.append(m.register_forward_hook(make(name)))
+        yield fired
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _take(fired: dict[str, list[torch.Tensor]]) -> dict[str, np.ndarray]:
+    out = {}
+    for name, outs in fired.items():
+        if len(outs) != 1:
+            raise LayerError(f"layer {name!r} fired {len(outs)} times in one forward pass (must be exactly once); "
+                             f"it is {'never used' if not outs else 'reused'} in forward(), so its activations "
+                             f"are ambiguous; tap another layer")
+        a = outs[0].float().cpu().numpy()  # (B, ...)
+        if not np.isfinite(a).all():
+            raise LayerError(f"layer {name!r} produced non-finite activations (NaN/inf); the network has diverged")
+        out[name] = a
+        outs.clear()
+    return out
+
+
+def iter_capture(model: nn.Module, images: np.ndarray | torch.Tensor, layers: Sequence[str], *, levels: int,
+                 normalize: Any = None, batch_size: int = 256, device: str | torch.device = "cpu",
+                 ) -> Iterator[dict[str, np.ndarray]]:
+    """Yield {layer: float32 [B, ...]} per batch of `images` (uint8 [N, C, H, W]), computed on the fly.
+
+    The model is moved to `device` and put in eval mode; its training flag is restored afterwards.
+    """
+    from ibprobe.data import to_model_input
+
+    dev = resolve_device(device)
+    model.to(dev)
+    was = model.training
+    model.eval()
+    n = len(images)
+    try:
+        with _hooked(model, list(layers)) as fired, torch.no_grad():
+            for i in range(0, n, int(batch_size)):
+                x = to_model_input(images[i:i + batch_size], levels, normalize).to(dev)  # (B, C, H, W)
+                for v in fired.values():
+                    v.clear()
+                model(x)
+                yield _take(fired)
+    finally:
+        model.train(was)
+
+
+def capture(model: nn.Module, images: np.ndarray | torch.Tensor, layers: Sequence[str], *, levels: int,
+            normalize: Any = None, batch_size: int = 256, device: str | torch.device = "cpu") -> dict[str, np.ndarray]:
+    """{layer: float32 [N, ...]} for all of `images`, in memory (use capture_to_store for large N)."""
+    parts: dict[str, list[np.ndarray]] = {l: [] for l in layers}
+    with closing(iter_capture(model, images, layers, levels=levels, normalize=normalize, batch_size=batch_size,
+                              device=device)) as batches:
+        for batch in batches:
+            for l, a in batch.items():
+                parts[l].append(a)
+    return {l: np.concatenate(p) if p else np.zeros((0,), np.float32) for l, p in parts.items()}
+
+
+class ActivationStore:
+    """float16 activations per (epoch, layer, split) under `root`; see the module docstring."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+
+    def epoch_dir(self, epoch: int) -> Path:
+        return self.root / epoch_dirname(epoch)
+
+    def path(self, epoch: int, layer: str, split: str) -> Path:
+        return self.epoch_dir(epoch) / sanitize_name(layer) / f"{sanitize_name(split)}.npy"
+
+    def manifest(self, epoch: int) -> dict:
+        p = self.epoch_dir(epoch) / "manifest.json"
+        return read_json(p) if p.is_file() else {}
+
+    def has(self, epoch: int, layer: str, split: str) -> bool:
+        entry = self.manifest(epoch).get(layer, {}).get("splits", {}).get(split)
+        return entry is not None and self.path(epoch, layer, split).is_file()
+
+    def read(self, epoch: int, layer: str, split: str) -> np.memmap:
+        """Read-only float16 memmap [N, ...]; LayerError if it was never captured."""
+        p = self.path(epoch, layer, split)
+        if not self.has(epoch, layer, split):
+            stored = sorted(self.manifest(epoch))
+            raise LayerError(f"no stored activations for layer {layer!r}, split {split!r} at {epoch_dirname(epoch)} "
+                             f"({p}); stored layers there: {', '.join(stored) or 'none'}; run `ibprobe capture`")
+        return np.load(p, mmap_mode="r")
+
+    def epochs(self) -> list[int]:
+        return sorted(int(p.name.split("_")[1]) for p in self.root.glob("epoch_*") if p.is_dir())
+
+    def _record(self, epoch: int, layer: str, split: str, info: dict) -> None:
+        m = self.manifest(epoch)
+        entry = m.setdefault(layer, {"dir": sanitize_name(layer), "splits": {}})
+        entry["splits"][split] = info
+        atomic_write_json(self.epoch_dir(epoch) / "manifest.json", m)
+
+
+class _StreamWriter:
+    """Streams rows into a float16 .npy at a temp path with plain file writes (no growing resident mapping)."""
+
+    def __init__(self, final: Path, n: int, row_shape: tuple[int, ...]):
+        self.final = final
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+        os.close(fd)
+        self.tmp = Path(tmp)
+        os.chmod(self.tmp, 0o644)  # mkstemp makes 0600; the store is meant to be shared read-only
+        mm = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=np.float16, shape=(n, *row_shape))
+        self.offset = mm.offset
+        del mm  # header and (sparse) file size written; rows go through a plain file handle
+        self.row_bytes = int(np.prod(row_shape, dtype=np.int64)) * 2
+        self.f = open(self.tmp, "r+b")
+        self.f.seek(self.offset)
+        self.rows = 0
+        self.n = n
+        self.shape = [n, *row_shape]
+
+    def write(self, a: np.ndarray) -> None:
+        self.f.write(np.ascontiguousarray(a, dtype=np.float16).tobytes())
+        self.rows += len(a)
+
+    def commit(self) -> None:
+        self.f.flush()
+        os.fsync(self.f.fileno())
+        self.f.close()
+        if self.rows != self.n:
+            raise RuntimeError(f"wrote {self.rows} rows, expected {self.n}")
+        os.replace(self.tmp, self.final)
+
+    def abort(self) -> None:
+        if not self.f.closed:
+            self.f.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+def capture_to_store(model: nn.Module, images: np.ndarray | torch.Tensor, layers: Sequence[str],
+                     store: ActivationStore, *, epoch: int, split: str, levels: int, normalize: Any = None,
+                     batch_size: int = 256, device: str | torch.device = "cpu", checkpoint: str | None = None,
+                     overwrite: bool = False) -> dict[str, Path]:
+    """Stream the activations of `layers` on `images` into `store` as float16; returns {layer: path}.
+
+    Layers already stored are skipped unless `overwrite`. Values beyond float16 range (|a| > 65504) or
+    non-finite ones are a LayerError, and nothing partial is left behind.
+    """
+    layers = list(layers)
+    todo = [l for l in layers if overwrite or not store.has(epoch, l, split)]
+    paths = {l: store.path(epoch, l, split) for l in layers}
+    if not todo:
+        return paths
+    n = len(images)
+    writers: dict[str, _StreamWriter] = {}
+    batches = iter_capture(model, images, todo, levels=levels, normalize=normalize, batch_size=batch_size,
+                           device=device)
+    try:
+        for batch in batches:
+            for l, a in batch.items():
+                if np.abs(a).max(initial=0.0) > FLOAT16_MAX:
+                    raise LayerError(f"layer {l!r} has activations up to {np.abs(a).max():.3g}, beyond float16 range "
+                                     f"({FLOAT16_MAX:.0f}); it cannot be stored as float16")
+                if l not in writers:
+                    writers[l] = _StreamWriter(paths[l], n, tuple(a.shape[1:]))
+                writers[l].write(a)
+        for l in todo:
+            if l not in writers:  # n == 0
+                raise LayerError(f"no images to capture for split {split!r}")
+            w = writers.pop(l)
+            w.commit()
+            store._record(epoch, l, split, {"shape": w.shape, "dtype": "float16", "n": n,
+                                            "checkpoint": None if checkpoint is None else str(checkpoint),
+                                            "file": str(paths[l].relative_to(store.epoch_dir(epoch)))})
+    finally:
+        batches.close()  # removes the hooks now, even while an exception propagates
+        for w in writers.values():
+            w.abort()
+    return paths
+
+
+__all__ = ["tappable_layers", "capture", "iter_capture", "ActivationStore", "capture_to_store"]

@@ -1,0 +1,409 @@
+"""Train a classifier or autoencoder and keep its history on disk.
+
+Run folder:
+    out_dir/config.json              everything to rebuild the run (TrainConfig + dataset spec + shapes)
+    out_dir/checkpoints/epoch_XXXX.pt at the scheduled epochs (epoch 0 = the initialisation)
+    out_dir/checkpoints/last.pt      rolling resume point, written every epoch
+    out_dir/metrics.jsonl            one line per epoch: train/test loss (+ accuracy for classify), seconds
+
+Checkpoints hold {model, optimizer, epoch, step, config, rng, metrics}: tensors and primitives only, so
+`torch.load(weights_only=True)` reads them. Data order and augmentation draw from explicit torch.Generators
+whose states are checkpointed, so on CPU a killed-and-resumed run ends with the same weights as an
+uninterrupted one, and the same seed gives the same weights.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ibprobe.errors import CheckpointError, ConfigError
+from ibprobe.utils import atomic_torch_save, atomic_write_json, atomic_write_text, epoch_dirname, read_json, \
+    resolve_device, seed_everything
+
+REGIMES = ("classify", "autoencode")
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("cosine", "step", "none")
+AUGMENTS = ("none", "crop", "crop_flip")
+RUN_FORMAT = "ibprobe-run/1"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run. Losses are per example in nats (cross-entropy) or per pixel (MSE on [0, 1] pixels)."""
+
+    dataset: str = "digits"
+    data_root: str | None = None
+    download: bool = False
+    images_path: str | None = None  # dataset "npy"
+    labels_path: str | None = None
+    levels: int | None = None
+    test_fraction: float = 0.2
+    model: str = "resnet"
+    model_args: dict = field(default_factory=dict)
+    regime: str = "classify"
+    epochs: int = 8
+    checkpoint_epochs: tuple[int, ...] | None = None  # None -> default_checkpoint_epochs(epochs)
+    seed: int = 0
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    batch_size: int = 64
+    augment: str = "none"  # none | crop (random crop, padding H//8) | crop_flip (+ horizontal flips)
+    normalize: tuple | None = None  # ((mean per channel), (std per channel)) on the [0, 1] scale
+    max_train: int | None = None  # use a seeded subset of this many training images (quick runs)
+
+    def __post_init__(self):
+        if self.regime not in REGIMES:
+            raise ConfigError(f"regime must be one of {', '.join(REGIMES)}, got {self.regime!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.augment not in AUGMENTS:
+            raise ConfigError(f"augment must be one of {', '.join(AUGMENTS)}, got {self.augment!r}")
+        if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
+            raise ConfigError("epochs must be >= 0, batch_size >= 1 and lr > 0")
+        if self.checkpoint_epochs is not None:
+            eps = tuple(sorted(set(int(e) for e in self.checkpoint_epochs)))
+            bad = [e for e in eps if e < 0 or e > self.epochs]
+            if bad:
+                raise ConfigError(f"checkpoint epochs {bad} are outside 0..{self.epochs}")
+            object.__setattr__(self, "checkpoint_epochs", eps)
+        if self.normalize is not None:
+            object.__setattr__(self, "normalize", tuple(tuple(float(v) for v in np.atleast_1d(p))
+                                                        for p in self.normalize))
+        object.__setattr__(self, "model_args", {k: _tupled(v) for k, v in dict(self.model_args).items()})
+
+    def schedule_epochs(self) -> tuple[int, ...]:
+        return self.checkpoint_epochs if self.checkpoint_epochs is not None else default_checkpoint_epochs(self.epochs)
+
+    def dataset_spec(self) -> dict:
+        """Keyword arguments of ibprobe.data.load_dataset for this run's data (download never re-triggered)."""
+        return {"name": self.dataset, "data_root": self.data_root, "seed": self.seed,
+                "test_fraction": self.test_fraction, "images_path": self.images_path,
+                "labels_path": self.labels_path, "levels": self.levels}
+
+
+def _tupled(v: Any) -> Any:
+    return tuple(_tupled(x) for x in v) if isinstance(v, (list, tuple)) else v
+
+
+def default_checkpoint_epochs(epochs: int) -> tuple[int, ...]:
+    """0, 1, 2, 4, 8, ... and the last epoch."""
+    out = {0, int(epochs)}
+    e = 1
+    while e < epochs:
+        out.add(e)
+        e *= 2
+    return tuple(sorted(out))
+
+
+def config_from_dict(d: dict) -> TrainConfig:
+    """TrainConfig from a config.json / checkpoint config (extra keys ignored)."""
+    names = {f.name for f in fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in d.items() if k in names})
+
+
+# ------------------------------------------------------------------------------------------------ public
+
+
+def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """[(epoch, path)] of run_dir/checkpoints/epoch_*.pt, sorted by epoch (last.pt excluded)."""
+    out = []
+    for p in (Path(run_dir) / "checkpoints").glob("epoch_*.pt"):
+        try:
+            out.append((int(p.stem.split("_", 1)[1]), p))
+        except ValueError:
+            continue
+    return sorted(out)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """torch.load(weights_only=True) with a CheckpointError for missing, corrupt or foreign files."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # unpickling errors come in many types
+        raise CheckpointError(f"cannot load checkpoint {path} safely (weights_only=True): "
+                              f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    if not isinstance(ckpt, dict) or not {"model", "config"} <= set(ckpt):
+        raise CheckpointError(f"{path} is not an ibprobe training checkpoint (needs 'model' and 'config' entries)")
+    return ckpt
+
+
+def build_run_model(config: dict) -> nn.Module:
+    """An untrained model of the architecture a run config describes."""
+    from ibprobe.models import build_model
+
+    try:
+        return build_model(config["model"], in_shape=tuple(config["in_shape"]), num_classes=int(config["num_classes"]),
+                           **dict(config.get("model_args") or {}))
+    except KeyError as e:
+        raise CheckpointError(f"run config lacks {e.args[0]!r}; it cannot rebuild the model") from None
+
+
+def load_run_model(checkpoint_path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """(model in eval mode on `device`, checkpoint dict) from one of our epoch_XXXX.pt / last.pt files."""
+    ckpt = load_checkpoint(checkpoint_path)
+    model = build_run_model(ckpt["config"])
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{checkpoint_path} does not fit the model its config describes: "
+                              f"{str(e).splitlines()[0]}") from None
+    return model.to(resolve_device(device)).eval(), ckpt
+
+
+def load_run_config(run_dir: str | os.PathLike) -> dict:
+    """run_dir/config.json, or a CheckpointError saying it is not a run folder."""
+    p = Path(run_dir) / "config.json"
+    if not p.is_file():
+        raise CheckpointError(f"{run_dir} is not a training run folder (no config.json); create one with `ibprobe train --out {run_dir}`")
+    return read_json(p)
+
+
+def load_run_dataset(run_dir: str | os.PathLike):
+    """The Dataset a run was trained on, reloaded from its config.json."""
+    from ibprobe.data import load_dataset
+
+    return load_dataset(**load_run_config(run_dir)["dataset_spec"])
+
+
+# ------------------------------------------------------------------------------------------------ training
+
+
+def _run_config(cfg: TrainConfig, ds) -> dict:
+    d = asdict(cfg)
+    d.update(format=RUN_FORMAT, dataset_spec=cfg.dataset_spec(), levels=int(ds.levels),
+             in_shape=list(ds.image_shape), num_classes=int(ds.num_classes), classes=list(ds.classes),
+             checkpoint_epochs=list(cfg.schedule_epochs()))
+    return json.loads(json.dumps(d, default=list))  # plain lists/dicts/primitives only
+
+
+def _comparable(d: dict) -> dict:
+    return json.loads(json.dumps({f.name: d.get(f.name) for f in fields(TrainConfig) if f.name != "download"},
+                                 default=list))
+
+
+def _lr_at(cfg: TrainConfig, step: int, total: int) -> float:
+    if cfg.schedule == "cosine":
+        return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
+    if cfg.schedule == "step":
+        frac = step / max(total, 1)
+        return cfg.lr * (0.1 if frac >= 0.5 else 1.0) * (0.1 if frac >= 0.75 else 1.0)
+    return cfg.lr
+
+
+def _augment(x: torch.Tensor, mode: str, g: torch.Generator) -> torch.Tensor:
+    """Random crop with zero padding H//8 (and flips); x (B, C, H, W) float on CPU. Draws only from g."""
+    b, _, h, w = x.shape
+    pad = max(1, h // 8)
+    xp = F.pad(x, (pad, pad, pad, pad))  # (B, C, H+2p, W+2p)
+    dy = torch.randint(0, 2 * pad + 1, (b,), generator=g)
+    dx = torch.randint(0, 2 * pad + 1, (b,), generator=g)
+    flip = torch.rand(b, generator=g) < 0.5
+    out = torch.empty_like(x)
+    for i in range(b):
+        crop = xp[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w]  # (C, H, W)
+        out[i] = crop.flip(-1) if (mode == "crop_flip" and flip[i]) else crop
+    return out
+
+
+def _loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor, regime: str):
+    out = model(x)
+    if regime == "classify":
+        loss = F.cross_entropy(out, y)
+        correct = (out.argmax(1) == y).sum().item()
+    else:
+        loss = F.mse_loss(out, target)
+        correct = 0
+    return loss, correct
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, images: np.ndarray, labels: np.ndarray, cfg: TrainConfig, levels: int,
+             device: torch.device, batch_size: int = 512) -> tuple[float, float]:
+    """(mean loss, accuracy) in eval mode; accuracy is nan for autoencode."""
+    from ibprobe.data import to_model_input
+
+    was = model.training
+    model.eval()
+    tot, correct, n = 0.0, 0, len(images)
+    for i in range(0, n, batch_size):
+        raw = to_model_input(images[i:i + batch_size], levels).to(device)  # (B, C, H, W) in [0, 1]
+        x = to_model_input(images[i:i + batch_size], levels, cfg.normalize).to(device)
+        y = torch.as_tensor(labels[i:i + batch_size], device=device)
+        loss, c = _loss(model, x, y, raw, cfg.regime)
+        tot += loss.item() * len(y)
+        correct += c
+    model.train(was)
+    return tot / max(n, 1), (correct / max(n, 1) if cfg.regime == "classify" else float("nan"))
+
+
+def _cpu_state(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu().clone()
+    if isinstance(obj, dict):
+        return {k: _cpu_state(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu_state(v) for v in obj)
+    return obj
+
+
+def train(cfg: TrainConfig, out_dir: str | os.PathLike, *, device: str = "auto", progress: bool = True,
+          _after_epoch: Callable[[int], None] | None = None) -> Path:
+    """Train per `cfg` into out_dir (see the module docstring); resume if a run is there. Returns out_dir.
+
+    A finished run is left as it is. A different config for an existing run folder is a ConfigError.
+    """
+    from ibprobe.data import load_dataset, to_model_input
+    from ibprobe.models import build_model
+
+    out = Path(out_dir)
+    ckdir = out / "checkpoints"
+    dev = resolve_device(device)
+    ds = load_dataset(download=cfg.download, **cfg.dataset_spec())
+    run_cfg = _run_config(cfg, ds)
+    if (out / "config.json").exists():
+        old = read_json(out / "config.json")
+        if _comparable(old) != _comparable(run_cfg):
+            diff = sorted(k for k, v in _comparable(run_cfg).items() if _comparable(old).get(k) != v)
+            raise ConfigError(f"{out} already holds a run with a different config ({', '.join(diff)}); "
+                              f"use another --out, or rerun with only --out {out} to resume it")
+    else:
+        atomic_write_json(out / "config.json", run_cfg)
+    if cfg.regime == "classify" and ds.num_classes < 2:
+        raise ConfigError(f"dataset {cfg.dataset!r} has {ds.num_classes} class; use --regime autoencode")
+
+    g_data = seed_everything(cfg.seed)
+    g_aug = torch.Generator().manual_seed(cfg.seed + 1)
+    model = build_model(cfg.model, in_shape=ds.image_shape, num_classes=ds.num_classes, **cfg.model_args)
+    model.to(dev)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    x_train, y_train = ds.split("train")
+    if cfg.max_train is not None and cfg.max_train < len(x_train):
+        keep = np.sort(np.random.default_rng(cfg.seed).permutation(len(x_train))[: cfg.max_train])
+        x_train, y_train = x_train[keep], y_train[keep]
+    x_test, y_test = ds.split("test")
+    n = len(x_train)
+    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.epochs
+    schedule = set(cfg.schedule_epochs())
+
+    epoch, step, history = 0, 0, []
+    last = ckdir / "last.pt"
+    if last.exists():
+        ck = load_checkpoint(last)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        epoch, step, history = int(ck["epoch"]), int(ck["step"]), list(ck["history"])
+        g_data.set_state(ck["rng"]["data"])
+        g_aug.set_state(ck["rng"]["aug"])
+        torch.set_rng_state(ck["rng"]["torch"])
+        _write_metrics(out, history)
+        if epoch >= cfg.epochs:
+            return out
+
+    def save(path: Path, metrics: dict, with_history: bool) -> None:
+        ck = {"model": _cpu_state(model.state_dict()), "optimizer": _cpu_state(opt.state_dict()),
+              "epoch": epoch, "step": step, "config": run_cfg, "metrics": metrics,
+              "rng": {"data": g_data.get_state(), "aug": g_aug.get_state(), "torch": torch.get_rng_state()}}
+        if with_history:
+            ck["history"] = history
+        atomic_torch_save(path, ck)
+
+    if epoch == 0 and not last.exists():
+        t0 = time.time()
+        tr_loss, tr_acc = evaluate(model, x_train, y_train, cfg, ds.levels, dev)
+        te_loss, te_acc = evaluate(model, x_test, y_test, cfg, ds.levels, dev)
+        history.append(_metrics(0, tr_loss, tr_acc, te_loss, te_acc, 0.0, time.time() - t0, cfg.regime))
+        if 0 in schedule:
+            save(ckdir / f"{epoch_dirname(0)}.pt", history[-1], False)
+        save(last, history[-1], True)
+        _write_metrics(out, history)
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.epochs, initial=epoch, desc=f"train {out.name}", unit="epoch")
+    try:
+        while epoch < cfg.epochs:
+            t0 = time.time()
+            model.train()
+            perm = torch.randperm(n, generator=g_data)
+            tot, correct = 0.0, 0
+            for i in range(0, n, cfg.batch_size):
+                idx = perm[i:i + cfg.batch_size].numpy()
+                raw = to_model_input(x_train[idx], ds.levels)  # (B, C, H, W) in [0, 1]
+                if cfg.augment != "none":
+                    raw = _augment(raw, cfg.augment, g_aug)
+                x = raw if cfg.normalize is None else to_model_input(
+                    raw * (ds.levels - 1), ds.levels, cfg.normalize)
+                y = torch.as_tensor(y_train[idx])
+                lr = _lr_at(cfg, step, total_steps)
+                for group in opt.param_groups:
+                    group["lr"] = lr
+                loss, c = _loss(model, x.to(dev), y.to(dev), raw.to(dev), cfg.regime)
+                if not torch.isfinite(loss):
+                    raise ConfigError(f"training loss became {loss.item()} at epoch {epoch + 1}, step {step}; "
+                                      f"lower --lr (now {cfg.lr})")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                step += 1
+                tot += loss.item() * len(idx)
+                correct += c
+            epoch += 1
+            te_loss, te_acc = evaluate(model, x_test, y_test, cfg, ds.levels, dev)
+            tr_acc = correct / n if cfg.regime == "classify" else float("nan")
+            history.append(_metrics(epoch, tot / n, tr_acc, te_loss, te_acc, lr, time.time() - t0, cfg.regime))
+            if epoch in schedule:
+                save(ckdir / f"{epoch_dirname(epoch)}.pt", history[-1], False)
+            save(last, history[-1], True)
+            _write_metrics(out, history)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix({k: f"{v:.4g}" for k, v in history[-1].items()
+                                 if k in ("train_loss", "test_loss", "test_acc")})
+            if _after_epoch is not None:
+                _after_epoch(epoch)
+    finally:
+        if bar is not None:
+            bar.close()
+    return out
+
+
+def _metrics(epoch, tr_loss, tr_acc, te_loss, te_acc, lr, seconds, regime) -> dict:
+    m = {"epoch": int(epoch), "train_loss": float(tr_loss), "test_loss": float(te_loss), "lr": float(lr),
+         "seconds": round(float(seconds), 3)}
+    if regime == "classify":
+        m.update(train_acc=float(tr_acc), test_acc=float(te_acc))
+    return m
+
+
+def _write_metrics(out: Path, history: list[dict]) -> None:
+    atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(m, sort_keys=True) + "\n" for m in history))
+
+
+__all__ = ["TrainConfig", "train", "list_checkpoints", "load_run_model", "load_checkpoint", "load_run_config",
+           "load_run_dataset", "build_run_model", "default_checkpoint_epochs", "config_from_dict", "evaluate"]
