@@ -1,0 +1,53 @@
+"""The benchmark runs on a tiny config and prints four positive figures, directly and via `ibprobe bench`."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+pytest.importorskip("decoders.pixelcnn")
+
+from decoders.bench import main  # noqa: E402
+
+TINY = ["--image-shape", "1,4,4", "--levels", "17", "--nr-resnet", "1", "--nr-filters", "8", "--nr-mix", "2",
+        "--batch", "4", "--steps", "2", "--warmup", "1", "--sample-n", "2", "--device", "cpu"]
+FIGURES = ("train_images_per_s", "eval_images_per_s", "samples_per_s", "peak_memory_mib")
+
+
+def _figures(text: str) -> dict[str, float]:
+    out = {}
+    for key in FIGURES:
+        m = re.search(rf"^{key}: ([0-9.eE+-]+)$", text, re.M)
+        assert m, f"no {key} line in:\n{text}"
+        out[key] = float(m.group(1))
+    return out
+
+
+def test_bench_prints_four_positive_figures(capsys):
+    assert main(TINY) == 0
+    out = capsys.readouterr().out
+    figs = _figures(out)
+    assert all(v > 0 for v in figs.values()), figs
+    assert "config: image_shape=1x4x4 levels=17" in out
+
+
+def test_bench_with_vector_code_quiet(capsys):
+    assert main(TINY + ["--code-shape", "3", "--quiet", "--compare-cpu-cuda"]) == 0
+    out = capsys.readouterr().out
+    assert all(v > 0 for v in _figures(out).values())
+    assert "config:" not in out
+
+
+def test_bench_bad_config_is_one_line_error(capsys):
+    assert main(TINY + ["--steps", "0"]) == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_ibprobe_bench_decoder_delegates(capsys):
+    from ibprobe.cli import main as cli_main
+
+    assert cli_main(["bench", "decoder"] + TINY + ["--sample-n", "0"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^train_images_per_s: [0-9.]+", out, re.M)
+    assert "samples_per_s" not in out
+    assert cli_main(["bench", "decoder", "--help"]) == 0
