@@ -146,6 +146,10 @@ def sample_gallery(run_dir: str | os.PathLike, *, n_images: int = 4, n_samples: 
     if n_images < 1 or n_samples < 1:
         raise UserError(f"--images and --samples must be at least 1 (got {n_images}, {n_samples})")
     found = find_decoders(run_dir)
+    subruns = sorted(p.parent.name for p in run_dir.glob("*/decoders"))
+    if not found and subruns:
+        raise UserError(f"{run_dir} holds one run per regime ({', '.join(subruns)}); pass one of them, e.g. "
+                        f"{run_dir / subruns[0]}")
     if not any(k[0] is not None for k in found):
         raise UserError(f"{run_dir / 'decoders'} holds no fitted conditional decoder; run `ibprobe run` "
                         f"or `ibprobe analyze` first")

@@ -340,12 +340,16 @@ def plot_run(run_dir: str | os.PathLike) -> list[Path]:
     """Draw every figure the run folder has data for into `run_dir/figures/`; return the files written.
 
     info_plane (only when some row has I(Y;H), e.g. not for an unlabelled autoencoder), mi_vs_epoch, and
-    training_curves (when metrics.jsonl exists), each as .png, .pdf and the .csv it was drawn from.
+    training_curves (when metrics.jsonl exists), each as .png, .pdf and the .csv it was drawn from. A folder
+    holding one run per regime (DIR/classify, DIR/autoencode) gets each of them drawn in its own figures/.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"run folder {run_dir} does not exist; run `ibprobe run --out {run_dir}` first")
     mi_path = run_dir / "analysis" / "mi.csv"
+    subruns = sorted(p.parent.parent for p in run_dir.glob("*/analysis/mi.csv"))
+    if not mi_path.is_file() and subruns:  # a multi-regime run: DIR/classify, DIR/autoencode, ...
+        return [path for sub in subruns for path in plot_run(sub)]
     if not mi_path.is_file():
         raise UserError(f"{mi_path} not found; run `ibprobe run --out {run_dir}` or `ibprobe analyze` first")
     rows = read_mi_csv(mi_path)

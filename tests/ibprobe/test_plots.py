@@ -136,3 +136,12 @@ def test_cli_plot(run, tmp_path, capsys):
     (tmp_path / "bare").mkdir()
     assert main(["plot", str(tmp_path / "bare"), "--quiet"]) == 2
     assert "ibprobe run" in capsys.readouterr().err
+
+
+def test_plot_run_draws_each_regime_of_a_multi_regime_folder(tmp_path):
+    _write_run(tmp_path / "both" / "classify")
+    _write_run(tmp_path / "both" / "autoencode", labels=False)
+    written = plot_run(tmp_path / "both")
+    assert (tmp_path / "both" / "classify" / "figures" / "info_plane.png") in written
+    assert (tmp_path / "both" / "autoencode" / "figures" / "mi_vs_epoch.png") in written
+    assert not (tmp_path / "both" / "autoencode" / "figures" / "info_plane.png").exists()
