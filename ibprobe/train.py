@@ -60,11 +60,13 @@ class TrainConfig:
     weight_decay: float = 5e-4
     schedule: str = "cosine"
     batch_size: int = 64
-    augment: str = "none"  # none | crop (random crop, padding H//8) | crop_flip (+ horizontal flips)
+    augment: str = "none"  # none | crop (random crop, padding H//8) | crop_flip (+ flips); True = crop_flip
     normalize: tuple | None = None  # ((mean per channel), (std per channel)) on the [0, 1] scale
     max_train: int | None = None  # use a seeded subset of this many training images (quick runs)
 
     def __post_init__(self):
+        if isinstance(self.augment, bool):
+            object.__setattr__(self, "augment", "crop_flip" if self.augment else "none")
         if self.regime not in REGIMES:
             raise ConfigError(f"regime must be one of {', '.join(REGIMES)}, got {self.regime!r}")
         if self.optimizer not in OPTIMIZERS:

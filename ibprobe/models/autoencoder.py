@@ -12,7 +12,8 @@ import torch
 import torch.nn as nn
 
 from ibprobe.errors import ConfigError
-from ibprobe.models.resnet import BasicBlock, _tuple, init_weights, make_stage, make_stem, stage_tap_names, INITS
+from ibprobe.models.resnet import INITS, BasicBlock, _tuple, default_strides, init_weights, make_stage, make_stem, \
+    stage_tap_names
 
 
 @dataclass(frozen=True)
@@ -25,8 +26,8 @@ class ResNetAEConfig:
     in_channels: int = 3
     image_size: int = 32
     widths: tuple[int, ...] = (16, 32, 64)
-    blocks: tuple[int, ...] | int = (1, 1, 1)
-    strides: tuple[int, ...] = (1, 2, 2)
+    blocks: tuple[int, ...] | int = 1
+    strides: tuple[int, ...] | None = None  # None: 1 for the first stage, 2 after
     shortcut_depth: int = 2
     init: str = "kaiming"
     batchnorm: bool = True
@@ -37,7 +38,8 @@ class ResNetAEConfig:
         n = len(widths)
         object.__setattr__(self, "widths", widths)
         object.__setattr__(self, "blocks", _tuple(self.blocks, "blocks", n))
-        object.__setattr__(self, "strides", _tuple(self.strides, "strides", n))
+        object.__setattr__(self, "strides", default_strides(n) if self.strides is None
+                           else _tuple(self.strides, "strides", n))
         if not len(self.blocks) == len(self.strides) == n:
             raise ConfigError(f"widths {widths}, blocks {self.blocks} and strides {self.strides} need one entry per stage")
         if self.shortcut_depth not in (1, 2, 3):

@@ -25,14 +25,15 @@ ZERO_INIT_SCALE = 0.1  # init="zero": non-final branch convs get kaiming weights
 
 @dataclass(frozen=True)
 class ResNetConfig:
-    """Classifier architecture. Widths/blocks/strides are per stage; `blocks` may be one int for all stages."""
+    """Classifier architecture. Widths/blocks/strides are per stage; `blocks` may be one int for all stages,
+    `strides` None means 1 for the first stage and 2 for each later one."""
 
     in_channels: int = 3
     image_size: int = 32
     num_classes: int = 10
     widths: tuple[int, ...] = (16, 32, 64)
-    blocks: tuple[int, ...] | int = (1, 1, 1)
-    strides: tuple[int, ...] = (1, 2, 2)
+    blocks: tuple[int, ...] | int = 1
+    strides: tuple[int, ...] | None = None
     shortcut_depth: int = 2
     init: str = "kaiming"
     batchnorm: bool = True
@@ -41,7 +42,7 @@ class ResNetConfig:
         widths = _tuple(self.widths, "widths")
         n = len(widths)
         blocks = _tuple(self.blocks, "blocks", n)
-        strides = _tuple(self.strides, "strides", n)
+        strides = default_strides(n) if self.strides is None else _tuple(self.strides, "strides", n)
         object.__setattr__(self, "widths", widths)
         object.__setattr__(self, "blocks", blocks)
         object.__setattr__(self, "strides", strides)
@@ -55,6 +56,10 @@ class ResNetConfig:
             raise ConfigError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
         if self.in_channels < 1 or self.num_classes < 1 or self.image_size < 1:
             raise ConfigError("in_channels, num_classes and image_size must be positive")
+
+
+def default_strides(n: int) -> tuple[int, ...]:
+    return (1,) + (2,) * (n - 1)
 
 
 def _tuple(v, name: str, n: int | None = None) -> tuple[int, ...]:
