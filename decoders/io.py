@@ -1,0 +1,78 @@
+"""Decoder files: {"format", "config", "state_dict", "extra"}, tensors and primitives only, written atomically
+and read with torch.load(weights_only=True), so a decoder file from elsewhere cannot run code."""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from decoders.config import DecoderConfig
+from decoders.pixelcnn import PixelCNNPP
+
+FORMAT = "decoders.pixelcnnpp/1"
+
+
+class DecoderFileError(ValueError):
+    """A decoder file is unreadable, of another format, or does not match its own config."""
+
+
+def save_decoder(model: PixelCNNPP, path: str | os.PathLike, extra: dict | None = None) -> Path:
+    """Write `model` (config + weights, on CPU) and `extra` (primitives/tensors only) to `path` atomically."""
+    path = Path(path)
+    payload = {
+        "format": FORMAT,
+        "config": model.cfg.to_dict(),
+        "state_dict": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
+        "extra": extra,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load_decoder(path: str | os.PathLike, map_location: Any = "cpu", *,
+                 with_extra: bool = False) -> PixelCNNPP | tuple[PixelCNNPP, dict | None]:
+    """Rebuild a decoder from `path` (eval mode); with `with_extra`, also return the saved `extra`.
+
+    Raises FileNotFoundError for a missing file and DecoderFileError for anything else wrong with it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no decoder file at {path}")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same message
+        raise DecoderFileError(f"{path} is not a readable decoder file ({type(e).__name__}: {e})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        got = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise DecoderFileError(f"{path} is not a decoder file of format {FORMAT} (got {got!r})")
+    raw = payload.get("config")
+    known = {f.name for f in fields(DecoderConfig)}
+    if not isinstance(raw, dict) or set(raw) - known:
+        bad = sorted(set(raw) - known) if isinstance(raw, dict) else raw
+        raise DecoderFileError(f"{path}: decoder config has unknown fields {bad!r}")
+    try:
+        cfg = DecoderConfig(**raw)
+    except (TypeError, ValueError) as e:
+        raise DecoderFileError(f"{path}: invalid decoder config: {e}") from None
+    model = PixelCNNPP(cfg)
+    try:
+        model.load_state_dict(payload["state_dict"], strict=True)
+    except (KeyError, RuntimeError) as e:
+        raise DecoderFileError(f"{path}: weights do not match the saved config: {e}") from None
+    model.to(map_location if isinstance(map_location, (str, torch.device)) else "cpu").eval()
+    return (model, payload.get("extra")) if with_extra else model

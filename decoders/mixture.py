@@ -1,0 +1,161 @@
+"""Discretized mixture of logistics with linear channel coupling (PixelCNN++, Salimans et al., 2017),
+generalised to any number of channels C and levels L.
+
+Per pixel and component k: one logit, C means, C log-scales (clamped below at -7) and C(C-1)/2 coupling
+coefficients (tanh), channel c's mean being mu_c + sum_{j<c} coeff_{c,j} * x_j with x_j the earlier channel's
+value on [-1, 1]. Value v in [0, L-1] sits at 2v/(L-1) - 1 with half-width 1/(L-1); the first and last bins
+take the tails. Bin masses are computed in log space without the reference code's midpoint fallback, so they
+sum to 1 over the L values to float precision for any mean and scale. Always float32, also under autocast.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+MIN_LOG_SCALE = -7.0
+_LOG_D_SMALL = -15.0  # below this, log(1 - exp(-d)) == log(d) to float precision
+
+
+def num_params(channels: int, nr_mix: int) -> int:
+    """Output channels of the network for a C-channel image and nr_mix components."""
+    return nr_mix * (1 + 2 * channels + channels * (channels - 1) // 2)
+
+
+class MixtureParams(NamedTuple):
+    logits: torch.Tensor      # (B, M, H, W)
+    means: torch.Tensor       # (B, M, C, H, W), before coupling
+    log_scales: torch.Tensor  # (B, M, C, H, W), clamped
+    coeffs: torch.Tensor      # (B, M, C(C-1)/2, H, W), in (-1, 1); pair (c, j), j < c, at c(c-1)/2 + j
+
+
+def split_params(params: torch.Tensor, channels: int, nr_mix: int) -> MixtureParams:
+    """Network output (B, P, H, W) -> float32 mixture parameters. Layout: logits | means | log_scales | coeffs."""
+    params = params.float()
+    m, c = nr_mix, channels
+    k = c * (c - 1) // 2
+    if params.shape[1] != num_params(c, m):
+        raise ValueError(f"expected {num_params(c, m)} parameter channels for C={c}, M={m}, got {params.shape[1]}")
+    logits, means, log_scales, coeffs = params.split((m, m * c, m * c, m * k), dim=1)
+    return MixtureParams(
+        logits=logits,
+        means=means.unflatten(1, (m, c)),
+        log_scales=log_scales.unflatten(1, (m, c)).clamp(min=MIN_LOG_SCALE),
+        coeffs=torch.tanh(coeffs.unflatten(1, (m, k))),
+    )
+
+
+def scale_values(x: torch.Tensor, levels: int) -> torch.Tensor:
+    """Integers in [0, L-1] -> bin centres 2x/(L-1) - 1 on [-1, 1] (float32)."""
+    return x.float() * (2.0 / (levels - 1)) - 1.0
+
+
+def coupled_means(means: torch.Tensor, coeffs: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
+    """Channel c's mean plus sum_{j<c} coeff_{c,j} * xs_j. means (B, M, C, ...), xs (B, C, ...) -> (B, M, C, ...)."""
+    c_total = means.shape[2]
+    if c_total == 1:
+        return means
+    out = [means[:, :, 0]]
+    k = 0
+    for c in range(1, c_total):
+        m = means[:, :, c]
+        for j in range(c):
+            m = m + coeffs[:, :, k] * xs[:, None, j]
+            k += 1
+        out.append(m)
+    return torch.stack(out, dim=2)
+
+
+def _log1mexp_of_log(log_d: torch.Tensor) -> torch.Tensor:
+    """log(1 - exp(-d)) given log d, exact for tiny d (where d itself would underflow) and NaN-free in grad."""
+    big = torch.log(-torch.expm1(-torch.exp(log_d.clamp(min=_LOG_D_SMALL))))
+    return torch.where(log_d < _LOG_D_SMALL, log_d, big)
+
+
+def log_bin_mass(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor, levels: int) -> torch.Tensor:
+    """log P(value x) under a discretized logistic(mean, exp(log_scale)) on L levels (nats), broadcast shapes.
+
+    x: integer values in [0, L-1]; mean, log_scale: float32 on the [-1, 1] scale.
+    """
+    half = 1.0 / (levels - 1)
+    inv_s = torch.exp(-log_scale)
+    centred = scale_values(x, levels) - mean
+    a = inv_s * (centred - half)  # lower edge, standardised
+    b = inv_s * (centred + half)  # upper edge
+    # log(sigmoid(b) - sigmoid(a)) = logsigmoid(b) + logsigmoid(-a) + log(1 - exp(a - b)), b - a = 2 half / s
+    log_d = math.log(2.0 * half) - log_scale
+    interior = F.logsigmoid(b) + F.logsigmoid(-a) + _log1mexp_of_log(log_d)
+    first = F.logsigmoid(b)     # (-inf, upper edge]
+    last = F.logsigmoid(-a)     # [lower edge, +inf)
+    return torch.where(x == 0, first, torch.where(x == levels - 1, last, interior))
+
+
+def component_log_probs(mp: MixtureParams, x: torch.Tensor, levels: int) -> torch.Tensor:
+    """log p_k(x_c | x_<c) per component and channel: x (B, C, H, W) int -> (B, M, C, H, W) nats."""
+    means = coupled_means(mp.means, mp.coeffs, scale_values(x, levels))
+    return log_bin_mass(x[:, None], means, mp.log_scales, levels)
+
+
+def log_prob(params: torch.Tensor, x: torch.Tensor, levels: int, nr_mix: int) -> torch.Tensor:
+    """Per-sub-pixel conditionals log p(x_c | x_<c, earlier pixels): (B, P, H, W), (B, C, H, W) -> (B, C, H, W) nats.
+
+    p(x_c | x_<c) = sum_k w_k(c) p_k(x_c | x_<c), w_k(c) the posterior of component k given the pixel's earlier
+    channels (w_k(0) = pi_k), so each term is a normalised conditional and their sum over c is the pixel's joint.
+    """
+    with torch.autocast(device_type=params.device.type, enabled=False):
+        mp = split_params(params, x.shape[1], nr_mix)
+        lp = component_log_probs(mp, x, levels)  # (B, M, C, H, W)
+        log_pi = F.log_softmax(mp.logits, dim=1)  # (B, M, H, W)
+        before = torch.cumsum(lp, dim=2) - lp  # exclusive sum over earlier channels
+        log_w = F.log_softmax(log_pi[:, :, None] + before, dim=1)  # (B, M, C, H, W) posterior weights
+        return torch.logsumexp(log_w + lp, dim=1)  # (B, C, H, W)
+
+
+def joint_log_prob(params: torch.Tensor, x: torch.Tensor, levels: int, nr_mix: int) -> torch.Tensor:
+    """log p(pixel | earlier pixels) = logsumexp_k(log pi_k + sum_c log p_k(x_c | x_<c)): -> (B, H, W) nats."""
+    with torch.autocast(device_type=params.device.type, enabled=False):
+        mp = split_params(params, x.shape[1], nr_mix)
+        lp = component_log_probs(mp, x, levels)  # (B, M, C, H, W)
+        return torch.logsumexp(F.log_softmax(mp.logits, dim=1) + lp.sum(dim=2), dim=1)  # (B, H, W)
+
+
+def _uniform(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    gdev = generator.device if generator is not None else device
+    u = torch.rand(shape, generator=generator, device=gdev, dtype=torch.float64)
+    return u.to(device)
+
+
+def sample(params: torch.Tensor, levels: int, nr_mix: int, channels: int,
+           generator: torch.Generator | None = None) -> torch.Tensor:
+    """Exact draw of one pixel per row from the mixture: params (N, P) -> int64 (N, C) in [0, L-1].
+
+    Component by Gumbel-max on the logits, then each channel in order from its discretized logistic via the
+    inverse CDF and the bin containing the draw, the coupling using the earlier channels' drawn bin centres.
+    """
+    with torch.autocast(device_type=params.device.type, enabled=False):
+        mp = split_params(params[:, :, None, None], channels, nr_mix)
+        n, dev = params.shape[0], params.device
+        u = _uniform((n, nr_mix), generator, dev).clamp(1e-300, 1.0)
+        k = torch.argmax(mp.logits[:, :, 0, 0].double() - torch.log(-torch.log(u)), dim=1)  # (N,)
+        pick = k[:, None, None]
+        means = mp.means[:, :, :, 0, 0].gather(1, pick.expand(n, 1, channels))[:, 0].double()  # (N, C)
+        log_s = mp.log_scales[:, :, :, 0, 0].gather(1, pick.expand(n, 1, channels))[:, 0].double()
+        nk = channels * (channels - 1) // 2
+        coeffs = mp.coeffs[:, :, :, 0, 0].gather(1, pick.expand(n, 1, nk))[:, 0].double() if nk else None
+        scale = torch.exp(log_s.clamp(max=80.0))
+        logistic = torch.logit(_uniform((n, channels), generator, dev))  # (N, C); +-inf fall in the edge bins
+        out = torch.empty(n, channels, dtype=torch.long, device=dev)
+        xs = torch.empty(n, channels, dtype=torch.float64, device=dev)
+        idx = 0
+        for c in range(channels):
+            mean = means[:, c]
+            for j in range(c):
+                mean = mean + coeffs[:, idx] * xs[:, j]
+                idx += 1
+            y = mean + scale[:, c] * logistic[:, c]
+            v = torch.round((y + 1.0) * ((levels - 1) / 2.0)).nan_to_num(0.0).clamp(0, levels - 1)
+            out[:, c] = v.long()
+            xs[:, c] = v * (2.0 / (levels - 1)) - 1.0
+        return out

@@ -1,0 +1,240 @@
+"""PixelCNN++ (Salimans, Karpathy, Chen, Kingma, 2017, "PixelCNN++: Improving the PixelCNN with Discretized
+Logistic Mixture Likelihood and Other Modifications"), optionally conditioned on a code h.
+
+Two streams (u: rows above; ul: rows above and pixels to the left), gated residual blocks with concat_elu,
+three resolutions with strided down-sampling and transposed-conv up-sampling, skip connections from every
+up-pass block into the matching down-pass block, dropout, weight normalisation, and a discretized logistic
+mixture output. The code h may see the whole image; only x is autoregressive (rows, then columns, then
+channels within a pixel). A vector code enters every gated block as a per-channel bias; a spatial code goes
+through a small conditioning network to each resolution and enters every block through a 1x1 conv. Both
+projections start at zero, so a conditional model warm-started from an unconditional one equals it.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import parametrize
+
+from decoders import mixture
+from decoders.config import DecoderConfig
+from decoders.layers import (DownRightShiftedConv2d, DownRightShiftedDeconv2d, DownShiftedConv2d,
+                             DownShiftedDeconv2d, GatedResnet, Nin, down_shift, right_shift)
+
+_LN2 = math.log(2.0)
+
+
+class ConditioningNet(nn.Module):
+    """Spatial code (B, C', H', W') of any size -> features at (H, W), (H/2, W/2), (H/4, W/4). Not causal."""
+
+    def __init__(self, code_channels: int, image_hw: tuple[int, int], filters: int):
+        super().__init__()
+        self.image_hw = image_hw
+        self.stem = nn.Conv2d(code_channels, filters, 3, padding=1)
+        self.body = nn.Conv2d(filters, filters, 3, padding=1)
+        self.down1 = nn.Conv2d(filters, filters, 3, stride=2, padding=1)
+        self.down2 = nn.Conv2d(filters, filters, 3, stride=2, padding=1)
+
+    def resize(self, h: torch.Tensor) -> torch.Tensor:
+        """Average-pool the dimensions larger than the image, interpolate the smaller ones: -> (B, C', H, W)."""
+        (th, tw), (ch, cw) = self.image_hw, h.shape[-2:]
+        if (ch, cw) == (th, tw):
+            return h
+        if ch > th or cw > tw:
+            h = F.adaptive_avg_pool2d(h, (min(ch, th), min(cw, tw)))
+        if h.shape[-2:] != (th, tw):
+            h = F.interpolate(h, size=(th, tw), mode="bilinear", align_corners=False)
+        return h
+
+    def forward(self, h: torch.Tensor) -> list[torch.Tensor]:
+        f0 = F.elu(self.body(F.elu(self.stem(self.resize(h)))))  # (B, F, H, W)
+        f1 = F.elu(self.down1(f0))  # (B, F, H/2, W/2)
+        f2 = F.elu(self.down2(f1))  # (B, F, H/4, W/4)
+        return [f0, f1, f2]
+
+
+class PixelCNNPP(nn.Module):
+    """Conditional PixelCNN++ over integer images (B, C, H, W) in [0, L-1]; see the module docstring."""
+
+    def __init__(self, cfg: DecoderConfig):
+        super().__init__()
+        self.cfg = cfg
+        c, h, w = cfg.image_shape
+        nf, nr, kind = cfg.nr_filters, cfg.nr_resnet, cfg.code_kind
+        cond = None
+        if kind == "vector":
+            cond = ("vector", cfg.code_shape[0])
+            self.register_buffer("code_mean", torch.zeros(cfg.code_shape[0]))
+            self.register_buffer("code_std", torch.ones(cfg.code_shape[0]))
+        elif kind == "spatial":
+            cond = ("spatial", cfg.cond_filters)
+            self.register_buffer("code_mean", torch.zeros(cfg.code_shape[0], 1, 1))
+            self.register_buffer("code_std", torch.ones(cfg.code_shape[0], 1, 1))
+            self.cond_net = ConditioningNet(cfg.code_shape[0], (h, w), cfg.cond_filters)
+
+        def u_block(skip: int) -> GatedResnet:
+            return GatedResnet(nf, DownShiftedConv2d, skip, cfg.dropout, cond)
+
+        def ul_block(skip: int) -> GatedResnet:
+            return GatedResnet(nf, DownRightShiftedConv2d, skip, cfg.dropout, cond)
+
+        # up pass: nr blocks per resolution; down pass: nr, nr+1, nr+1 (one more to take the down-sampling skips)
+        self.up_u = nn.ModuleList(nn.ModuleList(u_block(0) for _ in range(nr)) for _ in range(3))
+        self.up_ul = nn.ModuleList(nn.ModuleList(ul_block(1) for _ in range(nr)) for _ in range(3))
+        down_counts = (nr, nr + 1, nr + 1)
+        self.down_u = nn.ModuleList(nn.ModuleList(u_block(1) for _ in range(n)) for n in down_counts)
+        self.down_ul = nn.ModuleList(nn.ModuleList(ul_block(2) for _ in range(n)) for n in down_counts)
+        self.downsize_u = nn.ModuleList(DownShiftedConv2d(nf, nf, stride=(2, 2)) for _ in range(2))
+        self.downsize_ul = nn.ModuleList(DownRightShiftedConv2d(nf, nf, stride=(2, 2)) for _ in range(2))
+        self.upsize_u = nn.ModuleList(DownShiftedDeconv2d(nf, nf) for _ in range(2))
+        self.upsize_ul = nn.ModuleList(DownRightShiftedDeconv2d(nf, nf) for _ in range(2))
+        # input: C image channels + a channel of ones, so zero padding differs from black pixels
+        self.u_init = DownShiftedConv2d(c + 1, nf, kernel=(2, 3))
+        self.ul_init_down = DownShiftedConv2d(c + 1, nf, kernel=(1, 3))
+        self.ul_init_right = DownRightShiftedConv2d(c + 1, nf, kernel=(2, 1))
+        self.nin_out = Nin(nf, mixture.num_params(c, cfg.nr_mix))
+
+    # ------------------------------------------------------------------------------------------ codes
+    def set_code_stats(self, codes: torch.Tensor | np.ndarray) -> None:
+        """Set the standardisation of raw codes from a batch of training codes (N, *code_shape).
+
+        Per feature (vector) or per channel (spatial); std clamped below at 1e-6, zero-variance features get std 1.
+        """
+        if self.cfg.code_shape is None:
+            raise ValueError("set_code_stats: this decoder is unconditional (code_shape=None)")
+        c = self._as_code_tensor(codes, None).double()
+        if not torch.isfinite(c).all():
+            raise ValueError("set_code_stats: codes contain NaN or inf")
+        dims = (0,) if c.dim() == 2 else (0, 2, 3)
+        mean = c.mean(dim=dims)
+        std = c.std(dim=dims, unbiased=False) if c.shape[0] > 1 else torch.zeros_like(mean)
+        std = torch.where(std > 0, std.clamp(min=1e-6), torch.ones_like(std))
+        if c.dim() == 4:
+            mean, std = mean[:, None, None], std[:, None, None]
+        self.code_mean.copy_(mean.float())
+        self.code_std.copy_(std.float())
+
+    def _as_code_tensor(self, code, batch: int | None) -> torch.Tensor:
+        want = tuple(self.cfg.code_shape)
+        t = torch.as_tensor(np.asarray(code) if not isinstance(code, torch.Tensor) else code)
+        if t.dim() != len(want) + 1 or tuple(t.shape[1:]) != want or (batch is not None and t.shape[0] != batch):
+            exp = f"[{batch if batch is not None else 'N'}, {', '.join(map(str, want))}]"
+            raise ValueError(f"code has shape {list(t.shape)}; this decoder expects {exp}")
+        if not (t.is_floating_point() or t.dtype in (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)):
+            raise ValueError(f"code must hold numbers, got dtype {t.dtype}")
+        return t.to(device=self._device(), dtype=torch.float32)
+
+    def _device(self) -> torch.device:
+        return self.nin_out.conv.parametrizations.weight.original0.device
+
+    def _condition(self, code, batch: int) -> list[torch.Tensor] | torch.Tensor | None:
+        """Raw code -> standardised conditioning input (vector (B, D) or per-resolution features)."""
+        if self.cfg.code_shape is None:
+            if code is not None:
+                raise ValueError("this decoder is unconditional (code_shape=None) but a code was given")
+            return None
+        if code is None:
+            raise ValueError(f"this decoder is conditional (code_shape={tuple(self.cfg.code_shape)}); give a code")
+        h = (self._as_code_tensor(code, batch) - self.code_mean) / self.code_std  # (B, *code_shape)
+        return self.cond_net(h) if self.cfg.code_kind == "spatial" else h
+
+    # ------------------------------------------------------------------------------------------ network
+    def _check_x(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            x = torch.as_tensor(np.asarray(x))
+        want = tuple(self.cfg.image_shape)
+        if x.dim() != 4 or tuple(x.shape[1:]) != want:
+            raise ValueError(f"x has shape {list(x.shape)}; this decoder expects [B, {', '.join(map(str, want))}]")
+        if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
+            raise ValueError(f"x must hold integers in [0, {self.cfg.levels - 1}] (uint8 or int64), got {x.dtype}")
+        if x.device.type == "cpu" and x.numel() and (int(x.min()) < 0 or int(x.max()) > self.cfg.levels - 1):
+            raise ValueError(f"x has values in [{int(x.min())}, {int(x.max())}], outside [0, {self.cfg.levels - 1}]")
+        return x
+
+    def _network(self, x: torch.Tensor, cond) -> torch.Tensor:
+        """Mixture parameters (B, P, H', W') for x (B, C, H', W'), H' <= H a multiple of 4 (a top crop is exact)."""
+        xs = mixture.scale_values(x, self.cfg.levels)  # (B, C, H, W) in [-1, 1]
+        xs = torch.cat((xs, torch.ones_like(xs[:, :1])), dim=1)  # (B, C+1, H, W)
+
+        def hs(level: int) -> torch.Tensor | None:  # conditioning input of the blocks at this resolution
+            if cond is None or isinstance(cond, torch.Tensor):
+                return cond  # None or a vector (B, D)
+            return cond[level][:, :, :x.shape[2] >> level]  # spatial features, cropped like x
+
+        u_list = [down_shift(self.u_init(xs))]  # (B, F, H, W)
+        ul_list = [down_shift(self.ul_init_down(xs)) + right_shift(self.ul_init_right(xs))]
+        for level in range(3):
+            u, ul, h = u_list[-1], ul_list[-1], hs(level)
+            for bu, bul in zip(self.up_u[level], self.up_ul[level]):
+                u = bu(u, h=h)
+                ul = bul(ul, a=u, h=h)
+                u_list.append(u)
+                ul_list.append(ul)
+            if level < 2:
+                u_list.append(self.downsize_u[level](u))  # (B, F, H/2, W/2)
+                ul_list.append(self.downsize_ul[level](ul))
+        u, ul = u_list.pop(), ul_list.pop()
+        for i, level in enumerate((2, 1, 0)):
+            h = hs(level)
+            for bu, bul in zip(self.down_u[i], self.down_ul[i]):
+                u = bu(u, a=u_list.pop(), h=h)
+                ul = bul(ul, a=torch.cat((u, ul_list.pop()), dim=1), h=h)
+            if level > 0:
+                u = self.upsize_u[i](u)  # (B, F, 2H, 2W)
+                ul = self.upsize_ul[i](ul)
+        return self.nin_out(F.elu(ul))  # (B, P, H, W)
+
+    def forward(self, x: torch.Tensor, code=None) -> torch.Tensor:
+        """Raw mixture parameters (B, P, H, W) for integer images x (B, C, H, W)."""
+        x = self._check_x(x)
+        return self._network(x, self._condition(code, x.shape[0]))
+
+    def log_prob(self, x: torch.Tensor, code=None) -> torch.Tensor:
+        """log p(x_{c,i,j} | earlier sub-pixels, code) in nats, (B, C, H, W); float32 also under autocast."""
+        x = self._check_x(x)
+        params = self._network(x, self._condition(code, x.shape[0]))
+        return mixture.log_prob(params, x, self.cfg.levels, self.cfg.nr_mix)
+
+    def nll_bits(self, x: torch.Tensor, code=None) -> torch.Tensor:
+        """Per-image NLL in bits, (B,): -sum(log_prob)/ln 2, computed from the pixels' joint log-probs."""
+        x = self._check_x(x)
+        params = self._network(x, self._condition(code, x.shape[0]))
+        return -mixture.joint_log_prob(params, x, self.cfg.levels, self.cfg.nr_mix).sum(dim=(1, 2)) / _LN2
+
+    # ------------------------------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def sample(self, code=None, n: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Draw n images, uint8 (n, C, H, W) in [0, L-1], exactly from the model, in eval mode.
+
+        With a code of batch B, n defaults to B (and must equal it); without a code n is required.
+        The same generator state gives the same samples.
+        """
+        cfg = self.cfg
+        c, h, w = cfg.image_shape
+        if code is not None and cfg.code_shape is not None:
+            code_t = self._as_code_tensor(code, None)
+            if n is not None and n != code_t.shape[0]:
+                raise ValueError(f"sample: n={n} but the code has batch {code_t.shape[0]}")
+            n = code_t.shape[0]
+        elif n is None:
+            raise ValueError("sample: give n (the number of images) when there is no code")
+        if n < 1:
+            raise ValueError(f"sample: n must be >= 1, got {n}")
+        device = self._device()
+        was_training = self.training
+        self.eval()
+        try:
+            cond = self._condition(code, n)
+            x = torch.zeros(n, c, h, w, dtype=torch.long, device=device)
+            with parametrize.cached():
+                for i in range(h):
+                    rows = min(h, (i // 4 + 1) * 4)  # outputs of rows <= i only see rows <= i: crop the rest
+                    for j in range(w):
+                        params = self._network(x[:, :, :rows], cond)[:, :, i, j]  # (n, P)
+                        x[:, :, i, j] = mixture.sample(params, cfg.levels, cfg.nr_mix, c, generator)
+        finally:
+            self.train(was_training)
+        return x.to(torch.uint8)
