@@ -331,7 +331,7 @@ def fit(model: torch.nn.Module, images, codes=None, cfg: FitConfig = FitConfig()
     state = _load_state(state_path, fingerprint) if state_path is not None and state_path.exists() else None
 
     if state is None and codes is not None:
-        model.set_code_stats(_take(codes, train_idx).float())  # standardisation from training codes only
+        model.set_code_stats(_take(codes, train_idx))  # standardisation from training codes only
     model.to(setup.device)
     to_channels_last(model, setup)
     params = [p for p in model.parameters() if p.requires_grad]
