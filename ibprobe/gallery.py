@@ -126,6 +126,15 @@ def _select(found: dict, layers: list[str] | None, epochs: list[int] | None) -> 
     return pairs
 
 
+def choose_images(test_idx: np.ndarray, n_images: int, seed: int) -> np.ndarray:
+    """`n_images` distinct held-out image indices (int64, in data-set order), the same for the same seed."""
+    test_idx = np.asarray(test_idx, dtype=np.int64)
+    if n_images > len(test_idx):
+        raise UserError(f"--images {n_images} is more than the {len(test_idx)} held-out images")
+    pick = np.sort(np.random.default_rng(seed).choice(len(test_idx), size=n_images, replace=False))
+    return np.sort(test_idx[pick])
+
+
 def _row_seed(seed: int, layer: str | None, epoch: int | None) -> int:
     """A seed per row that does not depend on which other rows are drawn."""
     return (int(seed) * 1_000_003 + zlib.crc32(f"{layer}@{epoch}".encode())) % (2**63)
@@ -167,10 +176,7 @@ def sample_gallery(run_dir: str | os.PathLike, *, n_images: int = 4, n_samples: 
 
     source, dataset = open_source(run_dir)
     test_idx = np.asarray(dataset.test_idx)
-    if n_images > len(test_idx):
-        raise UserError(f"--images {n_images} is more than the {len(test_idx)} held-out images")
-    pick = np.sort(np.random.default_rng(seed).choice(len(test_idx), size=n_images, replace=False))
-    index = test_idx[pick].astype(np.int64)
+    index = choose_images(test_idx, n_images, seed)
     images = np.asarray(dataset.images[index])  # (N, C, H, W) uint8
     dev = resolve_device(device)
     checkpoints = {int(e): p for e, p in source.checkpoints}
@@ -285,8 +291,13 @@ def make_gallery(run_dir: str | os.PathLike, *, n_images: int = 4, n_samples: in
     (the drawn pixels, to redraw without sampling)."""
     data = sample_gallery(run_dir, n_images=n_images, n_samples=n_samples, layers=layers, epochs=epochs,
                           seed=seed, device=device, progress=progress)
+    return save_gallery(data, Path(run_dir) / "figures")
+
+
+def save_gallery(data: GalleryData, out_dir: str | os.PathLike) -> Path:
+    """Draw `data` and write out_dir/gallery.png (returned), gallery.pdf and gallery.npz, atomically."""
     fig = gallery_figure(data, title="samples from q(x | h(x)) for held-out images")
-    out_dir = Path(run_dir) / "figures"
+    out_dir = Path(out_dir)
     written = []
     for ext in ("png", "pdf"):
         buf = io.BytesIO()

@@ -6,7 +6,8 @@ import pytest
 
 from ibprobe.cli import main
 from ibprobe.errors import UserError
-from ibprobe.gallery import GalleryData, GalleryRow, _to_display, find_decoders, gallery_figure, sample_gallery
+from ibprobe.gallery import (GalleryData, GalleryRow, _to_display, choose_images, find_decoders, gallery_figure,
+                             sample_gallery, save_gallery)
 from ibprobe.utils import atomic_write_json, epoch_dirname, sanitize_name
 
 
@@ -81,3 +82,88 @@ def test_cli_gallery_errors(tmp_path, capsys):
     assert main(["gallery", str(tmp_path / "missing")]) == 2
     assert main(["gallery", str(_fake_run(tmp_path)), "--layers", "nope", "--quiet"]) == 2
     assert "layers with decoders" in capsys.readouterr().err
+
+
+def test_cli_gallery_passes_its_options_on(tmp_path, monkeypatch, capsys):
+    import ibprobe.gallery
+
+    seen = {}
+
+    def fake(run_dir, **kw):
+        seen.update(kw, run_dir=run_dir)
+        return run_dir / "figures" / "gallery.png"
+
+    monkeypatch.setattr(ibprobe.gallery, "make_gallery", fake)
+    argv = ["gallery", str(tmp_path), "--images", "3", "--samples", "5", "--layers", "layer1, layer2.0",
+            "--epochs", "10,0", "--seed", "7", "--device", "cpu"]
+    assert main(argv) == 0
+    assert seen == dict(run_dir=tmp_path, n_images=3, n_samples=5, layers=["layer1", "layer2.0"], epochs=[0, 10],
+                        seed=7, device="cpu", progress=True)
+    assert "gallery.png" in capsys.readouterr().out
+    assert main(argv + ["--quiet"]) == 0 and seen["progress"] is False and capsys.readouterr().out == ""
+
+
+def test_choose_images_is_seeded_and_held_out():
+    test_idx = np.arange(100, 200, 3)
+    a = choose_images(test_idx, 5, seed=0)
+    assert len(set(a)) == 5 and set(a) <= set(test_idx) and a.dtype == np.int64
+    np.testing.assert_array_equal(a, choose_images(test_idx, 5, seed=0))
+    assert not np.array_equal(a, choose_images(test_idx, 5, seed=1))
+    with pytest.raises(UserError, match="held-out"):
+        choose_images(test_idx, 1000, seed=0)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A real run folder: a ResNet trained 1 epoch on digits, layer1 measured at epochs 0 and 1, tiny decoders."""
+    pytest.importorskip("decoders.io")
+    import torch
+
+    from ibprobe.run import run_preset
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny convolutions: more threads only add contention on a loaded machine
+    try:
+        out = tmp_path_factory.mktemp("gallery") / "run"
+        run_preset("digits-quick", out, device="cpu", layers=("layer1",), progress=False,
+                   decoder=dict(nr_resnet=1, nr_filters=4, nr_mix=1, dropout=0.0, cond_filters=8),
+                   fit=dict(epochs=1, batch_size=256, patience=1),
+                   train_overrides=dict(epochs=1, checkpoint_epochs=(0, 1), max_train=256))
+        yield out
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_gallery_end_to_end_on_a_tiny_run(tiny_run):
+    from ibprobe.pipeline import open_source
+
+    data = sample_gallery(tiny_run, n_images=2, n_samples=2, device="cpu", progress=False)
+    assert [row.label for row in data.rows] == ["q(x), unconditional", "layer1 @ epoch 0", "layer1 @ epoch 1"]
+    _, dataset = open_source(tiny_run)
+    assert set(data.image_index) <= set(dataset.test_idx.tolist()) and len(set(data.image_index)) == 2
+    np.testing.assert_array_equal(data.images, dataset.images[data.image_index])
+    for row in data.rows:
+        assert row.samples.shape == (2, 2, 1, 8, 8) and row.samples.dtype == np.uint8
+        assert row.samples.max() < dataset.levels
+    # a row's samples depend on the seed and the row only, not on which other rows are drawn
+    again = sample_gallery(tiny_run, n_images=2, n_samples=2, layers=["layer1"], epochs=[1], device="cpu",
+                           unconditional=False, progress=False)
+    assert [row.label for row in again.rows] == ["layer1 @ epoch 1"]
+    np.testing.assert_array_equal(again.rows[0].samples, data.rows[2].samples)
+
+    png = save_gallery(data, tiny_run / "figures")
+    assert png == tiny_run / "figures" / "gallery.png" and png.read_bytes()[:4] == b"\x89PNG"
+    assert png.with_suffix(".pdf").is_file()
+    saved = np.load(png.with_suffix(".npz"))
+    np.testing.assert_array_equal(saved["samples"], np.stack([row.samples for row in data.rows]))
+    assert list(saved["row_epochs"]) == [-1, 0, 1]
+
+    with pytest.raises(UserError, match="epochs with decoders: 0, 1"):
+        sample_gallery(tiny_run, epochs=[5], progress=False)
+
+
+def test_plot_end_to_end_on_a_tiny_run(tiny_run):
+    from ibprobe.plots import plot_run
+
+    names = {p.name for p in plot_run(tiny_run)}
+    assert {"info_plane.png", "mi_vs_epoch.png", "training_curves.png"} <= names
