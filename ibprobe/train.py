@@ -226,7 +226,9 @@ def _augment(x: torch.Tensor, mode: str, g: torch.Generator) -> torch.Tensor:
 
 
 def _loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor, regime: str):
-    out = model(x)
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=x.device.type == "cuda"):
+        out = model(x)
+    out = out.float()
     if regime == "classify":
         loss = F.cross_entropy(out, y)
         correct = (out.argmax(1) == y).sum().item()
@@ -279,6 +281,8 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, *, device: str = "auto",
     ckdir = out / "checkpoints"
     dev = resolve_device(device)
     ds = load_dataset(download=cfg.download, **cfg.dataset_spec())
+    if cfg.regime == "classify" and ds.num_classes < 2:
+        raise ConfigError(f"dataset {cfg.dataset!r} has {ds.num_classes} class; use --regime autoencode")
     run_cfg = _run_config(cfg, ds)
     if (out / "config.json").exists():
         old = read_json(out / "config.json")
@@ -288,8 +292,6 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, *, device: str = "auto",
                               f"use another --out, or rerun with only --out {out} to resume it")
     else:
         atomic_write_json(out / "config.json", run_cfg)
-    if cfg.regime == "classify" and ds.num_classes < 2:
-        raise ConfigError(f"dataset {cfg.dataset!r} has {ds.num_classes} class; use --regime autoencode")
 
     g_data = seed_everything(cfg.seed)
     g_aug = torch.Generator().manual_seed(cfg.seed + 1)
