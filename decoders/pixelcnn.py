@@ -25,6 +25,7 @@ from decoders.layers import (DownRightShiftedConv2d, DownRightShiftedDeconv2d, D
                              DownShiftedDeconv2d, GatedResnet, Nin, down_shift, right_shift)
 
 _LN2 = math.log(2.0)
+_STATS_CHUNK_ELEMENTS = 2**22  # code values per float64 chunk in set_code_stats
 
 
 class ConditioningNet(nn.Module):
@@ -99,23 +100,40 @@ class PixelCNNPP(nn.Module):
 
     # ------------------------------------------------------------------------------------------ codes
     def set_code_stats(self, codes: torch.Tensor | np.ndarray) -> None:
-        """Set the standardisation of raw codes from a batch of training codes (N, *code_shape).
+        """Set the standardisation of raw codes from training codes (N, *code_shape), float16/32 numpy or tensor.
 
-        Per feature (vector) or per channel (spatial); std clamped below at 1e-6, zero-variance features get std 1.
+        Per feature (vector) or per channel (spatial), accumulated in float64 over chunks (so large spatial code
+        sets need no float64 copy); std clamped below at 1e-6, zero-variance features get std 1.
         """
         if self.cfg.code_shape is None:
             raise ValueError("set_code_stats: this decoder is unconditional (code_shape=None)")
-        c = self._as_code_tensor(codes, None).double()
-        if not torch.isfinite(c).all():
-            raise ValueError("set_code_stats: codes contain NaN or inf")
-        dims = (0,) if c.dim() == 2 else (0, 2, 3)
-        mean = c.mean(dim=dims)
-        std = c.std(dim=dims, unbiased=False) if c.shape[0] > 1 else torch.zeros_like(mean)
+        want = tuple(self.cfg.code_shape)
+        if len(codes.shape) != len(want) + 1 or tuple(codes.shape[1:]) != want or codes.shape[0] < 1:
+            raise ValueError(f"set_code_stats: codes have shape {list(codes.shape)}; "
+                             f"this decoder expects [N, {', '.join(map(str, want))}] with N >= 1")
+        per_row = int(np.prod(want))
+        step = max(1, _STATS_CHUNK_ELEMENTS // per_row)
+        count, mean, m2 = 0, None, None
+        for start in range(0, codes.shape[0], step):
+            part = codes[start:start + step]
+            c = (part if isinstance(part, torch.Tensor) else torch.from_numpy(np.asarray(part))).to(torch.float64)
+            if not torch.isfinite(c).all():
+                raise ValueError("set_code_stats: codes contain NaN or inf")
+            flat = c.reshape(-1, want[0]) if len(want) == 1 else c.transpose(0, 1).reshape(want[0], -1).T  # (n, F)
+            n_part, mean_part = flat.shape[0], flat.mean(0)
+            m2_part = ((flat - mean_part) ** 2).sum(0)
+            if mean is None:
+                count, mean, m2 = n_part, mean_part, m2_part
+            else:  # Chan et al. parallel variance
+                delta, total = mean_part - mean, count + n_part
+                mean = mean + delta * (n_part / total)
+                m2 = m2 + m2_part + delta ** 2 * (count * n_part / total)
+                count = total
+        std = (m2 / count).sqrt()
         std = torch.where(std > 0, std.clamp(min=1e-6), torch.ones_like(std))
-        if c.dim() == 4:
-            mean, std = mean[:, None, None], std[:, None, None]
-        self.code_mean.copy_(mean.float())
-        self.code_std.copy_(std.float())
+        shape = self.code_mean.shape
+        self.code_mean.copy_(mean.reshape(shape).float())
+        self.code_std.copy_(std.reshape(shape).float())
 
     def _as_code_tensor(self, code, batch: int | None) -> torch.Tensor:
         want = tuple(self.cfg.code_shape)
