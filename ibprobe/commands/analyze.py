@@ -57,7 +57,7 @@ def add_parser(sub) -> None:
                    help="'resnet' (ours), 'torchvision:NAME' (any torchvision classifier; a first conv for C != 3 "
                    "channels is swapped in, images are not resized) or 'package.module:callable' (or file.py:callable), "
                    "imported from the current folder")
-    p.add_argument("--model-arg", action="append", metavar="K=V",
+    p.add_argument("--model-arg", action="extend", nargs="+", metavar="K=V",
                    help="keyword argument for the model constructor (repeatable; ints/floats/bools/comma lists parsed); "
                    "num_classes defaults to the data set's class count")
     p.add_argument("--checkpoints", nargs="+", required=True, metavar="GLOB",
@@ -74,8 +74,10 @@ def add_parser(sub) -> None:
     p.add_argument("--levels", type=int, default=None, metavar="L",
                    help="intensity levels of --images (256 for 8-bit); with --dataset, re-quantise to L levels")
     p.add_argument("--out", required=True, metavar="DIR", help="analysis folder (created; rerun to resume)")
-    p.add_argument("--decoder", action="append", metavar="K=V", help="override a DecoderConfig field (repeatable)")
-    p.add_argument("--fit", action="append", metavar="K=V", help="override a FitConfig field (repeatable)")
+    p.add_argument("--decoder", action="extend", nargs="+", metavar="K=V",
+                   help="override DecoderConfig fields, e.g. nr_resnet=1 nr_filters=32 (repeatable)")
+    p.add_argument("--fit", action="extend", nargs="+", metavar="K=V",
+                   help="override FitConfig fields, e.g. epochs=20 lr=1e-3 (repeatable)")
     p.add_argument("--normalize", default=None, metavar="MEAN,STD",
                    help="per-channel normalisation after scaling to [0, 1]: 'MEAN,STD' for all channels, "
                    "'M1,..,MC,S1,..,SC' per channel, or a preset: " + ", ".join(NORMALIZE_PRESETS))
@@ -85,6 +87,8 @@ def add_parser(sub) -> None:
     p.add_argument("--no-probe", action="store_true", help="skip the I(Y;H) probes")
     p.add_argument("--retry-failed", action="store_true", help="rerun jobs that failed before (e.g. NaN loss)")
     p.add_argument("--no-figures", action="store_true", help="skip the plots and the gallery")
+    p.add_argument("--no-gallery", action="store_true",
+                   help="draw the plots but skip the gallery (sampling 32x32 images is slow on a CPU)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=main)
 
@@ -291,7 +295,7 @@ def main(args) -> int:
     rows = run_analysis(out, prep.source, prep.dataset_spec, prep.cfg)
     written = [out / "source.json", out / "analysis" / "mi.csv"]
     if not args.no_figures:
-        written += draw_figures(out, quiet=args.quiet)
+        written += draw_figures(out, quiet=args.quiet, gallery=not args.no_gallery)
     print_summary(args.model, rows, file=sys.stdout)
     print(f"\nfinished in {time.time() - t0:.0f} s; wrote:")
     for w in written:

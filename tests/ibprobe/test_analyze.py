@@ -215,3 +215,61 @@ def test_nan_in_one_job_marks_it_failed_and_the_rest_finish(byo, capsys, monkeyp
         assert got[key]["status"] == "ok"
         assert float(got[key]["i_xh_bits"]) == pytest.approx(10.5)
     assert "failed: FloatingPointError: loss is nan" in cap.out
+
+
+# ------------------------------------------------------------------------------------------ end to end
+
+@pytest.fixture
+def one_thread():
+    """One torch thread: on a small shared CPU, oversubscribed threads make this test many times slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_torchvision_resnet18_end_to_end_and_rerun_is_idempotent(tmp_path, capsys, one_thread):
+    """torchvision:resnet18 on tiny synthetic 3x32x32 data (stored HWC), two checkpoint formats, a tiny decoder."""
+    import json
+
+    import torchvision
+
+    rng = np.random.default_rng(0)
+    y = np.arange(16) % 2
+    x = rng.integers(0, 16, size=(16, 32, 32, 3), dtype=np.uint8)
+    x[y == 1, :16] //= 4
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(num_classes=2)
+    torch.save(net.state_dict(), tmp_path / "r18_ep0.pt")  # raw state_dict; epoch from the name
+    with torch.no_grad():
+        net.fc.weight.mul_(2.0)
+    torch.save({"model": {"module." + k: v for k, v in net.state_dict().items()}, "epoch": 2}, tmp_path / "ddp.pt")
+    out = tmp_path / "out"
+    argv = ["analyze", "--model", "torchvision:resnet18", "--checkpoints", str(tmp_path / "*.pt"),
+            "--layers", "layer1", "--images", str(tmp_path / "x.npy"), "--labels", str(tmp_path / "y.npy"),
+            "--levels", "16", "--out", str(out), "--decoder", "nr_resnet=1", "nr_filters=8", "nr_mix=2",
+            "--fit", "epochs=1", "batch_size=16", "--device", "cpu", "--no-figures", "--quiet", "--no-probe"]
+    rc = main(argv)
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    table = (out / "analysis" / "mi.csv").read_text()
+    with open(out / "analysis" / "mi.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(int(r["epoch"]), r["layer"], r["status"]) for r in rows] == [(0, "layer1", "ok"), (2, "layer1", "ok")]
+    for r in rows:
+        i, lo, hi = float(r["i_xh_bits"]), float(r["i_xh_ci_low"]), float(r["i_xh_ci_high"])
+        assert np.isfinite([i, lo, hi]).all() and lo <= i <= hi
+        assert float(r["h_x_bits"]) - float(r["h_x_given_h_bits"]) == pytest.approx(i, rel=1e-4, abs=1e-3)
+        assert int(r["n_test"]) == 4
+    assert rows[0]["h_x_bits"] == rows[1]["h_x_bits"]  # one shared unconditional reference
+    src = json.loads((out / "source.json").read_text())
+    assert src["kind"] == "spec" and src["model"] == "torchvision:resnet18" and src["num_classes"] == 2
+    assert "layer1" in cap.out and "wrote" in cap.out
+    # a rerun finds every job done: same table, nothing refitted
+    mtime = (out / "decoders" / "layer1" / "epoch_0002" / "row.json").stat().st_mtime_ns
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert (out / "analysis" / "mi.csv").read_text() == table
+    assert (out / "decoders" / "layer1" / "epoch_0002" / "row.json").stat().st_mtime_ns == mtime
