@@ -257,24 +257,31 @@ def mi_vs_epoch(rows: list[dict], *, title: str | None = None):
     return fig
 
 
-def training_curves(metrics_rows: list[dict], *, title: str | None = None):
-    """Train and test loss (cross-entropy in nats per example for a classifier) and accuracy, against epoch."""
+_LOSS_LABELS = {
+    "classify": "cross-entropy loss  [nats per example]",
+    "autoencode": "reconstruction MSE  [per pixel, 0-1 scale]",
+}
+
+
+def training_curves(metrics_rows: list[dict], *, title: str | None = None, regime: str | None = None):
+    """Train and test loss against epoch (cross-entropy in nats per example when classifying, MSE per pixel on
+    [0, 1] pixels when autoencoding), and accuracy when logged."""
     rows = sorted([r for r in metrics_rows if r.get("epoch") is not None], key=lambda r: r["epoch"])
     if not rows:
         raise DataError("no training metrics to draw")
     loss_keys = [k for k in ("train_loss", "test_loss") if any(r.get(k) is not None for r in rows)]
-    acc_keys = [k for k in ("train_acc", "test_acc") if any(r.get(k) is not None for r in rows)]
+    acc_keys = [k for k in ("train_acc", "test_acc") if any(_finite(r.get(k)) for r in rows)]
     if not loss_keys and not acc_keys:
         raise DataError("metrics.jsonl has no train/test loss or accuracy columns")
     # With accuracy logged the run is a classifier, whose loss is cross-entropy in nats.
-    loss_label = "cross-entropy loss  [nats per example]" if acc_keys else "training loss"
+    loss_label = _LOSS_LABELS.get(regime or ("classify" if acc_keys else ""), "loss")
     panels = [("loss", loss_keys)] * bool(loss_keys) + [("accuracy", acc_keys)] * bool(acc_keys)
     fig = _new_figure(4.4 * len(panels), 3.4)
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     style = {"train": dict(ls="-", color="tab:blue"), "test": dict(ls="--", color="tab:orange")}
     for ax, (what, keys) in zip(axes, panels):
         for k in keys:
-            pts = [(r["epoch"], r[k]) for r in rows if r.get(k) is not None and math.isfinite(float(r[k]))]
+            pts = [(r["epoch"], float(r[k])) for r in rows if _finite(r.get(k))]
             if pts:
                 split = k.split("_")[0]
                 ax.plot(*zip(*pts), marker="o", ms=3, lw=1.4, label=split, **style[split])
@@ -285,6 +292,13 @@ def training_curves(metrics_rows: list[dict], *, title: str | None = None):
     if title:
         fig.suptitle(title, fontsize=10)
     return fig
+
+
+def _finite(v: Any) -> bool:
+    try:
+        return v is not None and math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False
 
 
 # ----------------------------------------------------------------------------------------------- saving
@@ -320,19 +334,19 @@ def save_figure(fig, path_stem: str | os.PathLike, table: list[dict] | str | os.
     return out
 
 
-def _run_title(run_dir: Path) -> str | None:
-    """A short figure title from config.json (data set, model, regime), or None."""
+def _run_config(run_dir: Path) -> dict:
+    """config.json of a training run ({} for analysed foreign checkpoints or an unreadable file)."""
     p = run_dir / "config.json"
-    if not p.is_file():
-        return None
     try:
-        cfg = read_json(p)
+        cfg = read_json(p) if p.is_file() else {}
     except (OSError, ValueError):
-        return None
-    if not isinstance(cfg, dict):
-        return None
-    inner = cfg.get("train") if isinstance(cfg.get("train"), dict) else cfg
-    parts = [str(inner.get(k) or cfg.get(k)) for k in ("dataset", "model", "regime") if inner.get(k) or cfg.get(k)]
+        return {}
+    return cfg if isinstance(cfg, dict) else {}
+
+
+def _run_title(cfg: dict) -> str | None:
+    """A short figure title from the run config: data set, model, regime."""
+    parts = [str(cfg[k]) for k in ("dataset", "model", "regime") if cfg.get(k)]
     return ", ".join(parts) or None
 
 
@@ -353,7 +367,8 @@ def plot_run(run_dir: str | os.PathLike) -> list[Path]:
     if not mi_path.is_file():
         raise UserError(f"{mi_path} not found; run `ibprobe run --out {run_dir}` or `ibprobe analyze` first")
     rows = read_mi_csv(mi_path)
-    title = _run_title(run_dir)
+    cfg = _run_config(run_dir)
+    title = _run_title(cfg)
     figdir = run_dir / "figures"
     written: list[Path] = []
     plane_rows = _ok(rows, "i_xh_bits", "i_yh_bits", "epoch")
@@ -366,7 +381,7 @@ def plot_run(run_dir: str | os.PathLike) -> list[Path]:
     if metrics_path.is_file():
         metrics = read_metrics(metrics_path)
         try:
-            fig = training_curves(metrics, title=title)
+            fig = training_curves(metrics, title=title, regime=cfg.get("regime"))
         except DataError:
             fig = None
         if fig is not None:

@@ -103,7 +103,10 @@ def test_training_curves_panels():
     fig = training_curves(metrics)
     assert len(fig.axes) == 1 and len(fig.axes[0].get_lines()) == 2
     fig = training_curves([dict(m, train_acc=0.5, test_acc=0.4) for m in metrics])
-    assert len(fig.axes) == 2 and fig.axes[1].get_ylabel() == "accuracy"
+    assert len(fig.axes) == 2 and fig.axes[1].get_ylabel() == "accuracy" and "nats" in fig.axes[0].get_ylabel()
+    # an autoencoder logs NaN accuracy: no accuracy panel, and its loss is an MSE per pixel
+    fig = training_curves([dict(m, train_acc=float("nan"), test_acc=None) for m in metrics], regime="autoencode")
+    assert len(fig.axes) == 1 and "MSE" in fig.axes[0].get_ylabel()
 
 
 def test_plot_run_writes_png_pdf_and_the_csv_drawn(run):
