@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample-n", type=int, default=None, help="images to sample (default min(batch, 8); 0 skips)")
     p.add_argument("--compare-cpu-cuda", action="store_true",
                    help="also print the max |NLL difference| (bits/image) between CPU and CUDA")
+    p.add_argument("--threads", type=int, default=None, help="CPU intra-op threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="print the figures only")
     return p
@@ -78,13 +79,18 @@ def _timed(fn, n: int, device: torch.device) -> float:
     return time.perf_counter() - t0
 
 
-def run_bench(args: argparse.Namespace, out=sys.stdout) -> dict[str, float]:
-    """Run the benchmark described by parsed flags; print and return the figures."""
+def run_bench(args: argparse.Namespace, out=None) -> dict[str, float]:
+    """Run the benchmark described by parsed flags; print (to `out`, default stdout) and return the figures."""
     from decoders.config import DecoderConfig
     from decoders.pixelcnn import PixelCNNPP
 
+    out = sys.stdout if out is None else out
     if args.batch < 1 or args.steps < 1 or args.warmup < 0:
         raise ValueError("--batch and --steps must be >= 1, --warmup >= 0")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError("--threads must be >= 1")
+        torch.set_num_threads(args.threads)
     cfg = DecoderConfig(image_shape=tuple(args.image_shape), levels=args.levels, nr_resnet=args.nr_resnet,
                         nr_filters=args.nr_filters, nr_mix=args.nr_mix, dropout=args.dropout,
                         code_shape=args.code_shape)

@@ -4,14 +4,23 @@ from __future__ import annotations
 import re
 
 import pytest
+import torch
 
 pytest.importorskip("decoders.pixelcnn")
 
 from decoders.bench import main  # noqa: E402
 
 TINY = ["--image-shape", "1,4,4", "--levels", "17", "--nr-resnet", "1", "--nr-filters", "8", "--nr-mix", "2",
-        "--batch", "4", "--steps", "2", "--warmup", "1", "--sample-n", "2", "--device", "cpu"]
+        "--batch", "4", "--steps", "2", "--warmup", "1", "--sample-n", "2", "--device", "cpu",
+        "--threads", "1"]
 FIGURES = ("train_images_per_s", "eval_images_per_s", "samples_per_s", "peak_memory_mib")
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    old = torch.get_num_threads()
+    yield
+    torch.set_num_threads(old)
 
 
 def _figures(text: str) -> dict[str, float]:
