@@ -343,8 +343,8 @@ def _to_nchw(images: np.ndarray, path) -> np.ndarray:
 def known_shape(name: str) -> tuple[tuple[int, int, int], int, int]:
     """(in_shape, num_classes, levels) of a named dataset without loading it."""
     if name not in DATASET_SHAPES:
-        raise ConfigError(f"the shape of dataset {name!r} is only known after loading; "
-                          f"known: {', '.join(DATASET_SHAPES)}")
+        raise ConfigError(f"the shape of dataset {name!r} is only known after loading; pass --in-shape C,H,W "
+                          f"and --num-classes N, or one of: {', '.join(DATASET_SHAPES)}")
     return DATASET_SHAPES[name]
 
 

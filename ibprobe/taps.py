@@ -28,11 +28,40 @@ from ibprobe.utils import atomic_write_json, epoch_dirname, read_json, resolve_d
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
-def tappable_layers(model: nn.Module) -> list[str]:
-    """Module paths worth tapping, in forward order. Our models list their own; others: every named module."""
+def tappable_layers(model: nn.Module, example: torch.Tensor | None = None) -> list[str]:
+    """Module paths worth tapping, in forward order. Our models list their own; others: every named module.
+
+    With `example` (a float input batch), a foreign model is run once and only modules that return a tensor
+    and fire exactly once are kept (e.g. torchvision's shared `layer1.0.relu` is dropped).
+    """
     if hasattr(model, "tap_names"):
         return list(model.tap_names())
-    return [name for name, _ in model.named_modules() if name]
+    names = [name for name, _ in model.named_modules() if name]
+    if example is None:
+        return names
+    counts = {n: 0 for n in names}
+    tensor_out = {n: True for n in names}
+    handles = []
+
+    def make(n: str):
+        def hook(_m, _i, out):
+            counts[n] += 1
+            tensor_out[n] = tensor_out[n] and isinstance(out, torch.Tensor)
+        return hook
+
+    was = model.training
+    try:
+        for n, m in model.named_modules():
+            if n:
+                handles.append(m.register_forward_hook(make(n)))
+        model.eval()
+        with torch.no_grad():
+            model(example)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was)
+    return [n for n in names if counts[n] == 1 and tensor_out[n]]
 
 
 def _resolve(model: nn.Module, layers: Sequence[str]) -> dict[str, nn.Module]:

@@ -18,7 +18,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="digits", help="gives the input shape and classes (default digits)")
     p.add_argument("--in-shape", metavar="C,H,W", help="input shape, instead of --dataset")
     p.add_argument("--num-classes", type=int, help="number of classes, instead of --dataset")
-    p.add_argument("--all", action="store_true", help="every named module, not only the recommended taps")
+    p.add_argument("--all", action="store_true", help="every named module, not only those that fire once per forward")
     p.set_defaults(func=handler)
     return p
 
@@ -48,6 +48,19 @@ def handler(args) -> int:
             num_classes = args.num_classes
         model = build_model(args.model, in_shape=in_shape, num_classes=num_classes,
                             **parse_kv(args.model_arg, "--model-arg"))
-    names = [n for n, _ in model.named_modules() if n] if args.all else tappable_layers(model)
-    print("\n".join(names))
+    if args.all:
+        names = [n for n, _ in model.named_modules() if n]
+    else:
+        import torch
+
+        shape = getattr(model, "ibprobe_build", {}).get("in_shape")
+        example = torch.zeros(2, *shape) if shape else None
+        names = tappable_layers(model, example)
+    try:
+        print("\n".join(names), flush=True)
+    except BrokenPipeError:  # e.g. `ibprobe layers ... | head`
+        import os
+        import sys
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0

@@ -120,6 +120,9 @@ def test_iter_capture_yields_batches_and_cleans_up_when_abandoned():
 def test_tappable_layers_of_ours_and_foreign_models():
     assert tappable_layers(_net())[:2] == ["stem", "layer1.0"]
     assert tappable_layers(Reused()) == ["act", "lin", "unused"]
+    model = Reused()
+    assert tappable_layers(model, torch.zeros(2, 1, 8, 8)) == ["lin"]  # act fires twice, unused never
+    assert _no_hooks(model)
 
 
 def test_store_roundtrip_manifest_and_skip(tmp_path):
