@@ -356,7 +356,9 @@ def estimate_mi(images, codes, *, levels: int | None = None, labels=None, decode
         fit: FitConfig (used as is) or dict of overrides on `default_fit_config` (whose device is `device`).
         test_fraction, seed: the one train/test split shared by all decoders (and the default fit seed).
         workdir: folder for resumable, idempotent decoder jobs (_unconditional/, one folder per code).
-        warm_start: initialise each conditional decoder from the fitted q(x).
+        warm_start: paired fitting. A first q0(x) is fitted; then the reference q(x) AND every q(x|h) are
+            fitted again from q0's weights with the same budget, seed and batch order, so each pair shares its
+            whole history except the (zero-initialised) code path. Costs one extra unconditional fit.
 
     Returns:
         An MIEstimate, or a dict name -> MIEstimate when `codes` is a dict (q(x) is fitted once and shared).
@@ -403,9 +405,14 @@ def estimate_mi(images, codes, *, levels: int | None = None, labels=None, decode
         except FloatingPointError as e:
             raise JobFailed(f"{desc}: {e}; try a lower fit lr or grad_clip") from e
 
-    h_x, q_x = run(None, None, _with_code(base, None), "_unconditional", None, "q(x)")
-    if warm_start and q_x is None:  # finished earlier in workdir: warm-start from its file
-        q_x = wd / "_unconditional" / "decoder.pt"
+    ubase = _with_code(base, None)
+    if warm_start:  # stage 1: q0(x); then q(x) and every q(x|h) continue from it with the same budget
+        _, q_x = run(None, None, ubase, "_unconditional_init", None, "q0(x)")
+        if q_x is None:  # finished earlier in workdir: warm-start from its file
+            q_x = wd / "_unconditional_init" / "decoder.pt"
+        h_x, _ = run(None, None, ubase, "_unconditional", q_x, "q(x)")
+    else:
+        h_x, q_x = run(None, None, ubase, "_unconditional", None, "q(x)")
     out: dict[str, MIEstimate] = {}
     for name, h in code_map.items():
         cfg = _with_code(base, h.shape[1:])

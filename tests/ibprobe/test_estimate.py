@@ -6,6 +6,17 @@ from ibprobe.errors import ConfigError, DataError
 from ibprobe.estimate import MIEstimate, estimate_mi, make_split, paired_mi
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny decoders run fastest on one thread; two OpenMP threads on a busy 2-core box spin 100x slower."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 # ------------------------------------------------------------------------------------------------ split and CI
 def test_split_is_seeded_disjoint_and_stratified():
     labels = np.repeat([0, 1, 2], [50, 30, 20])
@@ -74,3 +85,95 @@ def test_nan_in_one_code_of_a_dict_names_it():
     bad[7, 0] = np.inf
     with pytest.raises(DataError, match="'b'.*rows 0..39"):
         estimate_mi(x, {"a": h, "b": bad}, levels=4, progress=False)
+
+
+# ------------------------------------------------------------------------------------------------ with decoders
+TINY_DEC = {"nr_resnet": 1, "nr_filters": 8, "nr_mix": 2, "dropout": 0.0}
+TINY_FIT = {"epochs": 2, "batch_size": 16, "lr": 5e-3, "patience": 0}
+
+
+def _structured(n=60, seed=0):
+    """Two constant-band templates (levels 4): code = template id carries 1 bit."""
+    rng = np.random.default_rng(seed)
+    t = rng.integers(0, 2, n)
+    x = (2 * t[:, None, None, None] + rng.integers(0, 2, (n, 1, 4, 4))).astype(np.uint8)
+    return x, t
+
+
+def _est(x, codes, **kw):
+    return estimate_mi(x, codes, levels=4, decoder=TINY_DEC, fit=TINY_FIT, device="cpu", progress=False, **kw)
+
+
+def test_same_seed_same_estimate_and_ci_contains_it():
+    x, t = _structured()
+    a = _est(x, t.astype(np.float32), seed=1)
+    b = _est(x, t.astype(np.float32), seed=1)
+    assert isinstance(a, MIEstimate)
+    assert a == b
+    assert a.ci_low <= a.bits <= a.ci_high
+    assert a.n_test == 12 and a.bits_per_dim == pytest.approx(a.bits / 16)
+    assert a.bits == pytest.approx(a.h_x_bits - a.h_x_given_h_bits)
+
+
+def _count_fits(monkeypatch):
+    import decoders.fitting
+
+    calls = []
+    real = decoders.fitting.fit
+
+    def counting(model, images, codes=None, *args, **kw):
+        calls.append(None if codes is None else tuple(codes.shape[1:]))
+        return real(model, images, codes, *args, **kw)
+
+    monkeypatch.setattr(decoders.fitting, "fit", counting)
+    return calls
+
+
+def test_dict_of_codes_fits_unconditional_once(monkeypatch, tmp_path):
+    calls = _count_fits(monkeypatch)
+    x, t = _structured()
+    codes = {"vec": np.eye(2, dtype=np.float32)[t], "map": t[:, None, None, None].repeat(2, 2).repeat(2, 3) * 1.0,
+             "scalar": t}
+    out = _est(x, codes, workdir=tmp_path)
+    assert set(out) == {"vec", "map", "scalar"}
+    assert calls.count(None) == 1 and len(calls) == 4
+    assert sorted(c for c in calls if c) == [(1,), (1, 2, 2), (2,)]
+    for name in ("_unconditional", "vec", "map", "scalar"):
+        assert (tmp_path / name / "result.json").exists() and (tmp_path / name / "decoder.pt").exists()
+    # The jobs are idempotent: a second call with the same workdir fits nothing and gives the same numbers.
+    calls.clear()
+    again = _est(x, codes, workdir=tmp_path)
+    assert calls == [] and again == out
+
+
+def test_labels_add_i_yh():
+    x, t = _structured(80)
+    e = _est(x, np.eye(2, dtype=np.float32)[t], labels=t)
+    assert e.h_y_bits == pytest.approx(1.0, abs=0.05)
+    assert e.i_yh_bits == pytest.approx(e.h_y_bits, abs=0.1)
+
+
+def test_decoder_overrides_that_contradict_the_data_are_config_errors():
+    x, t = _structured()
+    with pytest.raises(ConfigError, match="levels"):
+        estimate_mi(x, t, levels=4, decoder={"levels": 256}, progress=False)
+    with pytest.raises(ConfigError, match="nr_filterz"):
+        estimate_mi(x, t, levels=4, decoder={"nr_filterz": 3}, progress=False)
+
+
+def test_warm_start_copies_unconditional_weights():
+    import torch
+    from decoders import PixelCNNPP
+
+    from ibprobe.estimate import _init_weights, default_decoder_config
+
+    torch.manual_seed(0)
+    base = default_decoder_config((1, 4, 4), 4, None, "cpu")
+    q = PixelCNNPP(base)
+    cond = PixelCNNPP(default_decoder_config((1, 4, 4), 4, (3,), "cpu"))
+    _init_weights(cond, q)
+    x, _ = _structured(8)
+    xt = torch.from_numpy(x).long()
+    with torch.no_grad():
+        q.eval(), cond.eval()
+        assert torch.allclose(q.nll_bits(xt), cond.nll_bits(xt, torch.randn(8, 3)), atol=1e-5)
