@@ -10,6 +10,7 @@ Sources: `digits` (scikit-learn's 1,797 real 8x8 digits, 17 levels, bundled, the
 """
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 
 from ibprobe.errors import ConfigError, DataError
+from ibprobe.utils import atomic_write_bytes
 
 DATASET_NAMES = ("digits", "cifar10", "cifar100", "svhn", "mnist", "fashion_mnist", "cinic10", "folder", "npy")
 
@@ -249,7 +251,12 @@ def _load_cinic10(root: Path):
 
 
 def _load_image_folder(root: Path, force_rgb: bool = False):
-    """ImageFolder tree root/<class>/<image>; all images must share one size. Grayscale if all are."""
+    """ImageFolder tree root/<class>/<image>; all images must share one size. Grayscale if all are.
+
+    Decoded arrays are cached in root/.ibprobe_cache.npz (when writable), keyed by the file list and sizes.
+    """
+    import hashlib
+
     from PIL import Image
 
     if not root.is_dir():
@@ -261,31 +268,49 @@ def _load_image_folder(root: Path, force_rgb: bool = False):
     if not files:
         raise DataError(f"no images found in {root}; expected an ImageFolder tree {root}/<class>/<image>.png "
                         f"(extensions: {', '.join(IMAGE_EXTENSIONS)})")
-    arrays = []
+    key = hashlib.sha1(repr((force_rgb, [(str(f.relative_to(root)), f.stat().st_size, f.stat().st_mtime_ns)
+                                         for f, _ in files])).encode()).hexdigest()
+    cache = root / ".ibprobe_cache.npz"
+    if cache.is_file():
+        try:
+            with np.load(cache, allow_pickle=False) as z:
+                if str(z["key"]) == key:
+                    return z["images"], z["labels"], [str(c) for c in z["classes"]]
+        except (OSError, ValueError, KeyError):
+            pass
     gray = not force_rgb
-    for f, _ in files:
+    if gray:
+        for f, _ in files:  # headers only: is every image single-channel?
+            try:
+                with Image.open(f) as im:
+                    if im.mode not in ("L", "1", "I;16", "I", "F"):
+                        gray = False
+                        break
+            except OSError as e:
+                raise DataError(f"cannot read image {f}: {e}") from None
+    mode = "L" if gray else "RGB"
+    out = None
+    for k, (f, _) in enumerate(files):
         try:
             with Image.open(f) as im:
-                im.load()
-                if im.mode not in ("L", "1", "I;16", "I", "F"):
-                    gray = False
-                arrays.append(im.copy())
+                a = np.asarray(im.convert(mode), dtype=np.uint8)
         except OSError as e:
             raise DataError(f"cannot read image {f}: {e}") from None
-    mode = "L" if gray else "RGB"
-    out = []
-    size = None
-    for (f, _), im in zip(files, arrays):
-        a = np.asarray(im.convert(mode), dtype=np.uint8)
         a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)  # (C, H, W)
-        if size is None:
-            size = a.shape
-        elif a.shape != size:
-            raise DataError(f"image {f} has shape {a.shape} (C,H,W) but the first image has {size}; "
+        if out is None:
+            out = np.empty((len(files), *a.shape), np.uint8)  # (N, C, H, W)
+        elif a.shape != out.shape[1:]:
+            raise DataError(f"image {f} has shape {a.shape} (C,H,W) but the first image has {out.shape[1:]}; "
                             f"all images in {root} must have the same size")
-        out.append(a)
+        out[k] = a
     labels = np.array([y for _, y in files], dtype=np.int64)
-    return np.stack(out), labels, classes
+    try:
+        buf = io.BytesIO()
+        np.savez(buf, key=np.array(key), images=out, labels=labels, classes=np.array(classes))
+        atomic_write_bytes(cache, buf.getvalue())
+    except OSError:
+        pass  # read-only data folder: decode again next time
+    return out, labels, classes
 
 
 def _load_npy(images_path, labels_path, levels):

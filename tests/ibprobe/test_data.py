@@ -137,6 +137,14 @@ def test_image_folder_grayscale(tmp_path):
     assert ds.classes == ["cat", "dog"] and ds.images.shape == (10, 1, 4, 4) and ds.levels == 256
     assert np.array_equal(ds.images[0, 0], arrays[("cat", 0)])  # lossless PNG round trip
     assert set(ds.labels[ds.test_idx]) == {0, 1}
+    assert (tmp_path / "imgs" / ".ibprobe_cache.npz").is_file()
+    again = load_dataset("folder", data_root=tmp_path / "imgs", seed=1)  # from the cache
+    assert np.array_equal(again.images, ds.images) and again.classes == ds.classes
+    from PIL import Image
+
+    Image.fromarray(np.full((4, 4), 7, np.uint8)).save(tmp_path / "imgs" / "dog" / "new.png")
+    grown = load_dataset("folder", data_root=tmp_path / "imgs")  # changed tree: cache is not used
+    assert len(grown.images) == 11 and (grown.images == 7).all(axis=(1, 2, 3)).any()
 
 
 def test_image_folder_mixed_sizes_is_a_clear_error(tmp_path):
