@@ -261,3 +261,16 @@ def test_fitconfig_rejects_nonsense():
         FitConfig(val_fraction=1.0)
     with pytest.raises(ValueError):
         FitConfig(epochs=0)
+
+
+def test_spatial_codes_from_float16_memmap(tmp_path):
+    x, ids = templates_data(n=48)
+    raw = np.lib.format.open_memmap(tmp_path / "codes.npy", mode="w+", dtype=np.float16, shape=(48, 2, 2, 2))
+    raw[:] = (ids[:, None, None, None] + np.zeros((1, 2, 2, 2))).astype(np.float16)
+    raw.flush()
+    codes = np.load(tmp_path / "codes.npy", mmap_mode="r")
+    model = make_model(code_shape=(2, 2, 2))
+    res = fit(model, x, codes, cfg=replace(FAST, epochs=1), eval_images=x[:8], eval_codes=codes[:8])
+    assert res.eval_nll_bits.shape == (8,) and np.isfinite(res.eval_nll_bits).all()
+    assert float(model.code_std.flatten()[0]) == pytest.approx(float(np.std(ids[np.sort(
+        torch.randperm(48, generator=torch.Generator().manual_seed(0)).numpy()[res.n_val:])])), rel=1e-3)
