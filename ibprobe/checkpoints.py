@@ -67,7 +67,7 @@ def load_checkpoint_file(path: str | os.PathLike) -> Any:
 
 
 def _refusal(path: Path, err: BaseException) -> str:
-    m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+    m = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", str(err))
     found = f" (it asks for {m.group(1)})" if m else ""
     return (
         f"refused checkpoint {path}: it holds Python objects beyond tensors and primitives{found}, which could run "
@@ -76,8 +76,11 @@ def _refusal(path: Path, err: BaseException) -> str:
 
 
 def _first_line(e: BaseException) -> str:
+    """The first sentence of an exception message (torch's are long), at most 200 characters."""
     s = str(e).strip().splitlines()
-    return s[0][:200] if s else type(e).__name__
+    if not s:
+        return type(e).__name__
+    return re.split(r"(?<=[.:;])\s", s[0], maxsplit=1)[0].rstrip(".:;")[:200]
 
 
 def _is_state_dict(obj: Any) -> bool:

@@ -156,13 +156,23 @@ def parse_layers(text: str) -> tuple[str, ...]:
     return layers
 
 
-def check_layers(model, layers, available: list[str]) -> None:
-    """Every layer must be a tappable module path; the error lists the available ones."""
+def check_layers(model, layers, available: list[str], *, spec: str = "") -> None:
+    """Every layer must be a tappable module path; the error lists the available ones (top two levels if many)."""
+    import difflib
+
     unknown = [l for l in layers if l not in available]
-    if unknown:
-        shown = ", ".join(available[:60]) + (f", ... ({len(available) - 60} more)" if len(available) > 60 else "")
-        raise LayerError(f"unknown layer(s) {', '.join(repr(l) for l in unknown)} in {type(model).__name__}; "
-                         f"available: {shown}")
+    if not unknown:
+        return
+    close = [c for l in unknown for c in difflib.get_close_matches(l, available, n=3, cutoff=0.6)]
+    hint = f"; did you mean {', '.join(dict.fromkeys(close))}?" if close else ""
+    if len(available) <= 40:
+        shown = ", ".join(available)
+    else:
+        top = [a for a in available if a.count(".") <= 1]
+        shown = (", ".join(top[:60]) + f" (and {len(available) - min(len(top), 60)} deeper ones; "
+                 f"`ibprobe layers --model {spec or '...'}` lists all)")
+    raise LayerError(f"unknown layer(s) {', '.join(repr(l) for l in unknown)} in {type(model).__name__}{hint}; "
+                     f"available: {shown}")
 
 
 @dataclass
@@ -210,7 +220,7 @@ def prepare_analysis(
     for _, path in ckpts:
         load_weights(net, path)
     net.eval()
-    code_shapes = _probe_layers(net, ds, layers, norm)
+    code_shapes = _probe_layers(net, ds, layers, norm, spec=str(model))
     if progress:
         print(f"{describe_sizes(ds)}; {model} with {len(ckpts)} checkpoint(s) (epochs "
               f"{', '.join(str(e) for e, _ in ckpts)}); layers "
@@ -254,11 +264,11 @@ def _check_overrides(in_shape, levels: int, decoder: dict, fit: dict, seed: int)
         raise ConfigError(f"invalid --decoder/--fit value: {e}") from None
 
 
-def _probe_layers(net, ds, layers, normalize) -> dict:
+def _probe_layers(net, ds, layers, normalize, spec: str = "") -> dict:
     """Run two test images through the net; every layer must exist and fire exactly once."""
     from ibprobe.taps import capture, tappable_layers
 
-    check_layers(net, layers, tappable_layers(net))
+    check_layers(net, layers, tappable_layers(net), spec=spec)
     x = ds.images[ds.test_idx[:2]]
     try:
         acts = capture(net, x, list(layers), levels=ds.levels, normalize=normalize, batch_size=2, device="cpu")

@@ -79,31 +79,59 @@ def test_corrupt_checkpoint(byo, capsys, content):
     assert "e9.pt" in msg and "corrupt" in msg
 
 
-class _Payload:
+class _OpenPayload:
     target = ""
 
     def __reduce__(self):
         return (open, (self.target, "w"))
 
 
+class _SystemPayload:
+    target = ""
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.target}",))
+
+
 @pytest.mark.parametrize("how", ["torch.save", "pickle"])
-def test_pickle_payload_is_refused_not_executed(byo, capsys, how):
+@pytest.mark.parametrize("payload", [_OpenPayload, _SystemPayload])
+def test_pickle_payload_is_refused_not_executed(byo, capsys, how, payload):
     target = byo / "PWNED"
-    _Payload.target = str(target)
+    payload.target = str(target)
     evil = byo / "ckpts" / "e7.pt"
     if how == "torch.save":
-        torch.save({"model": {}, "epoch": 7, "extra": _Payload()}, evil)
+        torch.save({"model": {}, "epoch": 7, "extra": payload()}, evil)
     else:
-        evil.write_bytes(pickle.dumps({"state_dict": _Payload()}, protocol=2))
+        evil.write_bytes(pickle.dumps({"state_dict": payload()}, protocol=2))
     msg = _one_line_error(capsys, _argv(byo))
     assert not target.exists()
     assert "refused" in msg and "e7.pt" in msg and "nothing in it was executed" in msg
+    assert ("system" if payload is _SystemPayload else "open") in msg
 
 
 def test_unknown_layer_lists_available(byo, capsys):
     msg = _one_line_error(capsys, _argv(byo, layers="act1,conv9"))
     assert "unknown layer(s) 'conv9'" in msg
     assert "available:" in msg and "conv1" in msg and "act2" in msg and "fc" in msg
+
+
+def test_unknown_layer_in_a_big_model_lists_the_top_levels_and_close_names():
+    from torch import nn
+
+    from ibprobe.commands.analyze import check_layers
+    from ibprobe.errors import LayerError
+
+    net = nn.Sequential(*[nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Sequential(nn.Tanh())) for _ in range(12)])
+    names = [n for n, _ in net.named_modules() if n]
+    assert len(names) == 60
+    with pytest.raises(LayerError) as e:
+        check_layers(net, ["3.1", "11.l"], names, spec="pkg.mod:net")
+    msg = str(e.value)
+    assert "unknown layer(s) '11.l'" in msg and "did you mean 11.1" in msg
+    assert "11.2.0" not in msg and "11.2," in msg  # two levels shown, deeper ones counted
+    assert "(and 12 deeper ones; `ibprobe layers --model pkg.mod:net` lists all)" in msg
 
 
 def test_hostile_layer_name_cannot_escape_out(byo, capsys):
