@@ -1,10 +1,11 @@
 """Building blocks of PixelCNN++ (Salimans et al., 2017): shifted convolutions, weight normalisation,
 concat_elu and the gated residual block.
 
-The causal ("masked") convolutions are ordinary padded convolutions whose surplus bottom rows (and right
-columns) are cut off: a down-shifted conv sees its own row and the rows above, a down-right-shifted conv
-also only the columns to its left; `down_shift`/`right_shift` then exclude the current pixel. No weight
-masks, so cuDNN and channels_last work unchanged.
+The causal ("masked") convolutions are ordinary convolutions on an input padded on the top (and left)
+only: a down-shifted conv sees its own row and the rows above, a down-right-shifted conv also only the
+columns to its left; `down_shift`/`right_shift` then exclude the current pixel. No weight masks, so cuDNN
+and channels_last work unchanged. (Symmetric conv padding with the surplus rows cut off avoids the padded
+copy but computes up to (H+1)(W+1)/HW more outputs; on CPU at 8x8 it measured ~20% slower.)
 """
 from __future__ import annotations
 
@@ -43,20 +44,17 @@ class Nin(nn.Module):
 class DownShiftedConv2d(nn.Module):
     """Output (i, j) sees input rows i-kh+1..i and columns j-(kw-1)/2..j+(kw-1)/2 (kernel (kh, kw), kw odd).
 
-    Followed by `down_shift` this sees only rows above. With stride 2 it halves H and W. The top padding is
-    the conv's own (symmetric) padding with the surplus bottom rows cut off: no padded copy of the input.
+    Followed by `down_shift` this sees only rows above. With stride 2 it halves H and W.
     """
 
     def __init__(self, cin: int, cout: int, kernel: tuple[int, int] = (2, 3), stride: tuple[int, int] = (1, 1)):
         super().__init__()
         kh, kw = kernel
-        self.stride = stride
-        self.conv = weight_norm(nn.Conv2d(cin, cout, kernel, stride=stride, padding=(kh - 1, (kw - 1) // 2)), dim=0)
+        self.pad = ((kw - 1) // 2, (kw - 1) // 2, kh - 1, 0)  # (left, right, top, bottom)
+        self.conv = weight_norm(nn.Conv2d(cin, cout, kernel, stride=stride), dim=0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = (x.shape[2] - 1) // self.stride[0] + 1
-        y = self.conv(x)  # (B, C, rows + surplus, W')
-        return y if y.shape[2] == rows else y[:, :, :rows]
+        return self.conv(F.pad(x, self.pad))  # (B, C', H/stride, W/stride)
 
 
 class DownRightShiftedConv2d(nn.Module):
@@ -65,14 +63,11 @@ class DownRightShiftedConv2d(nn.Module):
     def __init__(self, cin: int, cout: int, kernel: tuple[int, int] = (2, 2), stride: tuple[int, int] = (1, 1)):
         super().__init__()
         kh, kw = kernel
-        self.stride = stride
-        self.conv = weight_norm(nn.Conv2d(cin, cout, kernel, stride=stride, padding=(kh - 1, kw - 1)), dim=0)
+        self.pad = (kw - 1, 0, kh - 1, 0)  # (left, right, top, bottom)
+        self.conv = weight_norm(nn.Conv2d(cin, cout, kernel, stride=stride), dim=0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = (x.shape[2] - 1) // self.stride[0] + 1
-        cols = (x.shape[3] - 1) // self.stride[1] + 1
-        y = self.conv(x)  # (B, C, rows + surplus, cols + surplus)
-        return y if y.shape[2:] == (rows, cols) else y[:, :, :rows, :cols]
+        return self.conv(F.pad(x, self.pad))  # (B, C', H/stride, W/stride)
 
 
 class DownShiftedDeconv2d(nn.Module):
@@ -137,7 +132,8 @@ class GatedResnet(nn.Module):
         y = self.conv_out(self.dropout(concat_elu(y)))  # (B, 2F, H, W)
         if self.cond is not None and h is not None:
             c = self.cond(h)
-            # in place: y keeps its memory layout, so a zero projection leaves the result bit-identical
+            # in place: y keeps its memory layout (CPU kernels round differently on other layouts), so a zero
+            # projection leaves the result bit-identical to the unconditional block
             y = y.add_(c[:, :, None, None] if c.dim() == 2 else c)  # (B, 2F, 1|H, 1|W) broadcast
         a_, b_ = y.chunk(2, dim=1)
         return x + a_ * torch.sigmoid(b_)

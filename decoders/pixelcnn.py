@@ -232,7 +232,9 @@ class PixelCNNPP(nn.Module):
         """
         cfg = self.cfg
         c, h, w = cfg.image_shape
-        if code is not None and cfg.code_shape is not None:
+        if code is not None and cfg.code_shape is None:
+            raise ValueError("sample: this decoder is unconditional (code_shape=None) but a code was given")
+        if code is not None:
             code_t = self._as_code_tensor(code, None)
             if n is not None and n != code_t.shape[0]:
                 raise ValueError(f"sample: n={n} but the code has batch {code_t.shape[0]}")
