@@ -27,7 +27,7 @@ from ibprobe.probe import probe_i_yh
 from ibprobe.utils import apply_overrides, atomic_np_save, atomic_write_json, read_json, resolve_device, sanitize_name
 
 __all__ = ["MIEstimate", "estimate_mi", "make_split", "paired_mi", "probe_i_yh", "default_decoder_config",
-           "default_fit_config", "fit_decoder", "decoder_id", "WARM_START_DEFAULT"]
+           "default_fit_config", "fit_decoder", "decoder_id", "continued_fit_config", "WARM_START_DEFAULT"]
 
 MIN_TEST, MIN_TRAIN = 2, 4  # images; fewer cannot give a paired CI or a decoder train/val split
 # Measured on the known-answer suite (see ibprobe/validate.py and the commit introducing this): warm-starting
@@ -168,6 +168,11 @@ def decoder_id(decoder_cfg, fit_cfg) -> str:
                       else str(o))
     digest = hashlib.sha1(blob.encode()).hexdigest()[:6]
     return f"pcnn-{decoder_cfg.nr_resnet}x{decoder_cfg.nr_filters}x{decoder_cfg.nr_mix}-{digest}"
+
+
+def continued_fit_config(fit_cfg, epochs_done: int):
+    """The stage-2 FitConfig of paired fitting: same budget, lr continuing the decayed schedule of stage 1."""
+    return dataclasses.replace(fit_cfg, lr=fit_cfg.lr * fit_cfg.lr_decay ** int(epochs_done))
 
 
 def _resolve_decoder(decoder, image_shape, levels, device: str):
@@ -357,8 +362,9 @@ def estimate_mi(images, codes, *, levels: int | None = None, labels=None, decode
         test_fraction, seed: the one train/test split shared by all decoders (and the default fit seed).
         workdir: folder for resumable, idempotent decoder jobs (_unconditional/, one folder per code).
         warm_start: paired fitting. A first q0(x) is fitted; then the reference q(x) AND every q(x|h) are
-            fitted again from q0's weights with the same budget, seed and batch order, so each pair shares its
-            whole history except the (zero-initialised) code path. Costs one extra unconditional fit.
+            fitted again from q0's weights with the same budget, seed and batch order (lr continuing q0's decayed
+            schedule), so each pair shares its whole history except the (zero-initialised) code path. Costs one
+            extra unconditional fit.
 
     Returns:
         An MIEstimate, or a dict name -> MIEstimate when `codes` is a dict (q(x) is fitted once and shared).
@@ -393,30 +399,32 @@ def estimate_mi(images, codes, *, levels: int | None = None, labels=None, decode
     dims = int(np.prod(x.shape[1:]))
     wd = Path(workdir) if workdir is not None else None
 
-    def run(code_tr, code_te, cfg, sub: str, init, desc: str):
+    def run(code_tr, code_te, cfg, sub: str, init, desc: str, fit_cfg):
         sub_dir = wd / sub if wd is not None else None
         try:
             if sub_dir is not None and (sub_dir / "result.json").exists():
-                nll, _ = fit_decoder(x_tr, code_tr, x_te, code_te, cfg, fcfg, workdir=sub_dir, desc=desc)
-                return nll, None
-            nll, _, model = _fit_one(x_tr, code_tr, x_te, code_te, cfg, fcfg, workdir=sub_dir,
-                                     init_from=init, desc=desc)
-            return nll, model
+                nll, info = fit_decoder(x_tr, code_tr, x_te, code_te, cfg, fit_cfg, workdir=sub_dir, desc=desc)
+                return nll, None, info
+            nll, info, model = _fit_one(x_tr, code_tr, x_te, code_te, cfg, fit_cfg, workdir=sub_dir,
+                                        init_from=init, desc=desc)
+            return nll, model, info
         except FloatingPointError as e:
             raise JobFailed(f"{desc}: {e}; try a lower fit lr or grad_clip") from e
 
     ubase = _with_code(base, None)
     if warm_start:  # stage 1: q0(x); then q(x) and every q(x|h) continue from it with the same budget
-        _, q_x = run(None, None, ubase, "_unconditional_init", None, "q0(x)")
+        _, q_x, info0 = run(None, None, ubase, "_unconditional_init", None, "q0(x)", fcfg)
         if q_x is None:  # finished earlier in workdir: warm-start from its file
             q_x = wd / "_unconditional_init" / "decoder.pt"
-        h_x, _ = run(None, None, ubase, "_unconditional", q_x, "q(x)")
+        fcfg = continued_fit_config(fcfg, info0["epochs_run"])
+        h_x, _, _ = run(None, None, ubase, "_unconditional", q_x, "q(x)", fcfg)
     else:
-        h_x, q_x = run(None, None, ubase, "_unconditional", None, "q(x)")
+        h_x, q_x, _ = run(None, None, ubase, "_unconditional", None, "q(x)", fcfg)
     out: dict[str, MIEstimate] = {}
     for name, h in code_map.items():
         cfg = _with_code(base, h.shape[1:])
-        h_xh, _ = run(h[tr], h[te], cfg, sanitize_name(name), q_x if warm_start else None, f"q(x|{name})")
+        h_xh, _, _ = run(h[tr], h[te], cfg, sanitize_name(name), q_x if warm_start else None, f"q(x|{name})",
+                         fcfg)
         mi = paired_mi(h_x, h_xh, dims=dims)
         extra: dict[str, Any] = {}
         if y is not None and len(np.unique(y[tr])) > 1:

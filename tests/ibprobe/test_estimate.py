@@ -118,15 +118,21 @@ def test_same_seed_same_estimate_and_ci_contains_it():
 def _count_fits(monkeypatch):
     import decoders.fitting
 
-    calls = []
+    calls, lrs = _Calls(), []
     real = decoders.fitting.fit
 
-    def counting(model, images, codes=None, *args, **kw):
+    def counting(model, images, codes=None, cfg=None, **kw):
         calls.append(None if codes is None else tuple(codes.shape[1:]))
-        return real(model, images, codes, *args, **kw)
+        lrs.append(cfg.lr)
+        return real(model, images, codes, cfg, **kw)
 
     monkeypatch.setattr(decoders.fitting, "fit", counting)
+    calls.lrs = lrs
     return calls
+
+
+class _Calls(list):
+    pass
 
 
 def test_dict_of_codes_fits_unconditional_once(monkeypatch, tmp_path):
@@ -134,7 +140,7 @@ def test_dict_of_codes_fits_unconditional_once(monkeypatch, tmp_path):
     x, t = _structured()
     codes = {"vec": np.eye(2, dtype=np.float32)[t], "map": t[:, None, None, None].repeat(2, 2).repeat(2, 3) * 1.0,
              "scalar": t}
-    out = _est(x, codes, workdir=tmp_path)
+    out = _est(x, codes, workdir=tmp_path, warm_start=False)
     assert set(out) == {"vec", "map", "scalar"}
     assert calls.count(None) == 1 and len(calls) == 4
     assert sorted(c for c in calls if c) == [(1,), (1, 2, 2), (2,)]
@@ -142,7 +148,7 @@ def test_dict_of_codes_fits_unconditional_once(monkeypatch, tmp_path):
         assert (tmp_path / name / "result.json").exists() and (tmp_path / name / "decoder.pt").exists()
     # The jobs are idempotent: a second call with the same workdir fits nothing and gives the same numbers.
     calls.clear()
-    again = _est(x, codes, workdir=tmp_path)
+    again = _est(x, codes, workdir=tmp_path, warm_start=False)
     assert calls == [] and again == out
 
 
@@ -177,3 +183,13 @@ def test_warm_start_copies_unconditional_weights():
     with torch.no_grad():
         q.eval(), cond.eval()
         assert torch.allclose(q.nll_bits(xt), cond.nll_bits(xt, torch.randn(8, 3)), atol=1e-5)
+
+
+def test_paired_fitting_continues_q0_for_reference_and_codes(monkeypatch, tmp_path):
+    calls = _count_fits(monkeypatch)
+    x, t = _structured()
+    e = _est(x, {"vec": np.eye(2, dtype=np.float32)[t]}, workdir=tmp_path, warm_start=True)["vec"]
+    assert calls == [None, None, (2,)]  # q0(x), then q(x) and q(x|h) both from q0
+    lr, decay, epochs = TINY_FIT["lr"], 0.95, TINY_FIT["epochs"]  # default lr_decay of the 8x8 fit config
+    assert calls.lrs[0] == pytest.approx(lr) and calls.lrs[1:] == pytest.approx([lr * decay**epochs] * 2)
+    assert e.h_x_bits == pytest.approx(np.load(tmp_path / "_unconditional" / "test_nll_bits.npy").mean())
