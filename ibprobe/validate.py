@@ -140,13 +140,15 @@ def random4(n: int, seed: int, *, quick: bool) -> Family:
     return Family("random4", x, math.log2(4) + D * 2, cases, ["noise", "id"])
 
 
-# Budgets tuned so that every case meets its tolerance (see the report in the commit history).
+# Budgets: the quick one is sized for about a minute on 2 idle CPU cores (7 tiny fits of 8 epochs).
 QUICK = {"n": 400, "families": (flat4,), "warm_start": True,
          "decoder": {"nr_resnet": 1, "nr_filters": 32, "nr_mix": 4, "dropout": 0.0},
          "fit": {"epochs": 8, "batch_size": 16, "lr": 3e-3, "lr_decay": 0.9, "patience": 0}}
+# The full suite has not been run to completion on the 2-core development box; its budget is a guess that
+# extends the quick one (more images, longer schedules, a slightly wider decoder).
 FULL = {"n": 1000, "families": (flat4, flat8, random4), "warm_start": True,
         "decoder": {"nr_resnet": 2, "nr_filters": 48, "nr_mix": 5, "dropout": 0.0},
-        "fit": {"epochs": 30, "batch_size": 50, "lr": 5e-3, "lr_decay": 0.93, "patience": 0}}
+        "fit": {"epochs": 20, "batch_size": 16, "lr": 3e-3, "lr_decay": 0.9, "patience": 0}}
 
 
 def run_validation(*, quick: bool = False, device: str = "auto", seed: int = 0, progress: bool = True,

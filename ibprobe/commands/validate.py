@@ -10,8 +10,8 @@ def add_parser(subparsers) -> None:
         "validate",
         help="check the estimator on synthetic images whose I(X;H) is known exactly",
         description="Fit decoders on synthetic template-plus-noise images and compare estimated I(X;H) with the "
-                    "exact answer. Prints case | truth | estimate | 95%% CI | ok and exits 1 if a case misses "
-                    "its tolerance max(0.5 bits, 5%% of truth) or the estimates do not order as the truth.",
+                    "exact answer. Prints case | truth | estimate | 95% CI | ok and exits 1 if a case misses "
+                    "its tolerance max(0.5 bits, 5% of truth) or the estimates do not order as the truth.",
     )
     p.add_argument("--quick", action="store_true", help="small suite (under a minute on a CPU)")
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
