@@ -15,7 +15,7 @@ import os
 import sys
 import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -96,7 +96,7 @@ class AnalysisConfig:
     decoder: dict = field(default_factory=dict)
     fit: dict = field(default_factory=dict)
     device: str = "auto"
-    jobs: int = 1
+    jobs: int = 1  # decoder jobs at once; 0 = one per CPU core (CPU) or 1 (CUDA)
     seed: int = 0
     probe: bool = True
     warm_start: bool = False  # start each q(x|h) from the fitted q(x) (zero-initialised code pathway)
@@ -375,6 +375,7 @@ def run_analysis(out_dir: str | os.PathLike, source: ModelSource, dataset_spec: 
     if len(dataset.test_idx) < 2:
         raise DataError(f"the test split has {len(dataset.test_idx)} images; need at least 2 for a confidence interval")
     device = resolve_device(cfg.device)
+    cfg = replace(cfg, jobs=resolve_jobs(cfg.jobs, device))
     capture_activations(run_dir, source, dataset, cfg.layers, device=device, progress=cfg.progress)
 
     uncond = run_job(run_dir, JobSpec(None), retry_failed=cfg.retry_failed)
@@ -410,7 +411,7 @@ def _run_parallel(run_dir: Path, specs: list[JobSpec], cfg: AnalysisConfig) -> d
     import multiprocessing as mp
 
     n = max(1, int(cfg.jobs))
-    threads = max(1, (os.cpu_count() or 1) // n)
+    threads = max(1, cpu_count() // n)
     out: dict = {}
     bugs: list[str] = []
     runtime = {"device": cfg.device, "progress": False}
@@ -425,6 +426,21 @@ def _run_parallel(run_dir: Path, specs: list[JobSpec], cfg: AnalysisConfig) -> d
     if bugs:
         raise RuntimeError("decoder job(s) crashed:\n" + "\n".join(bugs))
     return out
+
+
+def cpu_count() -> int:
+    """CPU cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def resolve_jobs(jobs: int, device) -> int:
+    """`jobs` if > 0; else automatic: one job per CPU core (at most 8) on CPU, one at a time on CUDA."""
+    if int(jobs) > 0:
+        return int(jobs)
+    return 1 if resolve_device(device).type == "cuda" else max(1, min(8, cpu_count()))
 
 
 def _progress(it, enabled: bool, desc: str, total: int | None = None):
@@ -453,21 +469,41 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+# How to type the columns of analysis/mi.csv; any other column is a float when it parses, else text.
+_INT_COLUMNS = {"epoch", "n_test"}
+_TEXT_COLUMNS = {"checkpoint", "layer", "decoder", "status", "error"}
+
+
+def _typed(column: str, text: str | None) -> Any:
+    if text is None or text.strip() == "":
+        return None
+    t = text.strip()
+    if column in _TEXT_COLUMNS:
+        return t
+    try:
+        if column in _INT_COLUMNS:
+            return int(float(t))
+        return float(t)
+    except ValueError:
+        if column in _INT_COLUMNS:
+            raise DataError(f"column {column!r} holds {t!r}, not an integer") from None
+        return t
+
+
 def read_mi_csv(path: str | os.PathLike) -> list[dict]:
-    """Rows of analysis/mi.csv with numbers parsed (empty -> None)."""
-    ints = {"epoch", "n_test"}
-    strs = {"checkpoint", "layer", "decoder", "status", "error"}
-    rows = []
+    """Read analysis/mi.csv into typed rows (ints, floats in bits, text; an empty cell -> None).
+
+    The header decides the columns; a missing `status` column means every row is "ok".
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path} not found; run `ibprobe run` or `ibprobe analyze` first")
     with open(path, newline="", encoding="utf-8") as f:
-        for r in csv.DictReader(f):
-            row = {}
-            for k in MI_COLUMNS:
-                v = r.get(k, "")
-                if k in strs:
-                    row[k] = v
-                elif v in ("", None):
-                    row[k] = None
-                else:
-                    row[k] = int(float(v)) if k in ints else float(v)
-            rows.append(row)
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or "layer" not in reader.fieldnames or "epoch" not in reader.fieldnames:
+            raise DataError(f"{path} is not an MI table (needs at least the columns 'epoch' and 'layer')")
+        rows = [{k: _typed(k, v) for k, v in r.items() if k is not None} for r in reader]
+    for r in rows:
+        if r.get("status") is None:
+            r["status"] = "ok"
     return rows

@@ -18,53 +18,14 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ibprobe.errors import DataError, UserError
+from ibprobe.pipeline import read_mi_csv  # noqa: F401  (the schema and its reader live with the writer)
 from ibprobe.utils import atomic_write_bytes, atomic_write_text, read_json
-
-# How to type the columns of analysis/mi.csv (the column list itself belongs to ibprobe.pipeline.MI_COLUMNS;
-# here only the types). Columns not named here are read as floats when they parse, else kept as text.
-_INT_COLUMNS = {"epoch", "n_test"}
-_TEXT_COLUMNS = {"checkpoint", "layer", "decoder", "status", "error"}
 
 _FIG_DPI = 200
 _MARKERS = "osD^vP*Xhp<>"
 
 
 # ----------------------------------------------------------------------------------------------- reading
-def _typed(column: str, text: str | None) -> Any:
-    if text is None or text.strip() == "":
-        return None
-    t = text.strip()
-    if column in _TEXT_COLUMNS:
-        return t
-    try:
-        if column in _INT_COLUMNS:
-            return int(float(t))
-        return float(t)
-    except ValueError:
-        if column in _INT_COLUMNS:
-            raise DataError(f"column {column!r} holds {t!r}, not an integer") from None
-        return t
-
-
-def read_mi_csv(path: str | os.PathLike) -> list[dict]:
-    """Read analysis/mi.csv into typed rows (ints, floats in bits, text; an empty cell -> None).
-
-    The header decides the columns; a missing `status` column means every row is "ok".
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path} not found; run `ibprobe run` or `ibprobe analyze` first")
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames or "layer" not in reader.fieldnames or "epoch" not in reader.fieldnames:
-            raise DataError(f"{path} is not an MI table (needs at least the columns 'epoch' and 'layer')")
-        rows = [{k: _typed(k, v) for k, v in r.items() if k is not None} for r in reader]
-    for r in rows:
-        if r.get("status") is None:
-            r["status"] = "ok"
-    return rows
-
-
 def read_metrics(path: str | os.PathLike) -> list[dict]:
     """Read metrics.jsonl (one JSON object per line); blank or truncated trailing lines are skipped."""
     rows = []

@@ -22,7 +22,8 @@ class Preset:
     regimes: tuple = ("classify",)
     decoder: dict = field(default_factory=dict)
     fit: dict = field(default_factory=dict)
-    gallery_layers: tuple | None = None
+    gallery_layers: tuple | None = None  # None: every layer
+    gallery_epochs: tuple | None = None  # None: every checkpoint
 
 
 _DIGITS_NET = {"widths": (16, 32, 64), "blocks": (1, 1, 1)}

@@ -28,6 +28,13 @@ def regime_dirs(out_dir: str | os.PathLike, preset: Preset, regimes=None) -> dic
     return {r: out / r for r in regimes}
 
 
+def _normalize(v):
+    if not v:
+        return None
+    mean, std = v
+    return (tuple(float(x) for x in mean), tuple(float(x) for x in std))
+
+
 def run_preset(
     preset: str | Preset,
     out_dir: str | os.PathLike,
@@ -36,7 +43,7 @@ def run_preset(
     data_root: str | None = None,
     download: bool = False,
     device: str = "auto",
-    jobs: int = 1,
+    jobs: int = 0,
     seed: int = 0,
     layers=None,
     decoder: dict | None = None,
@@ -73,7 +80,7 @@ def run_preset(
             in_shape=tuple(conf.get("in_shape", ())),
             num_classes=int(conf.get("num_classes", 10)),
             checkpoints=tuple((e, str(path)) for e, path in list_checkpoints(run_dir)),
-            normalize=None,
+            normalize=_normalize(conf.get("normalize")),
         )
         dataset_spec = conf.get("dataset_spec") or {"name": tcfg.dataset}
         acfg = AnalysisConfig(

@@ -26,10 +26,11 @@ def add_parser(sub) -> None:
     p.add_argument("--data-root", default=None, help="folder holding the data set (cifar10, cinic10, ...)")
     p.add_argument("--download", action="store_true", help="let torchvision download the data set into --data-root")
     p.add_argument("--layers", default=None, help="comma-separated layers instead of the preset's")
-    p.add_argument("--decoder", action="append", metavar="K=V", help="override a DecoderConfig field (repeatable)")
-    p.add_argument("--fit", action="append", metavar="K=V", help="override a FitConfig field (repeatable)")
-    p.add_argument("--train", action="append", metavar="K=V", help="override a TrainConfig field (repeatable)")
-    p.add_argument("--jobs", type=int, default=1, help="decoder jobs at once on this machine (default 1)")
+    p.add_argument("--decoder", action="extend", nargs="+", metavar="K=V", help="override DecoderConfig fields")
+    p.add_argument("--fit", action="extend", nargs="+", metavar="K=V", help="override FitConfig fields")
+    p.add_argument("--train", action="extend", nargs="+", metavar="K=V", help="override TrainConfig fields")
+    p.add_argument("--jobs", type=int, default=0,
+                   help="decoder jobs at once on this machine (default 0: one per CPU core on CPU, 1 on CUDA)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-figures", action="store_true", help="skip the plots and the gallery")
@@ -54,7 +55,8 @@ def main(args) -> int:
     for regime, run_dir in regime_dirs(out, preset, args.regime).items():
         written.append(run_dir / "analysis" / "mi.csv")
         if not args.no_figures:
-            written += draw_figures(run_dir, quiet=args.quiet)
+            written += draw_figures(run_dir, quiet=args.quiet, gallery_layers=preset.gallery_layers,
+                                    gallery_epochs=preset.gallery_epochs, device=args.device)
         print_summary(regime, results[regime], file=sys.stdout)
     print(f"\nfinished in {time.time() - t0:.0f} s; wrote:")
     for w in written:
@@ -66,7 +68,8 @@ def main(args) -> int:
     return 0
 
 
-def draw_figures(run_dir: Path, *, quiet: bool = False, gallery: bool = True) -> list[Path]:
+def draw_figures(run_dir: Path, *, quiet: bool = False, gallery: bool = True, gallery_layers=None,
+                 gallery_epochs=None, device: str = "auto") -> list[Path]:
     """Plots (and the gallery) for a finished run folder; returns the files written."""
     from ibprobe.plots import plot_run
 
@@ -74,7 +77,9 @@ def draw_figures(run_dir: Path, *, quiet: bool = False, gallery: bool = True) ->
     if gallery:
         from ibprobe.gallery import make_gallery
 
-        g = make_gallery(run_dir)
+        g = make_gallery(run_dir, layers=list(gallery_layers) if gallery_layers else None,
+                         epochs=list(gallery_epochs) if gallery_epochs else None, device=device,
+                         progress=not quiet)
         written += g if isinstance(g, list) else [g]
     return written
 
