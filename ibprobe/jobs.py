@@ -22,24 +22,29 @@ from typing import Iterator
 from ibprobe.utils import epoch_dirname, read_json, sanitize_name
 
 UNCONDITIONAL = "_unconditional"
+UNCONDITIONAL_INIT = "_unconditional_init"  # q0(x) of paired fitting: both q(x) and every q(x|h) start from it
 
 
 @dataclass(frozen=True)
 class JobSpec:
-    """One decoder fit. `layer is None` means the unconditional reference q(x)."""
+    """One decoder fit. `layer is None` means the unconditional reference q(x) (or, with `init`, the q0(x) that
+    paired fitting starts every decoder from)."""
 
     layer: str | None
     epoch: int | None = None
     checkpoint: str | None = None
+    init: bool = False
 
     @property
     def key(self) -> str:
-        return UNCONDITIONAL if self.layer is None else f"{self.layer}@{self.epoch}"
+        if self.layer is None:
+            return UNCONDITIONAL_INIT if self.init else UNCONDITIONAL
+        return f"{self.layer}@{self.epoch}"
 
     def job_dir(self, run_dir: str | os.PathLike) -> Path:
         base = Path(run_dir) / "decoders"
         if self.layer is None:
-            return base / UNCONDITIONAL
+            return base / (UNCONDITIONAL_INIT if self.init else UNCONDITIONAL)
         return base / sanitize_name(self.layer) / epoch_dirname(self.epoch)
 
 

@@ -99,7 +99,7 @@ class AnalysisConfig:
     jobs: int = 1  # decoder jobs at once; 0 = one per CPU core (CPU) or 1 (CUDA)
     seed: int = 0
     probe: bool = True
-    warm_start: bool = False  # start each q(x|h) from the fitted q(x) (zero-initialised code pathway)
+    warm_start: bool = True  # paired fitting: q(x) and every q(x|h) continue from one q0(x), same budget
     retry_failed: bool = False
     progress: bool = True
 
@@ -270,13 +270,15 @@ def _fit_job(ctx: _Context, spec: JobSpec, job_dir: Path) -> dict:
     from ibprobe.estimate import decoder_id, fit_decoder, paired_mi, probe_i_yh
 
     desc = spec.key
+    paired = bool(ctx.settings.get("warm_start"))
+    did = decoder_id(ctx.decoder_base, ctx.fit_cfg) + ("-paired" if paired else "")
     if spec.layer is None:
         cfg = ctx.decoder_cfg(None)
-        nll, info = fit_decoder(ctx.images_train, None, ctx.images_test, None, cfg, ctx.fit_cfg,
-                                workdir=job_dir, desc=desc)
-        h = float(np.mean(nll))
-        return {"layer": None, "status": "ok", "error": "", "h_x_bits": h, "n_test": int(len(nll)),
-                "decoder": decoder_id(cfg, ctx.fit_cfg)}
+        init, fit_cfg = (None, ctx.fit_cfg) if spec.init or not paired else _stage2(ctx)
+        nll, info = fit_decoder(ctx.images_train, None, ctx.images_test, None, cfg, fit_cfg,
+                                workdir=job_dir, init_from=init, desc=desc)
+        return {"layer": None, "status": "ok", "error": "", "h_x_bits": float(np.mean(nll)),
+                "n_test": int(len(nll)), "epochs_run": int(info.get("epochs_run", 0)), "decoder": did}
 
     uncond_dir = JobSpec(None).job_dir(ctx.run_dir)
     uncond = read_result(uncond_dir)
@@ -287,8 +289,8 @@ def _fit_job(ctx: _Context, spec: JobSpec, job_dir: Path) -> dict:
     codes_train = ctx.store.read(spec.epoch, spec.layer, "train")
     codes_test = ctx.store.read(spec.epoch, spec.layer, "test")
     cfg = ctx.decoder_cfg(tuple(codes_train.shape[1:]))
-    init = uncond_dir / "decoder.pt" if ctx.settings.get("warm_start") else None
-    h_xh, info = fit_decoder(ctx.images_train, codes_train, ctx.images_test, codes_test, cfg, ctx.fit_cfg,
+    init, fit_cfg = _stage2(ctx) if paired else (None, ctx.fit_cfg)
+    h_xh, info = fit_decoder(ctx.images_train, codes_train, ctx.images_test, codes_test, cfg, fit_cfg,
                              workdir=job_dir, init_from=init, desc=desc)
     dims = int(np.prod(ctx.images_test.shape[1:]))
     mi = paired_mi(h_x, h_xh, dims=dims)
@@ -297,13 +299,24 @@ def _fit_job(ctx: _Context, spec: JobSpec, job_dir: Path) -> dict:
         epoch=int(spec.epoch), checkpoint=_relative(spec.checkpoint, ctx.run_dir), layer=spec.layer,
         i_xh_bits=mi["bits"], i_xh_ci_low=mi["ci_low"], i_xh_ci_high=mi["ci_high"], h_x_bits=mi["h_x_bits"],
         h_x_given_h_bits=mi["h_x_given_h_bits"], bits_per_dim=mi["bits_per_dim"], n_test=int(mi["n_test"]),
-        decoder=decoder_id(cfg, ctx.fit_cfg), status="ok", error="",
+        decoder=did, status="ok", error="",
     )
     if ctx.settings.get("probe", True) and len(np.unique(ctx.labels_train)) > 1:
         pr = probe_i_yh(codes_train, ctx.labels_train, codes_test, ctx.labels_test,
                         num_classes=ctx.dataset.num_classes, seed=ctx.settings["seed"])
         row["i_yh_bits"] = pr["i_yh_bits"]
     return row
+
+
+def _stage2(ctx: _Context):
+    """(init decoder path, FitConfig) of paired fitting's second stage: continue q0's decayed schedule."""
+    from ibprobe.estimate import continued_fit_config
+
+    init_dir = JobSpec(None, init=True).job_dir(ctx.run_dir)
+    q0 = read_result(init_dir)
+    if q0 is None or q0.get("status") != "ok":
+        raise UserError(f"q0(x), the start of paired fitting, has not finished ({init_dir})")
+    return init_dir / "decoder.pt", continued_fit_config(ctx.fit_cfg, int(q0.get("epochs_run", 0)))
 
 
 def _worker_init(runtime: dict, threads: int) -> None:
@@ -378,11 +391,15 @@ def run_analysis(out_dir: str | os.PathLike, source: ModelSource, dataset_spec: 
     cfg = replace(cfg, jobs=resolve_jobs(cfg.jobs, device))
     capture_activations(run_dir, source, dataset, cfg.layers, device=device, progress=cfg.progress)
 
-    uncond = run_job(run_dir, JobSpec(None), retry_failed=cfg.retry_failed)
-    if uncond is None:  # another process is fitting it: wait for it
-        with try_lock(JobSpec(None).job_dir(run_dir) / ".lock", wait=True):
-            pass
-        uncond = run_job(run_dir, JobSpec(None), retry_failed=cfg.retry_failed)
+    refs = ([JobSpec(None, init=True)] if cfg.warm_start else []) + [JobSpec(None)]
+    for ref in _progress(refs, cfg.progress, "unconditional q(x)"):
+        uncond = run_job(run_dir, ref, retry_failed=cfg.retry_failed)
+        if uncond is None:  # another process is fitting it: wait for it
+            with try_lock(ref.job_dir(run_dir) / ".lock", wait=True):
+                pass
+            uncond = run_job(run_dir, ref, retry_failed=cfg.retry_failed)
+        if uncond is None or uncond.get("status") != "ok":
+            break
 
     specs = plan_jobs(source, cfg.layers)
     results: dict[str, dict | None] = {}

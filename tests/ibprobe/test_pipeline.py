@@ -43,7 +43,7 @@ TINY_FLAGS = [
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    rows = run_preset(TINY, out, progress=False)["classify"]
+    rows = run_preset(TINY, out, jobs=1, progress=False)["classify"]
     return out, rows
 
 
@@ -80,7 +80,7 @@ def test_rerun_fits_nothing(tiny_run, monkeypatch):
         raise AssertionError("a finished job was fitted again")
 
     monkeypatch.setattr(est, "fit_decoder", boom)
-    again = run_preset(TINY, out, progress=False)["classify"]
+    again = run_preset(TINY, out, jobs=1, progress=False)["classify"]
     assert [r["i_xh_bits"] for r in again] == [r["i_xh_bits"] for r in rows]
 
 
@@ -89,7 +89,7 @@ def test_changed_decoder_settings_are_refused(tiny_run):
     from ibprobe.errors import ConfigError
 
     with pytest.raises(ConfigError, match="different decoder"):
-        run_preset(TINY, out, progress=False, decoder={"nr_filters": 16})
+        run_preset(TINY, out, jobs=1, progress=False, decoder={"nr_filters": 16})
 
 
 def test_nan_fit_marks_one_job_failed_and_others_finish(tmp_path, monkeypatch):
@@ -103,7 +103,7 @@ def test_nan_fit_marks_one_job_failed_and_others_finish(tmp_path, monkeypatch):
         return real(images_train, codes_train, *a, **k)
 
     monkeypatch.setattr(est, "fit_decoder", flaky)
-    rows = run_preset(TINY, tmp_path, progress=False)["classify"]
+    rows = run_preset(TINY, tmp_path, jobs=1, progress=False)["classify"]
     by = {(r["layer"], r["epoch"]): r for r in rows}
     assert by[("pool", 1)]["status"] == "failed" and "nan" in by[("pool", 1)]["error"]
     assert by[("layer1", 1)]["status"] == "ok"
