@@ -100,12 +100,13 @@ class AnalysisConfig:
     seed: int = 0
     probe: bool = True
     warm_start: bool = True  # paired fitting: q(x) and every q(x|h) continue from one q0(x), same budget
+    init_epochs: int | None = None  # epochs of q0(x) in paired fitting (None: the fit's epochs)
     retry_failed: bool = False
     progress: bool = True
 
 
 # Fields that change the numbers: a rerun on the same folder must keep them.
-_RESULT_FIELDS = ("decoder", "fit", "seed", "probe", "warm_start")
+_RESULT_FIELDS = ("decoder", "fit", "seed", "probe", "warm_start", "init_epochs")
 
 
 def _relative(p: str | os.PathLike, root: Path | None) -> str:
@@ -274,7 +275,10 @@ def _fit_job(ctx: _Context, spec: JobSpec, job_dir: Path) -> dict:
     did = decoder_id(ctx.decoder_base, ctx.fit_cfg) + ("-paired" if paired else "")
     if spec.layer is None:
         cfg = ctx.decoder_cfg(None)
-        init, fit_cfg = (None, ctx.fit_cfg) if spec.init or not paired else _stage2(ctx)
+        if spec.init:
+            init, fit_cfg = None, _stage1(ctx)
+        else:
+            init, fit_cfg = _stage2(ctx) if paired else (None, ctx.fit_cfg)
         nll, info = fit_decoder(ctx.images_train, None, ctx.images_test, None, cfg, fit_cfg,
                                 workdir=job_dir, init_from=init, desc=desc)
         return {"layer": None, "status": "ok", "error": "", "h_x_bits": float(np.mean(nll)),
@@ -308,6 +312,12 @@ def _fit_job(ctx: _Context, spec: JobSpec, job_dir: Path) -> dict:
     return row
 
 
+def _stage1(ctx: _Context):
+    """FitConfig of q0(x), the first stage of paired fitting."""
+    n = ctx.settings.get("init_epochs")
+    return ctx.fit_cfg if n is None else replace(ctx.fit_cfg, epochs=int(n))
+
+
 def _stage2(ctx: _Context):
     """(init decoder path, FitConfig) of paired fitting's second stage: continue q0's decayed schedule."""
     from ibprobe.estimate import continued_fit_config
@@ -319,9 +329,22 @@ def _stage2(ctx: _Context):
     return init_dir / "decoder.pt", continued_fit_config(ctx.fit_cfg, int(q0.get("epochs_run", 0)))
 
 
+def _die_with_parent() -> None:
+    """Linux: have the kernel kill this worker when the parent process dies (e.g. kill -9 of `ibprobe run`),
+    so no orphan keeps fitting a job whose parent is gone."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _worker_init(runtime: dict, threads: int) -> None:
     import torch
 
+    _die_with_parent()
     torch.set_num_threads(threads)
     _RUNTIME.update(runtime)
 

@@ -22,6 +22,7 @@ class Preset:
     regimes: tuple = ("classify",)
     decoder: dict = field(default_factory=dict)
     fit: dict = field(default_factory=dict)
+    init_epochs: int | None = None  # epochs of q0(x), the shared start of paired fitting (None: fit epochs)
     gallery_layers: tuple | None = None  # None: every layer
     gallery_epochs: tuple | None = None  # None: every checkpoint
 
@@ -38,7 +39,9 @@ PRESETS: dict[str, Preset] = {
                        checkpoint_epochs=(0, 1, 3, 8), optimizer="adam", lr=3e-3, batch_size=64),
             layers={"classify": ("layer1", "layer2", "pool")},
             decoder=dict(nr_resnet=1, nr_filters=24, nr_mix=3, dropout=0.0),
-            fit=dict(epochs=12, batch_size=64, lr=4e-3, patience=3),
+            fit=dict(epochs=4, batch_size=64, lr=4e-3, lr_decay=0.9, patience=2),
+            init_epochs=8,
+            gallery_epochs=(0, 8),
         ),
         Preset(
             name="digits",

@@ -22,7 +22,7 @@ L2_GRID = (1e-1, 1e-2, 1e-3, 1e-4)  # per-sample weight penalty on standardised 
 
 def probe_features(codes: np.ndarray | torch.Tensor) -> torch.Tensor:
     """Codes [N, ...] -> float64 features [N, F]: vectors as they are, spatial maps pooled (see module doc)."""
-    h = torch.as_tensor(np.asarray(codes) if not torch.is_tensor(codes) else codes).detach().cpu().double()
+    h = (codes.detach().cpu() if torch.is_tensor(codes) else torch.from_numpy(np.array(codes))).double()
     if h.ndim == 1:
         h = h[:, None]  # (N, 1)
     if h.ndim == 4:

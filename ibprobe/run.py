@@ -87,6 +87,7 @@ def run_preset(
             layers=tuple(layers or p.layers[regime]),
             decoder={**p.decoder, **(decoder or {})},
             fit={**p.fit, **(fit or {})},
+            init_epochs=p.init_epochs,
             device=device,
             jobs=jobs,
             seed=seed,
