@@ -13,7 +13,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -249,18 +248,9 @@ def _fingerprint(cfg: FitConfig, model, images, codes, n_val: int) -> dict:
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from decoders.io import atomic_torch_save
+
+    atomic_torch_save(obj, path)
 
 
 def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -422,3 +412,4 @@ def fit(model: torch.nn.Module, images, codes=None, cfg: FitConfig = FitConfig()
                      epochs_run=epoch, stopped_early=stopped, resumed_from_epoch=resumed_from, n_train=n_train,
                      n_val=n_val, extra={"device": str(setup.device), "bf16": setup.bf16,
                                          "channels_last": setup.channels_last})
+

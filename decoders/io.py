@@ -29,11 +29,18 @@ def save_decoder(model: PixelCNNPP, path: str | os.PathLike, extra: dict | None 
         "state_dict": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
         "extra": extra,
     }
+    return atomic_torch_save(payload, path)
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    """torch.save through a temp file and os.replace, so a reader never sees a partial file."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are meant to be shared
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
+            torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -76,3 +83,9 @@ def load_decoder(path: str | os.PathLike, map_location: Any = "cpu", *,
         raise DecoderFileError(f"{path}: weights do not match the saved config: {e}") from None
     model.to(map_location if isinstance(map_location, (str, torch.device)) else "cpu").eval()
     return (model, payload.get("extra")) if with_extra else model
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -505,7 +505,7 @@ def _fmt(v: Any) -> str:
     if v is None:
         return ""
     if isinstance(v, float):
-        return f"{v:.6g}" if np.isfinite(v) else str(v)
+        return f"{v:.10g}" if np.isfinite(v) else str(v)
     return str(v)
 
 

@@ -29,6 +29,7 @@ def _atomic(path: str | os.PathLike, write) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are meant to be shared
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -184,3 +185,9 @@ def apply_overrides(cfg, overrides: dict | None, what: str = "config"):
         return dataclasses.replace(cfg, **clean)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"invalid {what}: {e}") from None
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

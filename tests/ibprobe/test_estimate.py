@@ -6,17 +6,6 @@ from ibprobe.errors import ConfigError, DataError
 from ibprobe.estimate import MIEstimate, estimate_mi, make_split, paired_mi
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny decoders run fastest on one thread; two OpenMP threads on a busy 2-core box spin 100x slower."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # ------------------------------------------------------------------------------------------------ split and CI
 def test_split_is_seeded_disjoint_and_stratified():
     labels = np.repeat([0, 1, 2], [50, 30, 20])

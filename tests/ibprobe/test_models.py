@@ -11,15 +11,6 @@ from ibprobe.models import MODEL_NAMES, BasicBlock, build_model
 TINY = dict(widths=(4, 8), blocks=1)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster, and much faster on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_registry_names_and_shapes():
     assert set(MODEL_NAMES) >= {"resnet", "resnet_ae"}
     x = torch.rand(2, 3, 8, 8)

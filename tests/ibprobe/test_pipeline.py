@@ -153,7 +153,7 @@ def test_two_processes_on_one_folder(tmp_path):
 
     shutil.rmtree(out / "decoders")
     shutil.rmtree(out / "analysis")
-    procs = [subprocess.Popen(_cli(out), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    procs = [subprocess.Popen(_cli(out, "--jobs", "1"), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [o[1][-1500:] for o in outs]

@@ -17,14 +17,6 @@ from ibprobe.models import build_model
 from ibprobe.taps import ActivationStore, capture, capture_to_store, iter_capture, tappable_layers
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _images(n=10, seed=0):
     return np.random.default_rng(seed).integers(0, 17, size=(n, 1, 8, 8), dtype=np.uint8)
 

@@ -15,15 +15,6 @@ TINY = dict(dataset="digits", model_args={"widths": (4, 8)}, max_train=160, batc
             test_fraction=0.05)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster, and much faster on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class Killed(Exception):
     pass
 

@@ -7,16 +7,6 @@ import pytest
 from ibprobe import validate as V
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.parametrize("make", [V.flat4, V.flat8, V.random4])
 def test_families_determine_the_template_and_have_exact_entropy(make):
     fam = make(400, 0, quick=False)
