@@ -20,6 +20,7 @@ class Preset:
     train: dict
     layers: dict  # regime -> tuple of layer names
     regimes: tuple = ("classify",)
+    autoencoder: str = "resnet_ae"  # the model of the autoencode regime (same model_args as `train`)
     decoder: dict = field(default_factory=dict)
     fit: dict = field(default_factory=dict)
     init_epochs: int | None = None  # epochs of q0(x), the shared start of paired fitting (None: fit epochs)

@@ -58,6 +58,8 @@ def run_preset(
     results = {}
     for regime, run_dir in regime_dirs(out_dir, p, regimes).items():
         tkw = dict(p.train, regime=regime, seed=seed)
+        if regime == "autoencode":
+            tkw["model"] = p.autoencoder
         if data_root is not None:
             tkw["data_root"] = str(data_root)
         if download:

@@ -69,6 +69,10 @@ class TrainConfig:
             object.__setattr__(self, "augment", "crop_flip" if self.augment else "none")
         if self.regime not in REGIMES:
             raise ConfigError(f"regime must be one of {', '.join(REGIMES)}, got {self.regime!r}")
+        if self.regime == "autoencode" and self.model == "resnet":
+            raise ConfigError("the autoencode regime needs an autoencoder: use --model resnet_ae")
+        if self.regime == "classify" and self.model == "resnet_ae":
+            raise ConfigError("resnet_ae is an autoencoder: use --regime autoencode, or --model resnet to classify")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.schedule not in SCHEDULES:

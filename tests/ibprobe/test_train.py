@@ -145,3 +145,14 @@ def test_load_run_model_errors_are_clear(tmp_path):
     torch.save({"model": Evil(), "config": {}}, tmp_path / "evil.pt")
     with pytest.raises(CheckpointError, match="weights_only"):
         load_run_model(tmp_path / "evil.pt")
+
+
+def test_regime_and_model_must_agree():
+    from ibprobe.errors import ConfigError
+    from ibprobe.train import TrainConfig
+
+    with pytest.raises(ConfigError, match="resnet_ae"):
+        TrainConfig(model="resnet", regime="autoencode")
+    with pytest.raises(ConfigError, match="autoencoder"):
+        TrainConfig(model="resnet_ae", regime="classify")
+    assert TrainConfig(model="resnet_ae", regime="autoencode").model == "resnet_ae"
