@@ -6,7 +6,7 @@ import os
 import tempfile
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 import torch
 
@@ -32,15 +32,18 @@ def save_decoder(model: PixelCNNPP, path: str | os.PathLike, extra: dict | None 
     return atomic_torch_save(payload, path)
 
 
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """torch.save through a temp file and os.replace, so a reader never sees a partial file."""
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> Path:
+    """Call `write(f)` on a temp file beside `path`, then os.replace it: a reader never sees a partial file.
+
+    The file gets the umask's mode (mkstemp alone would make it 0600), since results are meant to be shared.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are meant to be shared
+    os.chmod(tmp, 0o666 & ~_umask())
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -49,6 +52,11 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    """torch.save through atomic_write."""
+    return atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def load_decoder(path: str | os.PathLike, map_location: Any = "cpu", *,

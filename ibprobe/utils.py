@@ -5,13 +5,13 @@ import json
 import os
 import random
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 import torch
 
+from decoders.io import atomic_write
 from ibprobe.errors import ConfigError
 
 
@@ -25,29 +25,9 @@ def seed_everything(seed: int) -> torch.Generator:
     return g
 
 
-def _atomic(path: str | os.PathLike, write) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are meant to be shared
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
-
-
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write bytes to `path` via a temp file and os.replace, so readers never see a partial file."""
-    return _atomic(path, lambda f: f.write(data))
+    return atomic_write(path, lambda f: f.write(data))
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -60,11 +40,11 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
 
 def atomic_torch_save(path: str | os.PathLike, obj: Any) -> Path:
     """torch.save through a temp file and os.replace."""
-    return _atomic(path, lambda f: torch.save(obj, f))
+    return atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def atomic_np_save(path: str | os.PathLike, array: np.ndarray) -> Path:
-    return _atomic(path, lambda f: np.save(f, array))
+    return atomic_write(path, lambda f: np.save(f, array))
 
 
 def _json_default(o: Any):
@@ -186,8 +166,3 @@ def apply_overrides(cfg, overrides: dict | None, what: str = "config"):
     except (TypeError, ValueError) as e:
         raise ConfigError(f"invalid {what}: {e}") from None
 
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
