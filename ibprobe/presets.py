@@ -30,6 +30,21 @@ class Preset:
 
 _DIGITS_NET = {"widths": (16, 32, 64), "blocks": (1, 1, 1)}
 
+
+def _paper(dataset: str, description: str) -> Preset:
+    """Darlow & Storkey's scale on a 32x32x3 data set: a ResNet-18-sized net, 200 epochs, 5x160x10 decoders."""
+    return Preset(
+        name=f"{dataset}-paper",
+        description=description,
+        train=dict(dataset=dataset, model="resnet",
+                   model_args={"widths": (64, 128, 256, 512), "blocks": (2, 2, 2, 2)}, epochs=200,
+                   checkpoint_epochs=(0, 1, 10, 100, 200), optimizer="sgd", lr=0.1, batch_size=128, augment=True),
+        layers={"classify": ("layer1", "layer2", "layer3", "layer4")},
+        decoder=dict(nr_resnet=5, nr_filters=160, nr_mix=10, dropout=0.5),
+        fit=dict(epochs=100, batch_size=64, lr=2e-4, patience=10),
+    )
+
+
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in [
@@ -60,28 +75,8 @@ PRESETS: dict[str, Preset] = {
             init_epochs=12,
             gallery_epochs=(0, 30),
         ),
-        Preset(
-            name="cifar10-paper",
-            description="CIFAR-10 from --data-root at Darlow & Storkey's scale: PixelCNN++ 5x160x10; needs a GPU",
-            train=dict(dataset="cifar10", model="resnet",
-                       model_args={"widths": (64, 128, 256, 512), "blocks": (2, 2, 2, 2)}, epochs=200,
-                       checkpoint_epochs=(0, 1, 10, 100, 200), optimizer="sgd", lr=0.1, batch_size=128,
-                       augment=True),
-            layers={"classify": ("layer1", "layer2", "layer3", "layer4")},
-            decoder=dict(nr_resnet=5, nr_filters=160, nr_mix=10, dropout=0.5),
-            fit=dict(epochs=100, batch_size=64, lr=2e-4, patience=10),
-        ),
-        Preset(
-            name="cinic10-paper",
-            description="CINIC-10 (ImageFolder at --data-root) at Darlow & Storkey's scale; needs a GPU",
-            train=dict(dataset="cinic10", model="resnet",
-                       model_args={"widths": (64, 128, 256, 512), "blocks": (2, 2, 2, 2)}, epochs=200,
-                       checkpoint_epochs=(0, 1, 10, 100, 200), optimizer="sgd", lr=0.1, batch_size=128,
-                       augment=True),
-            layers={"classify": ("layer1", "layer2", "layer3", "layer4")},
-            decoder=dict(nr_resnet=5, nr_filters=160, nr_mix=10, dropout=0.5),
-            fit=dict(epochs=100, batch_size=64, lr=2e-4, patience=10),
-        ),
+        _paper("cifar10", "CIFAR-10 from --data-root at Darlow & Storkey's scale: PixelCNN++ 5x160x10; needs a GPU"),
+        _paper("cinic10", "CINIC-10 (ImageFolder at --data-root) at Darlow & Storkey's scale; needs a GPU"),
     ]
 }
 
