@@ -54,6 +54,13 @@ class ModelSource:
     checkpoints: tuple = ()  # ((epoch, path), ...) sorted by epoch
     normalize: tuple | None = None  # ((mean per channel), (std per channel)) after scaling to [0, 1]
 
+    def __post_init__(self):
+        if self.normalize:  # JSON lists or numpy arrays -> ((mean, ...), (std, ...)) of floats
+            mean, std = self.normalize
+            object.__setattr__(self, "normalize", (tuple(float(v) for v in mean), tuple(float(v) for v in std)))
+        elif self.normalize is not None:
+            object.__setattr__(self, "normalize", None)
+
     def load_model(self, path: str | os.PathLike, device: str = "cpu"):
         """The network at checkpoint `path`, in eval mode, on `device`."""
         if self.kind == "run":
@@ -83,8 +90,6 @@ class ModelSource:
         d = dict(d)
         d["in_shape"] = tuple(d.get("in_shape") or ())
         d["checkpoints"] = tuple((int(e), _absolute(p, root)) for e, p in d.get("checkpoints", ()))
-        if d.get("normalize") is not None:
-            d["normalize"] = tuple(tuple(float(v) for v in part) for part in d["normalize"])
         return cls(**d)
 
 
@@ -144,9 +149,10 @@ def _save_settings(run_dir: Path, source: ModelSource, dataset_spec: dict, cfg: 
             )
         if old.get("dataset") != _jsonable(dataset_spec):
             raise ConfigError(f"{run_dir} already holds results for another dataset ({old.get('dataset')}); use a new --out")
-    layers = list(cfg.layers)
-    if path.exists():  # keep earlier layers listed, so a rerun with more layers extends the table
-        layers = list(dict.fromkeys(list(read_json(path).get("layers", [])) + layers))
+        # keep earlier layers listed, so a rerun with more layers extends the table
+        layers = list(dict.fromkeys(list(old.get("layers", [])) + list(cfg.layers)))
+    else:
+        layers = list(cfg.layers)
     atomic_write_json(run_dir / "source.json", source.to_dict(run_dir))
     atomic_write_json(
         path,
@@ -396,8 +402,6 @@ def run_analysis(out_dir: str | os.PathLike, source: ModelSource, dataset_spec: 
     Resumable and idempotent: finished jobs are kept, killed ones resume, settings that change the numbers must
     match those already in the folder.
     """
-    from ibprobe.data import load_dataset  # noqa: F401  (fail early if the data layer is missing)
-
     run_dir = Path(out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if not source.checkpoints:

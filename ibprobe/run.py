@@ -28,13 +28,6 @@ def regime_dirs(out_dir: str | os.PathLike, preset: Preset, regimes=None) -> dic
     return {r: out / r for r in regimes}
 
 
-def _normalize(v):
-    if not v:
-        return None
-    mean, std = v
-    return (tuple(float(x) for x in mean), tuple(float(x) for x in std))
-
-
 def run_preset(
     preset: str | Preset,
     out_dir: str | os.PathLike,
@@ -82,7 +75,7 @@ def run_preset(
             in_shape=tuple(conf.get("in_shape", ())),
             num_classes=int(conf.get("num_classes", 10)),
             checkpoints=tuple((e, str(path)) for e, path in list_checkpoints(run_dir)),
-            normalize=_normalize(conf.get("normalize")),
+            normalize=conf.get("normalize"),
         )
         dataset_spec = conf.get("dataset_spec") or {"name": tcfg.dataset}
         acfg = AnalysisConfig(
