@@ -1,7 +1,7 @@
 """Discretized mixture of logistics with linear channel coupling (PixelCNN++, Salimans et al., 2017),
 generalised to any number of channels C and levels L.
 
-Per pixel and component k: one logit, C means, C log-scales (clamped below at -7) and C(C-1)/2 coupling
+Per pixel and component k: one logit, C means, C log-scales (floored at -7, softly capped at 0) and C(C-1)/2 coupling
 coefficients (tanh), channel c's mean being mu_c + sum_{j<c} coeff_{c,j} * x_j with x_j the earlier channel's
 value on [-1, 1]. Value v in [0, L-1] sits at 2v/(L-1) - 1 with half-width 1/(L-1); the first and last bins
 take the tails. Bin masses are computed in log space without the reference code's midpoint fallback, so they
@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 MIN_LOG_SCALE = -7.0
+MAX_LOG_SCALE = 0.0  # soft cap: scale 1 on the [-1, 1] value axis, i.e. half its width
 _LOG_D_SMALL = -15.0  # below this, log(1 - exp(-d)) == log(d) to float precision
 
 
@@ -27,7 +28,7 @@ def num_params(channels: int, nr_mix: int) -> int:
 class MixtureParams(NamedTuple):
     logits: torch.Tensor      # (B, M, H, W)
     means: torch.Tensor       # (B, M, C, H, W), before coupling
-    log_scales: torch.Tensor  # (B, M, C, H, W), clamped
+    log_scales: torch.Tensor  # (B, M, C, H, W), bounded by bound_log_scales
     coeffs: torch.Tensor      # (B, M, C(C-1)/2, H, W), in (-1, 1); pair (c, j), j < c, at c(c-1)/2 + j
 
 
@@ -42,9 +43,21 @@ def split_params(params: torch.Tensor, channels: int, nr_mix: int) -> MixturePar
     return MixtureParams(
         logits=logits,
         means=means.unflatten(1, (m, c)),
-        log_scales=log_scales.unflatten(1, (m, c)).clamp(min=MIN_LOG_SCALE),
+        log_scales=bound_log_scales(log_scales.unflatten(1, (m, c))),
         coeffs=torch.tanh(coeffs.unflatten(1, (m, k))),
     )
+
+
+def bound_log_scales(raw: torch.Tensor) -> torch.Tensor:
+    """Raw network outputs -> log-scales in [MIN_LOG_SCALE, MAX_LOG_SCALE).
+
+    Above, a smooth cap (MAX - softplus(MAX - raw)) that keeps a gradient everywhere. Without it, data that sit
+    on the two edge levels (binary images) are fitted ever better by mean and scale growing together without
+    bound (the tail bins take all the mass as the interior bins' share vanishes); the scale runs off to 1e7 and
+    the means stop learning from the context. A logistic wider than half the value axis is never needed.
+    Below, the usual hard floor.
+    """
+    return (MAX_LOG_SCALE - F.softplus(MAX_LOG_SCALE - raw)).clamp(min=MIN_LOG_SCALE)
 
 
 def scale_values(x: torch.Tensor, levels: int) -> torch.Tensor:

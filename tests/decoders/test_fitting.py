@@ -112,6 +112,42 @@ def test_fit_learns_structure_far_below_uniform():
     assert res.n_train + res.n_val == 120 and res.n_val == 12
 
 
+@pytest.mark.skipif(not HAVE_REAL, reason="needs decoders.pixelcnn")
+def test_binary_edge_images_are_learnt_without_the_scale_running_off(seed=0):
+    """Two channels that only take levels 0 and L-1, constant over the image: H(X) = 2 bits, 1/16 bit/dim.
+
+    Such data is fitted ever better by a logistic whose mean and scale grow together; before log-scales were
+    capped the scale ran off to ~1e7 and the decoder stuck at exactly 1 bit/dim (it could no longer copy the
+    neighbours).
+    """
+    from decoders import mixture
+
+    rng = np.random.default_rng(seed)
+    t = rng.integers(0, 4, 240)
+    x = np.zeros((240, 2, 4, 4), np.uint8)
+    x[:, 0] = (L - 1) * (t % 2)[:, None, None]
+    x[:, 1] = (L - 1) * (t // 2)[:, None, None]
+    torch.manual_seed(seed)
+    model = PixelCNNPP(DecoderConfig(image_shape=(2, 4, 4), levels=L, nr_resnet=1, nr_filters=16, nr_mix=4,
+                                     dropout=0.0))
+    res = fit(model, x[:200], cfg=replace(FAST, epochs=6, batch_size=16, lr=1e-2), eval_images=x[200:])
+    assert res.eval_nll_bits.mean() < 6.0, res.curve  # 32 sub-pixels; stuck = 32 bits, truth = 2 bits
+    with torch.no_grad():
+        mp = mixture.split_params(model(torch.as_tensor(x[200:])), 2, 4)
+    assert torch.isfinite(mp.means).all() and mp.log_scales.max() <= mixture.MAX_LOG_SCALE
+
+
+def test_log_scale_bound_is_smooth_and_keeps_a_gradient():
+    from decoders import mixture
+
+    raw = torch.tensor([-50.0, -7.5, -3.0, 0.0, 3.0, 50.0], requires_grad=True)
+    out = mixture.bound_log_scales(raw)
+    assert out[0] == mixture.MIN_LOG_SCALE and (out <= mixture.MAX_LOG_SCALE).all()
+    assert out[2].item() == pytest.approx(-3.0, abs=0.05) and (out.diff() >= 0).all()
+    out.sum().backward()
+    assert (raw.grad[2:5] > 0).all()  # a gradient above the cap, so a raw value pushed high can come back
+
+
 def test_killed_and_resumed_fit_is_bit_identical(tmp_path):
     x, _ = templates_data(n=96)
     xt, _ = templates_data(n=16, seed=1)
