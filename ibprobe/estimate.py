@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import numbers
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -353,7 +354,8 @@ def _needed(test_fraction: float) -> int:
 # ------------------------------------------------------------------------------------------------ estimate_mi
 def estimate_mi(images, codes, *, levels: int | None = None, labels=None, decoder=None, fit=None,
                 test_fraction: float = 0.2, seed: int = 0, device: str = "auto", workdir=None,
-                progress: bool = True, warm_start: bool = WARM_START_DEFAULT) -> MIEstimate | dict[str, MIEstimate]:
+                progress: bool = True, warm_start: bool = WARM_START_DEFAULT,
+                init_epochs: int | None = None) -> MIEstimate | dict[str, MIEstimate]:
     """Estimate I(X;H) (bits per image) for codes H of images X, and I(Y;H) when labels are given.
 
     Args:
@@ -370,6 +372,8 @@ def estimate_mi(images, codes, *, levels: int | None = None, labels=None, decode
             fitted again from q0's weights with the same budget, seed and batch order (lr continuing q0's decayed
             schedule), so each pair shares its whole history except the (zero-initialised) code path. Costs one
             extra unconditional fit.
+        init_epochs: epochs of q0(x) when warm_start (default: the fit's epochs). A longer q0 is cheap (it is
+            fitted once) and leaves less for each continued pair to learn.
 
     Returns:
         An MIEstimate, or a dict name -> MIEstimate when `codes` is a dict (q(x) is fitted once and shared).
@@ -417,8 +421,12 @@ def estimate_mi(images, codes, *, levels: int | None = None, labels=None, decode
             raise JobFailed(f"{desc}: {e}; try a lower fit lr or grad_clip") from e
 
     ubase = _with_code(base, None)
+    if init_epochs is not None and (isinstance(init_epochs, bool) or not isinstance(init_epochs, numbers.Integral)
+                                    or init_epochs < 1):
+        raise ConfigError(f"init_epochs must be a positive integer or None, got {init_epochs!r}")
     if warm_start:  # stage 1: q0(x); then q(x) and every q(x|h) continue from it with the same budget
-        _, q_x, info0 = run(None, None, ubase, "_unconditional_init", None, "q0(x)", fcfg)
+        fcfg0 = fcfg if init_epochs is None else dataclasses.replace(fcfg, epochs=int(init_epochs))
+        _, q_x, info0 = run(None, None, ubase, "_unconditional_init", None, "q0(x)", fcfg0)
         if q_x is None:  # finished earlier in workdir: warm-start from its file
             q_x = wd / "_unconditional_init" / "decoder.pt"
         fcfg = continued_fit_config(fcfg, info0["epochs_run"])

@@ -182,3 +182,22 @@ def test_paired_fitting_continues_q0_for_reference_and_codes(monkeypatch, tmp_pa
     lr, decay, epochs = TINY_FIT["lr"], 0.95, TINY_FIT["epochs"]  # default lr_decay of the 8x8 fit config
     assert calls.lrs[0] == pytest.approx(lr) and calls.lrs[1:] == pytest.approx([lr * decay**epochs] * 2)
     assert e.h_x_bits == pytest.approx(np.load(tmp_path / "_unconditional" / "test_nll_bits.npy").mean())
+
+
+def test_init_epochs_sets_q0s_budget_only(monkeypatch):
+    import decoders.fitting
+
+    epochs = []
+    real = decoders.fitting.fit
+
+    def counting(model, images, codes=None, cfg=None, **kw):
+        epochs.append(cfg.epochs)
+        return real(model, images, codes, cfg, **kw)
+
+    monkeypatch.setattr(decoders.fitting, "fit", counting)
+    x, t = _structured(n=30)
+    _est(x, t.astype(np.float32), warm_start=True, init_epochs=3)
+    assert epochs == [3, TINY_FIT["epochs"], TINY_FIT["epochs"]]  # q0(x), then q(x) and q(x|h)
+    for bad in (0, -1, 2.5, True, "3"):
+        with pytest.raises(ConfigError, match="init_epochs"):
+            _est(x, t.astype(np.float32), init_epochs=bad)
