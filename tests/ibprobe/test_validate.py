@@ -24,25 +24,34 @@ def test_logistic_pmf_is_normalised_and_matches_sampling():
     assert _plugin_entropy(draws[:, None]) == pytest.approx(V.entropy_bits(p), abs=0.01)
 
 
-@pytest.mark.parametrize("make,k,channels", [(V.planes, 4, 3), (V.planes8, 8, 4)])
-def test_planes_families_have_exact_entropy_and_determine_the_template(make, k, channels):
-    fam = make(600, 0, quick=False)
+def test_planes_has_exact_entropy_and_determines_the_template():
+    fam = V.planes(600, 0, quick=False)
     x, t = fam.images, fam.templates
-    assert x.dtype == np.uint8 and x.shape == (600, channels, 4, 4) and x.max() < V.LEVELS
-    planes = x[:, :-1]
-    assert set(np.unique(planes)) <= {0, V.LEVELS - 1}
-    # X determines T: the template planes spell T in binary, the same value at every pixel
-    bits = (planes[:, :, 0, 0] == V.LEVELS - 1).astype(int)
-    assert (bits @ (1 << np.arange(channels - 1)) == t).all()
-    assert (planes == planes[:, :, :1, :1]).all()
-    noise = V.logistic_pmf(*((8.0, 1.0) if k == 4 else (6.0, 1.5)))
-    assert fam.h_x == pytest.approx(math.log2(k) + 16 * V.entropy_bits(noise))
+    assert x.dtype == np.uint8 and x.shape == (600, 3, 4, 4) and x.max() < V.LEVELS
+    planes = x[:, :2]
+    assert set(np.unique(planes)) <= {0, V.LEVELS - 1} and (planes == planes[:, :, :1, :1]).all()
+    # X determines T: the two template planes spell T in binary
+    assert ((planes[:, 0, 0, 0] > 0) + 2 * (planes[:, 1, 0, 0] > 0) == t).all()
+    assert fam.h_x == pytest.approx(2 + 16 * V.entropy_bits(V.logistic_pmf(8.0, 1.0)))
+    _check_cases(fam, 600)
+
+
+def test_thermo_has_exact_entropy_and_determines_the_template():
+    fam = V.thermo(600, 0, quick=False)
+    x, t = fam.images, fam.templates
+    assert x.shape == (600, 4, 4, 4) and set(np.unique(x[:, :3])) <= {0, V.LEVELS - 1}
+    assert ((x[:, :3, 0, 0] > 0).sum(1) == t).all()  # thermometer: the number of planes at the top level
+    assert fam.h_x == pytest.approx(2 + 16 * V.entropy_bits(V.logistic_pmf(6.0, 1.5)))
+    _check_cases(fam, 600)
+
+
+def _check_cases(fam, n):
     truths = {c.name: c.truth for c in fam.cases}
     assert truths["image"] == pytest.approx(fam.h_x)
-    vals = [truths[n] for n in fam.order]
+    vals = [truths[name] for name in fam.order]
     assert vals == sorted(vals) and len(set(vals)) == len(vals)
     for c in fam.cases:
-        assert c.codes.shape[0] == 600 and np.isfinite(c.codes).all()
+        assert c.codes.shape[0] == n and np.isfinite(c.codes).all()
 
 
 def test_discrete_codes_carry_their_stated_bits():
@@ -51,9 +60,9 @@ def test_discrete_codes_carry_their_stated_bits():
     for c in fam.cases:
         if c.name in ("id mod 2", "id", "id map 2x2", "template planes"):
             assert _plugin_entropy(c.codes) == pytest.approx(c.truth, abs=0.01), c.name
-    fam8 = V.planes8(4000, 1, quick=False)
-    for c in fam8.cases:
-        if c.name in ("id mod 2", "id // 2", "id"):
+    thermo = V.thermo(4000, 1, quick=False)
+    for c in thermo.cases:
+        if c.name in ("id >= 2", "min(id, 2)", "id"):
             assert _plugin_entropy(c.codes) == pytest.approx(c.truth, abs=0.01), c.name
 
 
