@@ -26,7 +26,7 @@ from decoders.device import (DeviceSetup, autocast, cuda_rng_states, eval_mode, 
                              to_channels_last)
 
 STATE_FILE = "fit_state.pt"
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: log-scales capped; a fit_state.pt of version 1 is not resumed
 # FitConfig fields that change speed or logging only; a workdir may be resumed with other values for them.
 _RUNTIME_FIELDS = ("device", "compile", "checkpoint_every", "eval_batch_size", "progress")
 

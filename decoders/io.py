@@ -13,7 +13,10 @@ import torch
 from decoders.config import DecoderConfig
 from decoders.pixelcnn import PixelCNNPP
 
-FORMAT = "decoders.pixelcnnpp/1"
+FORMAT = "decoders.pixelcnnpp/2"
+# Format 1 decoders were fitted before log-scales were capped (see mixture.bound_log_scales): the same weights
+# give other likelihoods now, so they are refused rather than silently re-read.
+_RETIRED = {"decoders.pixelcnnpp/1": "was fitted with uncapped log-scales, so its weights mean something else now"}
 
 
 class DecoderFileError(ValueError):
@@ -72,6 +75,9 @@ def load_decoder(path: str | os.PathLike, map_location: Any = "cpu", *,
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file gets the same message
         raise DecoderFileError(f"{path} is not a readable decoder file ({type(e).__name__}: {e})") from None
+    if isinstance(payload, dict) and payload.get("format") in _RETIRED:
+        raise DecoderFileError(f"{path} {_RETIRED[payload['format']]} (format {payload['format']}, this version "
+                               f"reads {FORMAT}); fit it again, e.g. delete its folder and rerun")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         got = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise DecoderFileError(f"{path} is not a decoder file of format {FORMAT} (got {got!r})")

@@ -293,7 +293,7 @@ def test_save_load_round_trip_is_exact(tmp_path):
     model.set_code_stats(torch.randn(20, 5, 3, 3) * 3 + 2)
     path = save_decoder(model, tmp_path / "d" / "decoder.pt", extra={"layer": "layer2", "epoch": 3})
     raw = torch.load(path, weights_only=True)  # tensors and primitives only
-    assert raw["format"] == "decoders.pixelcnnpp/1" and raw["config"]["code_shape"] == [5, 3, 3]
+    assert raw["format"] == "decoders.pixelcnnpp/2" and raw["config"]["code_shape"] == [5, 3, 3]
     loaded, extra = load_decoder(path, with_extra=True)
     assert loaded.cfg == model.cfg and extra == {"layer": "layer2", "epoch": 3} and not loaded.training
     x, code = rand_images(2, (3, 8, 8), 17), rand_code(2, (5, 3, 3))
@@ -313,3 +313,12 @@ def test_load_rejects_corrupt_and_foreign_files(tmp_path):
         load_decoder(other)
     with pytest.raises(FileNotFoundError):
         load_decoder(tmp_path / "missing.pt")
+
+
+def test_decoders_fitted_before_the_log_scale_cap_are_refused(tmp_path):
+    path = save_decoder(tiny((1, 4, 4), 17, None), tmp_path / "decoder.pt")
+    raw = torch.load(path, weights_only=True)
+    raw["format"] = "decoders.pixelcnnpp/1"
+    torch.save(raw, path)
+    with pytest.raises(DecoderFileError, match="uncapped log-scales.*fit it again"):
+        load_decoder(path)
