@@ -122,22 +122,20 @@ def _onehot(v: np.ndarray, k: int) -> np.ndarray:
     return np.eye(k, dtype=np.float32)[v]
 
 
-def _planes(n: int, k: int, hw: int, mean: float, scale: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, float, float]:
-    """Images with log2(k) template planes at levels {0, L-1} and one noise plane -> (x, T, H(X), H(noise))."""
-    bits = int(math.log2(k))
-    t = rng.integers(0, k, n)
-    x = np.empty((n, bits + 1, hw, hw), np.uint8)
-    for b in range(bits):
-        x[:, b] = ((LEVELS - 1) * ((t >> b) & 1))[:, None, None]
+def _noise_plane(n: int, mean: float, scale: float, rng: np.random.Generator) -> tuple[np.ndarray, float]:
+    """[N, 4, 4] i.i.d. discretized-logistic noise and its exact entropy, bits per image."""
     pmf = logistic_pmf(mean, scale)
-    x[:, bits] = rng.choice(LEVELS, size=(n, hw, hw), p=pmf)
-    h_noise = hw * hw * entropy_bits(pmf)
-    return x, t, math.log2(k) + h_noise, h_noise
+    return rng.choice(LEVELS, size=(n, 4, 4), p=pmf), 16 * entropy_bits(pmf)
 
 
 def planes(n: int, seed: int, *, quick: bool) -> Family:
     rng = np.random.default_rng(seed)
-    x, t, h_x, h_noise = _planes(n, 4, 4, 8.0, 1.0, rng)
+    t = rng.integers(0, 4, n)
+    x = np.empty((n, 3, 4, 4), np.uint8)
+    x[:, 0] = ((LEVELS - 1) * (t % 2))[:, None, None]  # the two bits of T, each over a whole plane
+    x[:, 1] = ((LEVELS - 1) * (t // 2))[:, None, None]
+    x[:, 2], h_noise = _noise_plane(n, 8.0, 1.0, rng)
+    h_x = 2.0 + h_noise
     cases = [
         Case("noise", rng.standard_normal((n, 2)).astype(np.float32), 0.0),
         Case("id mod 2", _onehot(t % 2, 2), 1.0),
@@ -158,9 +156,7 @@ def thermo(n: int, seed: int, *, quick: bool) -> Family:
     x = np.empty((n, 4, 4, 4), np.uint8)
     for j in range(3):  # thermometer code: plane j is at the top level when T > j
         x[:, j] = ((LEVELS - 1) * (t > j))[:, None, None]
-    pmf = logistic_pmf(6.0, 1.5)
-    x[:, 3] = rng.choice(LEVELS, size=(n, 4, 4), p=pmf)
-    h_noise = 16 * entropy_bits(pmf)
+    x[:, 3], h_noise = _noise_plane(n, 6.0, 1.5, rng)
     h_x = 2.0 + h_noise
     cases = [
         Case("constant", np.zeros((n, 1), np.float32), 0.0),
