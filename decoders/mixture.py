@@ -1,8 +1,8 @@
 """Discretized mixture of logistics with linear channel coupling (PixelCNN++, Salimans et al., 2017),
 generalised to any number of channels C and levels L.
 
-Per pixel and component k: one logit, C means, C log-scales (floored at -7, softly capped at 0) and C(C-1)/2 coupling
-coefficients (tanh), channel c's mean being mu_c + sum_{j<c} coeff_{c,j} * x_j with x_j the earlier channel's
+Per pixel and component k: one logit, C means, C log-scales (floored at -7, softly capped at 0) and C(C-1)/2
+coupling coefficients (tanh), channel c's mean being mu_c + sum_{j<c} coeff_{c,j} * x_j with x_j the earlier channel's
 value on [-1, 1]. Value v in [0, L-1] sits at 2v/(L-1) - 1 with half-width 1/(L-1); the first and last bins
 take the tails. Bin masses are computed in log space without the reference code's midpoint fallback, so they
 sum to 1 over the L values to float precision for any mean and scale. Always float32, also under autocast.

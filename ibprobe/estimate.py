@@ -33,7 +33,8 @@ __all__ = ["MIEstimate", "estimate_mi", "make_split", "paired_mi", "probe_i_yh",
 
 MIN_TEST, MIN_TRAIN = 2, 4  # images; fewer cannot give a paired CI or a decoder train/val split
 # Measured on the known-answer family flat4 (now under `ibprobe validate --hard`; N=400, 1x32x4 decoders;
-# truths 0 / 1 / 2 / 2 / 130 bits for noise / id mod 2 / id / id map / image): independent fits (12 epochs, batch 50, lr 1e-2) gave
+# truths 0 / 1 / 2 / 2 / 130 bits for noise / id mod 2 / id / id map / image): independent fits (12 epochs,
+# batch 50, lr 1e-2) gave
 # -4.29 / 1.03 / 7.05 / 2.80 / 126.6; paired fitting (8 + 8 epochs, batch 16, lr 3e-3) gave
 # -0.61 / 1.27 / 4.05 / 10.25 / 141.8. Sharing q0 cuts the error on the null code ~7x (the pair differs only by
 # its code path), at the cost of one extra unconditional fit; neither fixes informative codes when q(x) itself
@@ -373,7 +374,8 @@ def estimate_mi(images, codes, *, levels: int | None = None, labels=None, decode
             schedule), so each pair shares its whole history except the (zero-initialised) code path. Costs one
             extra unconditional fit.
         init_epochs: epochs of q0(x) when warm_start (default: the fit's epochs). A longer q0 is cheap (it is
-            fitted once) and leaves less for each continued pair to learn.
+            fitted once) and leaves less for each pair to learn, but the pairs continue its decayed learning rate,
+            so their code paths then learn more slowly.
 
     Returns:
         An MIEstimate, or a dict name -> MIEstimate when `codes` is a dict (q(x) is fitted once and shared).

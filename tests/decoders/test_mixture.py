@@ -90,10 +90,11 @@ def test_coupling_shifts_later_channel_means_by_earlier_values():
     p[0, 4:7] = -2.0
     x = torch.tensor([[12, 3, 9]])[:, :, None, None]
     x_scaled = x[0, :, 0, 0].float() * 2 / 16 - 1
+    ls = mixture.bound_log_scales(torch.tensor(-2.0))  # the log-scale the raw output -2 stands for
     # zero coefficients: the three channels are independent one-channel logistics
     indep = mixture.log_prob(p, x, levels, 1)[0, :, 0, 0]
     for c, mu in enumerate([0.1, -0.2, 0.3]):
-        want = mixture.log_bin_mass(x[0, c, 0, 0], torch.tensor(mu), mixture.bound_log_scales(torch.tensor(-2.0)), levels)
+        want = mixture.log_bin_mass(x[0, c, 0, 0], torch.tensor(mu), ls, levels)
         single = torch.cat([p[:, :1], p[:, 1 + c:2 + c], p[:, 4 + c:5 + c]], dim=1)  # C=1 layout
         torch.testing.assert_close(indep[c], want)
         torch.testing.assert_close(mixture.log_prob(single, x[:, c:c + 1], levels, 1)[0, 0, 0, 0], want)
@@ -104,8 +105,8 @@ def test_coupling_shifts_later_channel_means_by_earlier_values():
     mu1 = -0.2 + t[0] * x_scaled[0]
     mu2 = 0.3 + t[1] * x_scaled[0] + t[2] * x_scaled[1]
     torch.testing.assert_close(coupled[0], indep[0])
-    torch.testing.assert_close(coupled[1], mixture.log_bin_mass(x[0, 1, 0, 0], mu1, mixture.bound_log_scales(torch.tensor(-2.0)), levels))
-    torch.testing.assert_close(coupled[2], mixture.log_bin_mass(x[0, 2, 0, 0], mu2, mixture.bound_log_scales(torch.tensor(-2.0)), levels))
+    torch.testing.assert_close(coupled[1], mixture.log_bin_mass(x[0, 1, 0, 0], mu1, ls, levels))
+    torch.testing.assert_close(coupled[2], mixture.log_bin_mass(x[0, 2, 0, 0], mu2, ls, levels))
     assert (coupled[1:] - indep[1:]).abs().min() > 1e-2
 
 
