@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from decoders.device import (DeviceSetup, autocast, cuda_rng_states, eval_mode, set_cuda_rng_states, setup_device,
                              to_channels_last)
+from decoders.io import atomic_torch_save
 
 STATE_FILE = "fit_state.pt"
 STATE_VERSION = 2  # 2: log-scales capped; a fit_state.pt of version 1 is not resumed
@@ -247,12 +248,6 @@ def _fingerprint(cfg: FitConfig, model, images, codes, n_val: int) -> dict:
     })
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    from decoders.io import atomic_torch_save
-
-    atomic_torch_save(obj, path)
-
-
 def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
@@ -347,7 +342,7 @@ def fit(model: torch.nn.Module, images, codes=None, cfg: FitConfig = FitConfig()
         resumed_from = start_epoch
 
     def save_state(epoch: int) -> None:
-        _atomic_save({
+        atomic_torch_save({
             "fingerprint": fingerprint, "epoch": epoch, "curve": curve, "model": _cpu_state(model),
             "optimizer": optimizer.state_dict(), "best_state": best_state, "best_epoch": best_epoch,
             "best_val": best_val, "bad_epochs": bad_epochs, "stopped_early": stopped,
@@ -412,4 +407,3 @@ def fit(model: torch.nn.Module, images, codes=None, cfg: FitConfig = FitConfig()
                      epochs_run=epoch, stopped_early=stopped, resumed_from_epoch=resumed_from, n_train=n_train,
                      n_val=n_val, extra={"device": str(setup.device), "bf16": setup.bf16,
                                          "channels_last": setup.channels_last})
-

@@ -11,6 +11,7 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
+from decoders.io import atomic_torch_save as _atomic_torch_save
 from decoders.io import atomic_write
 from ibprobe.errors import ConfigError
 
@@ -39,8 +40,8 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
 
 
 def atomic_torch_save(path: str | os.PathLike, obj: Any) -> Path:
-    """torch.save through a temp file and os.replace."""
-    return atomic_write(path, lambda f: torch.save(obj, f))
+    """torch.save through a temp file and os.replace (decoders.io's, with ibprobe's path-first order)."""
+    return _atomic_torch_save(obj, path)
 
 
 def atomic_np_save(path: str | os.PathLike, array: np.ndarray) -> Path:
