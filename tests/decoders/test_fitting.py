@@ -81,15 +81,6 @@ def templates_data(n=240, seed=0, noise=0.15, k=4):
     return x, ids
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: tiny models are dominated by per-op overhead, and threads fight on small CPUs."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 FAST = FitConfig(epochs=3, batch_size=32, lr=5e-3, lr_decay=0.95, patience=0, device="cpu", progress=False)
 
 
@@ -113,7 +104,7 @@ def test_fit_learns_structure_far_below_uniform():
 
 
 @pytest.mark.skipif(not HAVE_REAL, reason="needs decoders.pixelcnn")
-def test_binary_edge_images_are_learnt_without_the_scale_running_off(seed=0):
+def test_binary_edge_images_are_learnt_without_the_scale_running_off():
     """Two channels that only take levels 0 and L-1, constant over the image: H(X) = 2 bits, 1/16 bit/dim.
 
     Such data is fitted ever better by a logistic whose mean and scale grow together; before log-scales were
@@ -122,6 +113,7 @@ def test_binary_edge_images_are_learnt_without_the_scale_running_off(seed=0):
     """
     from decoders import mixture
 
+    seed = 0
     rng = np.random.default_rng(seed)
     t = rng.integers(0, 4, 240)
     x = np.zeros((240, 2, 4, 4), np.uint8)
