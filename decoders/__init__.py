@@ -16,6 +16,14 @@ _EXPORTS = {
     "FitResult": "decoders.fitting",
     "fit": "decoders.fitting",
     "NonFiniteLossError": "decoders.fitting",
+    "check_images": "decoders.inputs",
+    "evaluate_nll_bits": "decoders.fitting",
+    "DecoderError": "decoders.errors",
+    "DecoderConfigError": "decoders.errors",
+    "DecoderInputError": "decoders.errors",
+    "DecoderFileError": "decoders.errors",
+    "FitStateError": "decoders.errors",
+    "IncompatibleWeightsError": "decoders.errors",
 }
 
 __all__ = list(_EXPORTS)

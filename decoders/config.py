@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from decoders.errors import DecoderConfigError
+
 MAX_LEVELS = 256  # samples are uint8
 
 
@@ -11,9 +13,9 @@ def _int_tuple(value: Any, name: str) -> tuple[int, ...]:
     try:
         out = tuple(int(v) for v in value)
     except (TypeError, ValueError):
-        raise ValueError(f"DecoderConfig.{name} must be a tuple of ints, got {value!r}") from None
+        raise DecoderConfigError(f"DecoderConfig.{name} must be a tuple of ints, got {value!r}") from None
     if any(isinstance(v, bool) for v in value) or any(float(v) != int(v) for v in value):
-        raise ValueError(f"DecoderConfig.{name} must be a tuple of ints, got {value!r}")
+        raise DecoderConfigError(f"DecoderConfig.{name} must be a tuple of ints, got {value!r}")
     return out
 
 
@@ -44,27 +46,30 @@ class DecoderConfig:
     def __post_init__(self) -> None:
         shape = _int_tuple(self.image_shape, "image_shape")
         if len(shape) != 3 or min(shape) < 1:
-            raise ValueError(f"DecoderConfig.image_shape must be (C, H, W) with positive sizes, got {self.image_shape!r}")
+            raise DecoderConfigError(f"DecoderConfig.image_shape must be (C, H, W) with positive sizes, got "
+                                     f"{self.image_shape!r}")
         if shape[1] % 4 or shape[2] % 4:
-            raise ValueError(f"DecoderConfig.image_shape {shape}: H and W must be multiples of 4 "
+            raise DecoderConfigError(f"DecoderConfig.image_shape {shape}: H and W must be multiples of 4 "
                              f"(the network halves the resolution twice); pad or crop the images")
         object.__setattr__(self, "image_shape", shape)
         code = self.code_shape
         if code is not None:
             code = _int_tuple(code, "code_shape")
             if len(code) not in (1, 3) or min(code) < 1:
-                raise ValueError(f"DecoderConfig.code_shape must be None, (D,) or (C', H', W') with positive sizes, "
+                raise DecoderConfigError(f"DecoderConfig.code_shape must be None, (D,) or (C', H', W') with positive "
+                                         f"sizes, "
                                  f"got {self.code_shape!r}")
             object.__setattr__(self, "code_shape", code)
         for name, lo in (("levels", 2), ("nr_resnet", 1), ("nr_filters", 1), ("nr_mix", 1), ("cond_filters", 1)):
             v = getattr(self, name)
             if isinstance(v, bool) or int(v) != v or int(v) < lo:
-                raise ValueError(f"DecoderConfig.{name} must be an integer >= {lo}, got {v!r}")
+                raise DecoderConfigError(f"DecoderConfig.{name} must be an integer >= {lo}, got {v!r}")
             object.__setattr__(self, name, int(v))
         if self.levels > MAX_LEVELS:
-            raise ValueError(f"DecoderConfig.levels must be <= {MAX_LEVELS} (samples are uint8), got {self.levels}")
+            raise DecoderConfigError(f"DecoderConfig.levels must be <= {MAX_LEVELS} (samples are uint8), got "
+                                     f"{self.levels}")
         if not 0.0 <= float(self.dropout) < 1.0:
-            raise ValueError(f"DecoderConfig.dropout must be in [0, 1), got {self.dropout!r}")
+            raise DecoderConfigError(f"DecoderConfig.dropout must be in [0, 1), got {self.dropout!r}")
         object.__setattr__(self, "dropout", float(self.dropout))
 
     @property

@@ -13,21 +13,23 @@ from typing import Iterator, TypeVar
 
 import torch
 
+from decoders.errors import DecoderConfigError
+
 T = TypeVar("T", torch.Tensor, torch.nn.Module)
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """'auto' -> cuda if available, else cpu. Asking for cuda without one raises ValueError."""
+    """'auto' -> cuda if available, else cpu. Asking for cuda without one raises DecoderConfigError."""
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
-        raise ValueError(f"unknown device {device!r}; use auto, cpu or cuda") from None
+        raise DecoderConfigError(f"unknown device {device!r}; use auto, cpu or cuda") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device cuda was asked for, but torch sees no CUDA device; use cpu or auto")
+        raise DecoderConfigError("device cuda was asked for, but torch sees no CUDA device; use cpu or auto")
     if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"unsupported device {device!r}; use auto, cpu or cuda")
+        raise DecoderConfigError(f"unsupported device {device!r}; use auto, cpu or cuda")
     return dev
 
 

@@ -20,16 +20,18 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from decoders.device import (DeviceSetup, autocast, cuda_rng_states, eval_mode, set_cuda_rng_states, setup_device,
                              to_channels_last)
-from decoders.io import atomic_torch_save
+from decoders.errors import DecoderConfigError, DecoderInputError, FitStateError
+from decoders.inputs import check_codes, check_model_images, take_rows
+from decoders.io import atomic_torch_save, cpu_state, jsonable
+from decoders.progress import progress
 
 STATE_FILE = "fit_state.pt"
 STATE_VERSION = 2  # 2: log-scales capped; a fit_state.pt of version 1 is not resumed
 # FitConfig fields that change speed or logging only; a workdir may be resumed with other values for them.
-_RUNTIME_FIELDS = ("device", "compile", "checkpoint_every", "eval_batch_size", "progress")
+RUNTIME_FIELDS = ("device", "compile", "checkpoint_every", "eval_batch_size", "progress")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -61,17 +63,17 @@ class FitConfig:
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
-            raise ValueError(f"FitConfig.epochs must be >= 1, got {self.epochs}")
+            raise DecoderConfigError(f"FitConfig.epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1 or self.eval_batch_size < 1:
-            raise ValueError("FitConfig.batch_size and eval_batch_size must be >= 1")
+            raise DecoderConfigError("FitConfig.batch_size and eval_batch_size must be >= 1")
         if not self.lr > 0 or not self.lr_decay > 0:
-            raise ValueError("FitConfig.lr and lr_decay must be > 0")
+            raise DecoderConfigError("FitConfig.lr and lr_decay must be > 0")
         if not 0.0 < self.val_fraction < 1.0:
-            raise ValueError(f"FitConfig.val_fraction must be in (0, 1), got {self.val_fraction}")
+            raise DecoderConfigError(f"FitConfig.val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.patience < 0 or self.checkpoint_every < 1:
-            raise ValueError("FitConfig.patience must be >= 0 and checkpoint_every >= 1")
+            raise DecoderConfigError("FitConfig.patience must be >= 0 and checkpoint_every >= 1")
         if self.grad_clip is not None and not self.grad_clip > 0:
-            raise ValueError("FitConfig.grad_clip must be > 0 or None")
+            raise DecoderConfigError("FitConfig.grad_clip must be > 0 or None")
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
 
 
@@ -96,69 +98,12 @@ def _num(arr) -> int:
     return int(arr.shape[0])
 
 
-def _check_images(images, mcfg, what: str):
-    if not isinstance(images, (np.ndarray, torch.Tensor)):
-        raise ValueError(f"{what} must be a numpy array or torch tensor, got {type(images).__name__}")
-    shape = tuple(int(s) for s in images.shape)
-    want = tuple(int(s) for s in mcfg.image_shape)
-    if len(shape) != 4 or shape[1:] != want:
-        raise ValueError(f"{what} have shape {shape}; the decoder expects [N, {', '.join(map(str, want))}]")
-    if isinstance(images, torch.Tensor):
-        integer = not images.dtype.is_floating_point and not images.dtype.is_complex and images.dtype != torch.bool
-    else:
-        integer = np.issubdtype(images.dtype, np.integer)
-    if not integer:
-        raise ValueError(f"{what} must hold integers in [0, {mcfg.levels - 1}] (uint8 or int64), got {images.dtype}")
-    if shape[0] == 0:
-        raise ValueError(f"{what} is empty")
-    lo, hi = int(images.min()), int(images.max())
-    if lo < 0 or hi > mcfg.levels - 1:
-        raise ValueError(f"{what} have values in [{lo}, {hi}], outside [0, {mcfg.levels - 1}] (levels={mcfg.levels})")
-    return images
-
-
-def _check_codes(codes, mcfg, n: int, what: str):
-    code_shape = None if mcfg.code_shape is None else tuple(int(s) for s in mcfg.code_shape)
-    if codes is None:
-        if code_shape is not None:
-            raise ValueError(f"the decoder is conditional (code_shape={code_shape}) but no {what} were given")
-        return None
-    if code_shape is None:
-        raise ValueError(f"{what} were given but the decoder is unconditional (code_shape=None)")
-    if not isinstance(codes, (np.ndarray, torch.Tensor)):
-        raise ValueError(f"{what} must be a numpy array or torch tensor, got {type(codes).__name__}")
-    shape = tuple(int(s) for s in codes.shape)
-    if shape[0] != n:
-        raise ValueError(f"{what} hold {shape[0]} rows but there are {n} images")
-    if shape[1:] != code_shape:
-        raise ValueError(f"{what} have shape {shape}; the decoder expects [N, {', '.join(map(str, code_shape))}]")
-    if isinstance(codes, torch.Tensor):
-        ok = codes.dtype.is_floating_point or not (codes.dtype.is_complex or codes.dtype == torch.bool)
-    else:
-        ok = np.issubdtype(codes.dtype, np.floating) or np.issubdtype(codes.dtype, np.integer)
-    if not ok:
-        raise ValueError(f"{what} must be real numbers (float16/float32), got {codes.dtype}")
-    for start in range(0, n, 4096):  # chunked, so a float16 memmap is never copied whole
-        chunk = codes[start:start + 4096]
-        finite = torch.isfinite(chunk).all() if isinstance(chunk, torch.Tensor) else np.isfinite(chunk).all()
-        if not bool(finite):
-            raise ValueError(f"{what} contain NaN or inf (rows {start}..{min(n, start + 4096) - 1})")
-    return codes
-
-
-def _take(arr, idx: np.ndarray) -> torch.Tensor:
-    """Rows `idx` of a numpy array, memmap or tensor, as a CPU tensor (only those rows are read)."""
-    if isinstance(arr, torch.Tensor):
-        return arr[torch.from_numpy(idx)]
-    return torch.from_numpy(np.ascontiguousarray(arr[idx]))
-
-
 def _batch(images, codes, idx: np.ndarray, setup: DeviceSetup) -> tuple[torch.Tensor, torch.Tensor | None]:
-    x = _take(images, idx).to(setup.device, non_blocking=True).long()  # (B, C, H, W)
+    x = take_rows(images, idx).to(setup.device, non_blocking=True).long()  # (B, C, H, W)
     x = to_channels_last(x, setup)
     c = None
     if codes is not None:
-        c = _take(codes, idx).to(setup.device, dtype=torch.float32, non_blocking=True)  # (B, ...)
+        c = take_rows(codes, idx).to(setup.device, dtype=torch.float32, non_blocking=True)  # (B, ...)
         c = to_channels_last(c, setup)
     return x, c
 
@@ -166,13 +111,9 @@ def _batch(images, codes, idx: np.ndarray, setup: DeviceSetup) -> tuple[torch.Te
 def _sample_hash(arr, n: int) -> str:
     """A cheap fingerprint of an array: shape, dtype and up to 512 evenly spaced rows."""
     rows = np.unique(np.linspace(0, n - 1, num=min(n, 512)).astype(np.int64))
-    sample = _take(arr, rows).float().numpy() if arr is not None else np.zeros(0)
+    sample = take_rows(arr, rows).float().numpy() if arr is not None else np.zeros(0)
     h = hashlib.blake2b(np.ascontiguousarray(sample).tobytes(), digest_size=12)
     return f"{tuple(arr.shape) if arr is not None else None}:{h.hexdigest()}"
-
-
-def _jsonable(obj: Any) -> Any:
-    return json.loads(json.dumps(obj, default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
 
 
 # ----------------------------------------------------------------------------------------------- evaluation
@@ -183,8 +124,8 @@ def evaluate_nll_bits(model: torch.nn.Module, images, codes=None, *, batch_size:
     Float32 unless `bf16` (then bf16 autocast on CUDA). `device` defaults to where the model's parameters are.
     """
     mcfg = model.cfg
-    images = _check_images(images, mcfg, "images")
-    codes = _check_codes(codes, mcfg, _num(images), "codes")
+    images = check_model_images(images, mcfg, "images")
+    codes = check_codes(codes, mcfg, _num(images), "codes")
     if isinstance(device, DeviceSetup):
         setup = device
     else:
@@ -236,8 +177,8 @@ def make_train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, se
 
 
 def _fingerprint(cfg: FitConfig, model, images, codes, n_val: int) -> dict:
-    fcfg = {k: v for k, v in asdict(cfg).items() if k not in _RUNTIME_FIELDS}
-    return _jsonable({
+    fcfg = {k: v for k, v in asdict(cfg).items() if k not in RUNTIME_FIELDS}
+    return jsonable({
         "version": STATE_VERSION,
         "fit": fcfg,
         "decoder": asdict(model.cfg) if dataclasses.is_dataclass(model.cfg) else str(model.cfg),
@@ -248,15 +189,12 @@ def _fingerprint(cfg: FitConfig, model, images, codes, n_val: int) -> dict:
     })
 
 
-def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-
-
 def _load_state(path: Path, fingerprint: dict) -> dict:
     try:
         st = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file gets the same advice
-        raise ValueError(f"{path} cannot be read ({type(e).__name__}: {e}); delete it to start the fit over") from None
+        raise FitStateError(f"{path} cannot be read ({type(e).__name__}: {e}); delete it to start the fit "
+                            f"over") from None
     if not isinstance(st, dict) or st.get("fingerprint") != fingerprint:
         old = st.get("fingerprint", {}) if isinstance(st, dict) else {}
         diff = []
@@ -266,7 +204,7 @@ def _load_state(path: Path, fingerprint: dict) -> dict:
                 diff += [f"{k}.{j}" for j in sorted(set(a) | set(b)) if a.get(j) != b.get(j)]
             elif a != b:
                 diff.append(k)
-        raise ValueError(f"{path.parent} holds a fit with a different configuration (differs in: "
+        raise FitStateError(f"{path.parent} holds a fit with a different configuration (differs in: "
                          f"{', '.join(diff) or 'format'}); use another workdir or delete {path.name} to start over")
     return st
 
@@ -291,20 +229,21 @@ def fit(model: torch.nn.Module, images, codes=None, cfg: FitConfig = FitConfig()
         mode holding the best (lowest val bits/dim) weights and the code standardisation of the training codes.
 
     Raises:
-        ValueError for bad inputs or a workdir holding a different fit; NonFiniteLossError on NaN/inf loss.
+        DecoderInputError for bad inputs, FitStateError for a workdir holding a different fit (both
+        DecoderError, a ValueError); NonFiniteLossError on NaN/inf loss.
     """
     mcfg = model.cfg
-    images = _check_images(images, mcfg, "images")
+    images = check_model_images(images, mcfg, "images")
     n = _num(images)
-    codes = _check_codes(codes, mcfg, n, "codes")
+    codes = check_codes(codes, mcfg, n, "codes")
     if eval_images is not None:
-        eval_images = _check_images(eval_images, mcfg, "eval_images")
-        eval_codes = _check_codes(eval_codes, mcfg, _num(eval_images), "eval_codes")
+        eval_images = check_model_images(eval_images, mcfg, "eval_images")
+        eval_codes = check_codes(eval_codes, mcfg, _num(eval_images), "eval_codes")
     elif eval_codes is not None:
-        raise ValueError("eval_codes were given without eval_images")
+        raise DecoderInputError("eval_codes were given without eval_images")
     n_val = max(1, int(round(n * cfg.val_fraction)))
     if n - n_val < 1:
-        raise ValueError(f"{n} image(s) are too few to split into train and validation (need at least 2)")
+        raise DecoderInputError(f"{n} image(s) are too few to split into train and validation (need at least 2)")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed)).numpy()
     val_idx, train_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
     n_train = len(train_idx)
@@ -316,7 +255,7 @@ def fit(model: torch.nn.Module, images, codes=None, cfg: FitConfig = FitConfig()
     state = _load_state(state_path, fingerprint) if state_path is not None and state_path.exists() else None
 
     if state is None and codes is not None:
-        model.set_code_stats(_take(codes, train_idx))  # standardisation from training codes only
+        model.set_code_stats(take_rows(codes, train_idx))  # standardisation from training codes only
     model.to(setup.device)
     to_channels_last(model, setup)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -342,18 +281,18 @@ def fit(model: torch.nn.Module, images, codes=None, cfg: FitConfig = FitConfig()
         resumed_from = start_epoch
 
     def save_state(epoch: int) -> None:
-        atomic_torch_save({
-            "fingerprint": fingerprint, "epoch": epoch, "curve": curve, "model": _cpu_state(model),
+        atomic_torch_save(state_path, {
+            "fingerprint": fingerprint, "epoch": epoch, "curve": curve, "model": cpu_state(model.state_dict()),
             "optimizer": optimizer.state_dict(), "best_state": best_state, "best_epoch": best_epoch,
             "best_val": best_val, "bad_epochs": bad_epochs, "stopped_early": stopped,
             "rng": {"torch": torch.get_rng_state(), "data": gen.get_state(), "cuda": cuda_rng_states()},
-        }, state_path)
+        })
 
     step_fn = make_train_step(model, optimizer, setup, cfg.grad_clip, 1.0 / dims)
     steps_per_epoch = math.ceil(n_train / cfg.batch_size)
     epoch = start_epoch
-    with tqdm(total=cfg.epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch, desc=label, unit="step",
-              disable=not cfg.progress, dynamic_ncols=True, leave=False) as bar:
+    with progress(total=cfg.epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch, desc=label,
+                  unit="step", enabled=cfg.progress) as bar:
         if resumed_from is not None and resumed_from > 0:
             bar.write(f"{label}: resuming from {state_path} after epoch {resumed_from}")
         while epoch < cfg.epochs and not stopped:
@@ -388,7 +327,7 @@ def fit(model: torch.nn.Module, images, codes=None, cfg: FitConfig = FitConfig()
                           "lr": lr, "seconds": time.perf_counter() - t0})
             if val < best_val - cfg.min_delta:
                 best_val, best_epoch, bad_epochs = val, epoch, 0
-                best_state = _cpu_state(model)
+                best_state = cpu_state(model.state_dict())
             else:
                 bad_epochs += 1
                 stopped = cfg.patience > 0 and bad_epochs >= cfg.patience

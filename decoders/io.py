@@ -1,5 +1,9 @@
 """Decoder files: {"format", "config", "state_dict", "extra"}, tensors and primitives only, written atomically
-and read with torch.load(weights_only=True), so a decoder file from elsewhere cannot run code."""
+and read with torch.load(weights_only=True), so a decoder file from elsewhere cannot run code.
+
+Also the one atomic writer (`atomic_write`, path first like every writer built on it) and the two helpers every
+file of this project is made with: `cpu_state` (tensors copied to the CPU) and `jsonable` (plain JSON values).
+"""
 from __future__ import annotations
 
 import os
@@ -8,9 +12,11 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
+import numpy as np
 import torch
 
 from decoders.config import DecoderConfig
+from decoders.errors import DecoderFileError
 from decoders.pixelcnn import PixelCNNPP
 
 FORMAT = "decoders.pixelcnnpp/2"
@@ -19,20 +25,16 @@ FORMAT = "decoders.pixelcnnpp/2"
 _RETIRED = {"decoders.pixelcnnpp/1": "was fitted with uncapped log-scales, so its weights mean something else now"}
 
 
-class DecoderFileError(ValueError):
-    """A decoder file is unreadable, of another format, or does not match its own config."""
-
-
 def save_decoder(model: PixelCNNPP, path: str | os.PathLike, extra: dict | None = None) -> Path:
     """Write `model` (config + weights, on CPU) and `extra` (primitives/tensors only) to `path` atomically."""
     path = Path(path)
     payload = {
         "format": FORMAT,
         "config": model.cfg.to_dict(),
-        "state_dict": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
+        "state_dict": cpu_state(model.state_dict()),
         "extra": extra,
     }
-    return atomic_torch_save(payload, path)
+    return atomic_torch_save(path, payload)
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> Path:
@@ -57,9 +59,37 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> P
     return path
 
 
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """torch.save through atomic_write."""
+def atomic_torch_save(path: str | os.PathLike, obj: Any) -> Path:
+    """torch.save(obj) to `path` through atomic_write."""
     return atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def cpu_state(obj: Any) -> Any:
+    """A copy of `obj` (a tensor, or dicts/lists/tuples of them) with every tensor detached on the CPU, so a saved
+    state holds no reference to live parameters and loads on any device."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: cpu_state(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(cpu_state(v) for v in obj)
+    return obj
+
+
+def jsonable(obj: Any) -> Any:
+    """`obj` as plain JSON values: dicts with string keys (sorted), lists for tuples and arrays, Python numbers for
+    NumPy scalars, strings for paths and any other object."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    return str(obj)
 
 
 def load_decoder(path: str | os.PathLike, map_location: Any = "cpu", *,

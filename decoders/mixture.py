@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 
 MIN_LOG_SCALE = -7.0
 MAX_LOG_SCALE = 0.0  # soft cap: scale 1 on the [-1, 1] value axis, i.e. half its width
@@ -42,9 +43,9 @@ def split_params(params: torch.Tensor, channels: int, nr_mix: int) -> MixturePar
     logits, means, log_scales, coeffs = params.split((m, m * c, m * c, m * k), dim=1)
     return MixtureParams(
         logits=logits,
-        means=means.unflatten(1, (m, c)),
-        log_scales=bound_log_scales(log_scales.unflatten(1, (m, c))),
-        coeffs=torch.tanh(coeffs.unflatten(1, (m, k))),
+        means=rearrange(means, "b (m c) h w -> b m c h w", m=m),
+        log_scales=bound_log_scales(rearrange(log_scales, "b (m c) h w -> b m c h w", m=m)),
+        coeffs=torch.tanh(rearrange(coeffs, "b (m k) h w -> b m k h w", m=m)),
     )
 
 

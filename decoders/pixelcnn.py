@@ -21,6 +21,7 @@ from torch.nn.utils import parametrize
 
 from decoders import mixture
 from decoders.config import DecoderConfig
+from decoders.errors import DecoderInputError, IncompatibleWeightsError
 from decoders.layers import (DownRightShiftedConv2d, DownRightShiftedDeconv2d, DownShiftedConv2d,
                              DownShiftedDeconv2d, GatedResnet, Nin, down_shift, right_shift)
 
@@ -98,6 +99,40 @@ class PixelCNNPP(nn.Module):
         self.ul_init_right = DownRightShiftedConv2d(c + 1, nf, kernel=(2, 1))
         self.nin_out = Nin(nf, mixture.num_params(c, cfg.nr_mix))
 
+    # ------------------------------------------------------------------------------------------ weights
+    def code_path_names(self) -> list[str]:
+        """Names in state_dict() of the code path: its standardisation, conditioning net and block projections."""
+        return [k for k in self.state_dict() if k.startswith(("code_mean", "code_std", "cond_net.")) or ".cond." in k]
+
+    def start_from(self, source: "PixelCNNPP | dict[str, torch.Tensor]") -> None:
+        """Copy every weight of an unconditional decoder (a model or its state dict) into this one.
+
+        The code path (`code_path_names`) is left as built: its projections start at zero, so a conditional decoder
+        started this way computes exactly the source's distribution until it learns to use the code. Every other
+        weight must be in `source` under the same name and shape, and `source` must hold nothing else (and a source
+        model must have the same config but for its code); otherwise IncompatibleWeightsError, and nothing is copied.
+        """
+        if isinstance(source, PixelCNNPP):
+            fields = ("image_shape", "levels", "nr_resnet", "nr_filters", "nr_mix", "dropout")
+            other = [f"{f} {getattr(source.cfg, f)} vs {getattr(self.cfg, f)}" for f in fields
+                     if getattr(source.cfg, f) != getattr(self.cfg, f)]
+            if other:
+                raise IncompatibleWeightsError(f"cannot start this decoder from one of another config: "
+                                               f"{', '.join(other)}")
+        state = source.state_dict() if isinstance(source, nn.Module) else dict(source)
+        own = self.state_dict()
+        code = set(self.code_path_names())
+        missing = [k for k in own if k not in code and k not in state]
+        extra = [k for k in state if k not in own or k in code]
+        shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+                  if k in state and k not in code and tuple(state[k].shape) != tuple(own[k].shape)]
+        if missing or extra or shapes:
+            what = [f"{len(v)} {name} ({', '.join(v[:3])}{', ...' if len(v) > 3 else ''})"
+                    for name, v in (("missing", missing), ("unexpected", extra), ("of another shape", shapes)) if v]
+            raise IncompatibleWeightsError(f"cannot start this decoder ({self.cfg.nr_resnet}x{self.cfg.nr_filters}x"
+                                           f"{self.cfg.nr_mix}) from the given weights: {'; '.join(what)}")
+        self.load_state_dict({k: v for k, v in state.items()}, strict=False)
+
     # ------------------------------------------------------------------------------------------ codes
     def set_code_stats(self, codes: torch.Tensor | np.ndarray) -> None:
         """Set the standardisation of raw codes from training codes (N, *code_shape), float16/32 numpy or tensor.
@@ -106,10 +141,10 @@ class PixelCNNPP(nn.Module):
         sets need no float64 copy); std clamped below at 1e-6, zero-variance features get std 1.
         """
         if self.cfg.code_shape is None:
-            raise ValueError("set_code_stats: this decoder is unconditional (code_shape=None)")
+            raise DecoderInputError("set_code_stats: this decoder is unconditional (code_shape=None)")
         want = tuple(self.cfg.code_shape)
         if len(codes.shape) != len(want) + 1 or tuple(codes.shape[1:]) != want or codes.shape[0] < 1:
-            raise ValueError(f"set_code_stats: codes have shape {list(codes.shape)}; "
+            raise DecoderInputError(f"set_code_stats: codes have shape {list(codes.shape)}; "
                              f"this decoder expects [N, {', '.join(map(str, want))}] with N >= 1")
         per_row = int(np.prod(want))
         step = max(1, _STATS_CHUNK_ELEMENTS // per_row)
@@ -118,7 +153,7 @@ class PixelCNNPP(nn.Module):
             part = codes[start:start + step]
             c = (part if isinstance(part, torch.Tensor) else torch.from_numpy(np.asarray(part))).to(torch.float64)
             if not torch.isfinite(c).all():
-                raise ValueError("set_code_stats: codes contain NaN or inf")
+                raise DecoderInputError("set_code_stats: codes contain NaN or inf")
             flat = c.reshape(-1, want[0]) if len(want) == 1 else c.transpose(0, 1).reshape(want[0], -1).T  # (n, F)
             n_part, mean_part = flat.shape[0], flat.mean(0)
             m2_part = ((flat - mean_part) ** 2).sum(0)
@@ -140,9 +175,9 @@ class PixelCNNPP(nn.Module):
         t = torch.as_tensor(np.asarray(code) if not isinstance(code, torch.Tensor) else code)
         if t.dim() != len(want) + 1 or tuple(t.shape[1:]) != want or (batch is not None and t.shape[0] != batch):
             exp = f"[{batch if batch is not None else 'N'}, {', '.join(map(str, want))}]"
-            raise ValueError(f"code has shape {list(t.shape)}; this decoder expects {exp}")
+            raise DecoderInputError(f"code has shape {list(t.shape)}; this decoder expects {exp}")
         if not (t.is_floating_point() or t.dtype in (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)):
-            raise ValueError(f"code must hold numbers, got dtype {t.dtype}")
+            raise DecoderInputError(f"code must hold numbers, got dtype {t.dtype}")
         return t.to(device=self._device(), dtype=torch.float32)
 
     def _device(self) -> torch.device:
@@ -152,10 +187,11 @@ class PixelCNNPP(nn.Module):
         """Raw code -> standardised conditioning input (vector (B, D) or per-resolution features)."""
         if self.cfg.code_shape is None:
             if code is not None:
-                raise ValueError("this decoder is unconditional (code_shape=None) but a code was given")
+                raise DecoderInputError("this decoder is unconditional (code_shape=None) but a code was given")
             return None
         if code is None:
-            raise ValueError(f"this decoder is conditional (code_shape={tuple(self.cfg.code_shape)}); give a code")
+            raise DecoderInputError(f"this decoder is conditional (code_shape={tuple(self.cfg.code_shape)}); give a "
+                                    f"code")
         h = (self._as_code_tensor(code, batch) - self.code_mean) / self.code_std  # (B, *code_shape)
         return self.cond_net(h) if self.cfg.code_kind == "spatial" else h
 
@@ -165,11 +201,14 @@ class PixelCNNPP(nn.Module):
             x = torch.as_tensor(np.asarray(x))
         want = tuple(self.cfg.image_shape)
         if x.dim() != 4 or tuple(x.shape[1:]) != want:
-            raise ValueError(f"x has shape {list(x.shape)}; this decoder expects [B, {', '.join(map(str, want))}]")
+            raise DecoderInputError(f"x has shape {list(x.shape)}; this decoder expects "
+                                    f"[B, {', '.join(map(str, want))}]")
         if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
-            raise ValueError(f"x must hold integers in [0, {self.cfg.levels - 1}] (uint8 or int64), got {x.dtype}")
+            raise DecoderInputError(f"x must hold integers in [0, {self.cfg.levels - 1}] (uint8 or int64), got "
+                                    f"{x.dtype}")
         if x.device.type == "cpu" and x.numel() and (int(x.min()) < 0 or int(x.max()) > self.cfg.levels - 1):
-            raise ValueError(f"x has values in [{int(x.min())}, {int(x.max())}], outside [0, {self.cfg.levels - 1}]")
+            raise DecoderInputError(f"x has values in [{int(x.min())}, {int(x.max())}], "
+                                    f"outside [0, {self.cfg.levels - 1}]")
         return x
 
     def _network(self, x: torch.Tensor, cond) -> torch.Tensor:
@@ -233,16 +272,16 @@ class PixelCNNPP(nn.Module):
         cfg = self.cfg
         c, h, w = cfg.image_shape
         if code is not None and cfg.code_shape is None:
-            raise ValueError("sample: this decoder is unconditional (code_shape=None) but a code was given")
+            raise DecoderInputError("sample: this decoder is unconditional (code_shape=None) but a code was given")
         if code is not None:
             code_t = self._as_code_tensor(code, None)
             if n is not None and n != code_t.shape[0]:
-                raise ValueError(f"sample: n={n} but the code has batch {code_t.shape[0]}")
+                raise DecoderInputError(f"sample: n={n} but the code has batch {code_t.shape[0]}")
             n = code_t.shape[0]
         elif n is None:
-            raise ValueError("sample: give n (the number of images) when there is no code")
+            raise DecoderInputError("sample: give n (the number of images) when there is no code")
         if n < 1:
-            raise ValueError(f"sample: n must be >= 1, got {n}")
+            raise DecoderInputError(f"sample: n must be >= 1, got {n}")
         device = self._device()
         was_training = self.training
         self.eval()

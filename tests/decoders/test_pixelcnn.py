@@ -9,7 +9,7 @@ import torch
 
 from chi2 import chi2_critical, chi2_statistic
 from decoders import DecoderConfig, PixelCNNPP, load_decoder, save_decoder
-from decoders.io import DecoderFileError
+from decoders.errors import DecoderFileError, IncompatibleWeightsError
 
 
 def tiny(shape=(1, 8, 8), levels=17, code_shape=None, nr_mix=3, seed=0, cond_scale=0.5) -> PixelCNNPP:
@@ -143,16 +143,30 @@ def test_code_changes_the_first_pixel_distribution(code_shape):
 
 
 @pytest.mark.parametrize("code_shape", [(6,), (5, 3, 3)])
-def test_warm_start_from_unconditional_is_exact(code_shape):
+def test_starting_from_an_unconditional_decoder_is_exact(code_shape):
     uncond = tiny((3, 8, 8), 17, None)
     torch.manual_seed(9)
     cond = PixelCNNPP(DecoderConfig((3, 8, 8), levels=17, nr_resnet=1, nr_filters=8, nr_mix=3,
                                     code_shape=code_shape, cond_filters=8)).eval()
-    missing, unexpected = cond.load_state_dict(uncond.state_dict(), strict=False)
-    assert not unexpected and missing and all("cond" in k or k.startswith("code_") for k in missing)
+    cond.start_from(uncond)
+    assert set(cond.state_dict()) - set(uncond.state_dict()) == set(cond.code_path_names())
     x, code = rand_images(3, (3, 8, 8), 17), rand_code(3, code_shape)
     with torch.no_grad():
         assert torch.equal(cond.log_prob(x, code), uncond.log_prob(x))
+
+
+@pytest.mark.parametrize("other", [dict(nr_filters=16), dict(nr_resnet=2), dict(nr_mix=4), dict(levels=256)])
+def test_starting_from_a_decoder_of_another_size_is_an_error(other):
+    """Weights that do not fit are refused as a whole: nothing is copied, nothing is silently skipped."""
+    base = dict(image_shape=(3, 8, 8), levels=17, nr_resnet=1, nr_filters=8, nr_mix=3)
+    source = PixelCNNPP(DecoderConfig(**{**base, **other}))
+    cond = PixelCNNPP(DecoderConfig(**base, code_shape=(4,)))
+    before = {k: v.clone() for k, v in cond.state_dict().items()}
+    with pytest.raises(IncompatibleWeightsError, match="cannot start this decoder"):
+        cond.start_from(source)
+    assert all(torch.equal(before[k], v) for k, v in cond.state_dict().items())
+    with pytest.raises(IncompatibleWeightsError, match="unexpected"):  # a conditional source is not a start
+        PixelCNNPP(DecoderConfig(**base, code_shape=(4,))).start_from(cond)
 
 
 # ----------------------------------------------------------------------------------------------- codes

@@ -1,1 +1,0 @@
-"""One module per `ibprobe` subcommand; see ibprobe/cli.py."""
