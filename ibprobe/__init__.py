@@ -13,7 +13,7 @@ __all__ = ["estimate_mi", "MIEstimate", "__version__"]
 def __getattr__(name: str):
     # Lazy, so `import ibprobe` stays cheap and the CLI starts fast.
     if name in ("estimate_mi", "MIEstimate"):
-        from ibprobe import estimate
+        from ibprobe import estimate  # lazy, so `import ibprobe` stays cheap and the CLI starts fast
 
         return getattr(estimate, name)
     raise AttributeError(f"module 'ibprobe' has no attribute {name!r}")

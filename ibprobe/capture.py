@@ -1,4 +1,5 @@
-"""Layer taps: read any layer of a network, batch by batch or streamed into an on-disk activation store.
+"""The capture stage -> DIR/activations/: read any layer of a network, batch by batch or streamed into an on-disk
+activation store, and fill a run's store for every checkpoint (`fill_store`, the one way to do it).
 
 A layer is named by its module path (`layer2`, `layer3.0.relu1`, `pool`). Capture runs the model in eval
 mode under no_grad with forward hooks that store copies (`.detach().clone()`), never views, so an in-place
@@ -12,7 +13,9 @@ Files are written streaming (peak memory does not grow with N) under a temp name
 """
 from __future__ import annotations
 
+import difflib
 import os
+import sys
 import tempfile
 from contextlib import closing, contextmanager
 from pathlib import Path
@@ -22,8 +25,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from decoders.progress import progress as progress_report
+from ibprobe.config import resolve_device
+from ibprobe.data import to_model_input
 from ibprobe.errors import LayerError
-from ibprobe.utils import atomic_write_json, epoch_dirname, read_json, resolve_device, sanitize_name
+from ibprobe.fsutil import atomic_write_json, epoch_dirname, read_json, sanitize_name, try_lock
+
+SPLITS = ("train", "test")
 
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 
@@ -64,32 +72,57 @@ def tappable_layers(model: nn.Module, example: torch.Tensor | None = None) -> li
     return [n for n in names if counts[n] == 1 and tensor_out[n]]
 
 
-def _resolve(model: nn.Module, layers: Sequence[str]) -> dict[str, nn.Module]:
+def list_layers(model: nn.Module, every: bool = False) -> list[str]:
+    """The layer names of `model` worth tapping (run once on zeros of its input shape, when it records one), or
+    with `every` all its named modules."""
+    if every:
+        return [n for n, _ in model.named_modules() if n]
+    shape = getattr(model, "ibprobe_build", {}).get("in_shape")
+    return tappable_layers(model, torch.zeros(2, *shape) if shape else None)
+
+
+def check_layers(model: nn.Module, layers: Sequence[str], *, spec: str = "") -> dict[str, nn.Module]:
+    """{layer: module} for module paths of `model`; the one layer check of ibprobe.
+
+    A LayerError names the unknown layers, the closest matches and the available ones (top two levels if many).
+    Whether a layer fires exactly once per forward pass is checked when it is captured.
+    """
     if isinstance(layers, str):
         layers = [layers]
+    layers = list(layers)
     if not layers:
         raise LayerError("no layers given; choose from: " + ", ".join(tappable_layers(model)))
+    if len(set(layers)) != len(layers):
+        raise LayerError(f"layers listed twice: {layers}")
     modules = dict(model.named_modules())
     unknown = [l for l in layers if l not in modules or l == ""]
     if unknown:
-        raise LayerError(f"unknown layer(s) {', '.join(map(repr, unknown))}; available: "
-                         + ", ".join(tappable_layers(model)))
-    if len(set(layers)) != len(layers):
-        raise LayerError(f"layers listed twice: {list(layers)}")
+        available = tappable_layers(model)
+        close = [c for l in unknown for c in difflib.get_close_matches(l, available, n=3, cutoff=0.6)]
+        hint = f"; did you mean {', '.join(dict.fromkeys(close))}?" if close else ""
+        if len(available) <= 40:
+            shown = ", ".join(available)
+        else:
+            top = [a for a in available if a.count(".") <= 1]
+            shown = (", ".join(top[:60]) + f" (and {len(available) - min(len(top), 60)} deeper ones; "
+                     f"`ibprobe layers --model {spec or '...'}` lists all)")
+        raise LayerError(f"unknown layer(s) {', '.join(repr(l) for l in unknown)} in {type(model).__name__}{hint}; "
+                         f"available: {shown}")
     return {l: modules[l] for l in layers}
 
 
 @contextmanager
 def _hooked(model: nn.Module, layers: Sequence[str]):
     """Register copy-storing hooks; yields a dict layer -> list of outputs of the current forward pass."""
-    mods = _resolve(model, layers)
+    mods = check_layers(model, layers)
     fired: dict[str, list[torch.Tensor]] = {l: [] for l in layers}
     handles = []
 
     def make(name: str):
         def hook(_m, _inp, out):
             if not isinstance(out, torch.Tensor):
-                raise LayerError(f"layer {name!r} returns {type(out).__name__}, not a tensor; tap one of its submodules")
+                raise LayerError(f"layer {name!r} returns {type(out).__name__}, not a tensor; tap one of its "
+                                 f"submodules")
             fired[name].append(out.detach().clone())
         return hook
 
@@ -124,8 +157,6 @@ def iter_capture(model: nn.Module, images: np.ndarray | torch.Tensor, layers: Se
 
     The model is moved to `device` and put in eval mode; its training flag is restored afterwards.
     """
-    from ibprobe.data import to_model_input
-
     dev = resolve_device(device)
     model.to(dev)
     was = model.training
@@ -274,4 +305,37 @@ def capture_to_store(model: nn.Module, images: np.ndarray | torch.Tensor, layers
     return paths
 
 
-__all__ = ["tappable_layers", "capture", "iter_capture", "ActivationStore", "capture_to_store"]
+def fill_store(store: ActivationStore, source, dataset, layers: Sequence[str], *, epochs=None, splits=SPLITS,
+               device: str | torch.device = "cpu", batch_size: int = 256, overwrite: bool = False,
+               progress: bool = True) -> None:
+    """Capture `layers` on each split of `dataset` at each checkpoint of `source` (a ModelSource) into `store`.
+
+    Entries already stored are kept unless `overwrite`. Each checkpoint is captured under a lock, so several
+    processes on one folder capture it once. `epochs`: a subset of the source's checkpoint epochs (default all).
+    """
+    layers = list(layers)
+    checkpoints = [(int(e), p) for e, p in source.checkpoints if epochs is None or int(e) in set(epochs)]
+    for epoch, path in progress_report(checkpoints, enabled=progress, desc="capture", unit="checkpoint"):
+        def todo() -> list[tuple[str, str]]:
+            return [(l, s) for l in layers for s in splits if overwrite or not store.has(epoch, l, s)]
+
+        if not todo():
+            continue
+        with try_lock(store.epoch_dir(epoch) / ".capture.lock", wait=True):
+            missing = todo()
+            if not missing:
+                continue
+            model = source.load_model(path, device=str(device))
+            for split in splits:
+                want = [l for l, s in missing if s == split]
+                if want:
+                    images, _ = dataset.split(split)
+                    capture_to_store(model, images, want, store, epoch=epoch, split=split, levels=dataset.levels,
+                                     normalize=source.normalize, batch_size=batch_size, device=device,
+                                     checkpoint=str(path), overwrite=overwrite)
+        if progress:
+            print(f"captured activations at epoch {epoch} ({len(missing)} layer x split)", file=sys.stderr)
+
+
+__all__ = ["tappable_layers", "check_layers", "capture", "iter_capture", "ActivationStore", "capture_to_store",
+           "fill_store", "SPLITS"]

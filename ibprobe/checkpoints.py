@@ -1,4 +1,7 @@
-"""Loading checkpoints from elsewhere: safely, in the common formats, with clear errors.
+"""Loading checkpoints, ours and from elsewhere: safely, in the common formats, with clear errors.
+
+Our run folders: `list_checkpoints`, `load_run_config`, `load_run_checkpoint` and `load_run_model`, which rebuilds
+the network from the config inside the checkpoint.
 
 Checkpoints from other people are untrusted. They are always read with `torch.load(weights_only=True)`, which
 only rebuilds tensors and primitive containers and never runs code from the file; a file that needs more
@@ -25,7 +28,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from ibprobe.config import resolve_device
 from ibprobe.errors import CheckpointError
+from ibprobe.fsutil import read_json
+from ibprobe.models import build_model
 
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "network")
 STRIP_PREFIXES = ("module.", "model.", "_orig_mod.")
@@ -51,10 +57,8 @@ def load_checkpoint_file(path: str | os.PathLike) -> Any:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             return torch.load(p, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(_refusal(p, e)) from None
-    except RuntimeError as e:
-        if "weights_only" in str(e) or "Weights only" in str(e):
+    except (pickle.UnpicklingError, RuntimeError) as e:
+        if _looks_pickled(p) and ("weights_only" in str(e) or "Weights only" in str(e) or "GLOBAL" in str(e)):
             raise CheckpointError(_refusal(p, e)) from None
         raise CheckpointError(f"checkpoint {p} is corrupt or not a torch file ({_first_line(e)})") from None
     except MemoryError:
@@ -64,6 +68,13 @@ def load_checkpoint_file(path: str | os.PathLike) -> Any:
     except Exception as e:  # noqa: BLE001 - any parse failure of a foreign file is the file's fault
         what = f"{type(e).__name__}: {_first_line(e)}" if str(e) else type(e).__name__
         raise CheckpointError(f"checkpoint {p} is corrupt, truncated or not a torch file ({what})") from None
+
+
+def _looks_pickled(path: Path) -> bool:
+    """Whether the file starts like a torch file (a zip) or a pickle, rather than as other bytes."""
+    with open(path, "rb") as f:
+        head = f.read(2)
+    return head[:1] == b"\x80" or head == b"PK"
 
 
 def _refusal(path: Path, err: BaseException) -> str:
@@ -273,3 +284,53 @@ def resolve_checkpoints(globs: str | os.PathLike | list) -> list[tuple[int, Path
             )
         by_epoch[e] = (p, how)
     return sorted((e, p) for e, (p, _) in by_epoch.items())
+
+
+# ------------------------------------------------------------------------------------------------ our run folders
+def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """[(epoch, path)] of run_dir/checkpoints/epoch_*.pt, sorted by epoch (last.pt excluded)."""
+    out = []
+    for p in (Path(run_dir) / "checkpoints").glob("epoch_*.pt"):
+        try:
+            out.append((int(p.stem.split("_", 1)[1]), p))
+        except ValueError:
+            continue
+    return sorted(out)
+
+
+def load_run_config(run_dir: str | os.PathLike) -> dict:
+    """run_dir/config.json, or a CheckpointError saying it is not a run folder."""
+    p = Path(run_dir) / "config.json"
+    if not p.is_file():
+        raise CheckpointError(f"{run_dir} is not a training run folder (no config.json); create one with "
+                              f"`ibprobe train --out {run_dir}`")
+    return read_json(p)
+
+
+def load_run_checkpoint(path: str | os.PathLike) -> dict:
+    """One of our training checkpoints (epoch_XXXX.pt, last.pt), read safely; CheckpointError if it is not one."""
+    ckpt = load_checkpoint_file(path)
+    if not isinstance(ckpt, dict) or not {"model", "config"} <= set(ckpt):
+        raise CheckpointError(f"{path} is not an ibprobe training checkpoint (needs 'model' and 'config' entries)")
+    return ckpt
+
+
+def build_run_model(config: dict) -> nn.Module:
+    """An untrained model of the architecture a run config describes."""
+    try:
+        return build_model(config["model"], in_shape=tuple(config["in_shape"]), num_classes=int(config["num_classes"]),
+                           **dict(config.get("model_args") or {}))
+    except KeyError as e:
+        raise CheckpointError(f"run config lacks {e.args[0]!r}; it cannot rebuild the model") from None
+
+
+def load_run_model(checkpoint_path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """(model in eval mode on `device`, checkpoint dict) from one of our epoch_XXXX.pt / last.pt files."""
+    ckpt = load_run_checkpoint(checkpoint_path)
+    model = build_run_model(ckpt["config"])
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{checkpoint_path} does not fit the model its config describes: "
+                              f"{str(e).splitlines()[0]}") from None
+    return model.to(resolve_device(device)).eval(), ckpt

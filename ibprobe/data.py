@@ -10,6 +10,7 @@ Sources: `digits` (scikit-learn's 1,797 real 8x8 digits, 17 levels, bundled, the
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 
 from ibprobe.errors import ConfigError, DataError
-from ibprobe.utils import atomic_write_bytes
+from ibprobe.fsutil import atomic_write_bytes
 
 DATASET_NAMES = ("digits", "cifar10", "cifar100", "svhn", "mnist", "fashion_mnist", "cinic10", "folder", "npy")
 
@@ -255,8 +256,6 @@ def _load_image_folder(root: Path, force_rgb: bool = False):
 
     Decoded arrays are cached in root/.ibprobe_cache.npz (when writable), keyed by the file list and sizes.
     """
-    import hashlib
-
     from PIL import Image
 
     if not root.is_dir():

@@ -16,180 +16,52 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ibprobe.errors import CheckpointError, ConfigError
-from ibprobe.utils import atomic_torch_save, atomic_write_json, atomic_write_text, epoch_dirname, read_json, \
-    resolve_device, seed_everything
+from decoders.progress import progress as progress_report
+from ibprobe.checkpoints import load_run_checkpoint
+from ibprobe.config import TrainConfig, apply_overrides, config_from_dict, resolve_device
+from ibprobe.data import load_dataset, to_model_input
+from ibprobe.errors import ConfigError
+from ibprobe.fsutil import atomic_torch_save, atomic_write_json, atomic_write_text, cpu_state, epoch_dirname, read_json
+from ibprobe.models import build_model
 
-REGIMES = ("classify", "autoencode")
-OPTIMIZERS = ("sgd", "adam")
-SCHEDULES = ("cosine", "step", "none")
-AUGMENTS = ("none", "crop", "crop_flip")
 RUN_FORMAT = "ibprobe-run/1"
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """One training run. Losses are per example in nats (cross-entropy) or per pixel (MSE on [0, 1] pixels)."""
-
-    dataset: str = "digits"
-    data_root: str | None = None
-    download: bool = False
-    images_path: str | None = None  # dataset "npy"
-    labels_path: str | None = None
-    levels: int | None = None
-    test_fraction: float = 0.2
-    model: str = "resnet"
-    model_args: dict = field(default_factory=dict)
-    regime: str = "classify"
-    epochs: int = 8
-    checkpoint_epochs: tuple[int, ...] | None = None  # None -> default_checkpoint_epochs(epochs)
-    seed: int = 0
-    optimizer: str = "sgd"
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"
-    batch_size: int = 64
-    augment: str = "none"  # none | crop (random crop, padding H//8) | crop_flip (+ flips); True = crop_flip
-    normalize: tuple | None = None  # ((mean per channel), (std per channel)) on the [0, 1] scale
-    max_train: int | None = None  # use a seeded subset of this many training images (quick runs)
-
-    def __post_init__(self):
-        if isinstance(self.augment, bool):
-            object.__setattr__(self, "augment", "crop_flip" if self.augment else "none")
-        if self.regime not in REGIMES:
-            raise ConfigError(f"regime must be one of {', '.join(REGIMES)}, got {self.regime!r}")
-        if self.regime == "autoencode" and self.model == "resnet":
-            raise ConfigError("the autoencode regime needs an autoencoder: use --model resnet_ae")
-        if self.regime == "classify" and self.model == "resnet_ae":
-            raise ConfigError("resnet_ae is an autoencoder: use --regime autoencode, or --model resnet to classify")
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
-        if self.schedule not in SCHEDULES:
-            raise ConfigError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
-        if self.augment not in AUGMENTS:
-            raise ConfigError(f"augment must be one of {', '.join(AUGMENTS)}, got {self.augment!r}")
-        if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
-            raise ConfigError("epochs must be >= 0, batch_size >= 1 and lr > 0")
-        if self.checkpoint_epochs is not None:
-            eps = tuple(sorted(set(int(e) for e in self.checkpoint_epochs)))
-            bad = [e for e in eps if e < 0 or e > self.epochs]
-            if bad:
-                raise ConfigError(f"checkpoint epochs {bad} are outside 0..{self.epochs}")
-            object.__setattr__(self, "checkpoint_epochs", eps)
-        if self.normalize is not None:
-            object.__setattr__(self, "normalize", tuple(tuple(float(v) for v in np.atleast_1d(p))
-                                                        for p in self.normalize))
-        object.__setattr__(self, "model_args", {k: _tupled(v) for k, v in dict(self.model_args).items()})
-
-    def schedule_epochs(self) -> tuple[int, ...]:
-        return self.checkpoint_epochs if self.checkpoint_epochs is not None else default_checkpoint_epochs(self.epochs)
-
-    def dataset_spec(self) -> dict:
-        """Keyword arguments of ibprobe.data.load_dataset for this run's data (download never re-triggered)."""
-        return {"name": self.dataset, "data_root": self.data_root, "seed": self.seed,
-                "test_fraction": self.test_fraction, "images_path": self.images_path,
-                "labels_path": self.labels_path, "levels": self.levels}
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch; return a fresh CPU generator seeded the same for data order."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return g
 
 
-def _tupled(v: Any) -> Any:
-    return tuple(_tupled(x) for x in v) if isinstance(v, (list, tuple)) else v
-
-
-def default_checkpoint_epochs(epochs: int) -> tuple[int, ...]:
-    """0, 1, 2, 4, 8, ... and the last epoch."""
-    out = {0, int(epochs)}
-    e = 1
-    while e < epochs:
-        out.add(e)
-        e *= 2
-    return tuple(sorted(out))
-
-
-def config_from_dict(d: dict) -> TrainConfig:
-    """TrainConfig from a config.json / checkpoint config (extra keys ignored)."""
-    names = {f.name for f in fields(TrainConfig)}
-    return TrainConfig(**{k: v for k, v in d.items() if k in names})
-
-
-# ------------------------------------------------------------------------------------------------ public
-
-
-def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
-    """[(epoch, path)] of run_dir/checkpoints/epoch_*.pt, sorted by epoch (last.pt excluded)."""
-    out = []
-    for p in (Path(run_dir) / "checkpoints").glob("epoch_*.pt"):
-        try:
-            out.append((int(p.stem.split("_", 1)[1]), p))
-        except ValueError:
-            continue
-    return sorted(out)
-
-
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """torch.load(weights_only=True) with a CheckpointError for missing, corrupt or foreign files."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # unpickling errors come in many types
-        raise CheckpointError(f"cannot load checkpoint {path} safely (weights_only=True): "
-                              f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
-    if not isinstance(ckpt, dict) or not {"model", "config"} <= set(ckpt):
-        raise CheckpointError(f"{path} is not an ibprobe training checkpoint (needs 'model' and 'config' entries)")
-    return ckpt
-
-
-def build_run_model(config: dict) -> nn.Module:
-    """An untrained model of the architecture a run config describes."""
-    from ibprobe.models import build_model
-
-    try:
-        return build_model(config["model"], in_shape=tuple(config["in_shape"]), num_classes=int(config["num_classes"]),
-                           **dict(config.get("model_args") or {}))
-    except KeyError as e:
-        raise CheckpointError(f"run config lacks {e.args[0]!r}; it cannot rebuild the model") from None
-
-
-def load_run_model(checkpoint_path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
-    """(model in eval mode on `device`, checkpoint dict) from one of our epoch_XXXX.pt / last.pt files."""
-    ckpt = load_checkpoint(checkpoint_path)
-    model = build_run_model(ckpt["config"])
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
-        raise CheckpointError(f"{checkpoint_path} does not fit the model its config describes: "
-                              f"{str(e).splitlines()[0]}") from None
-    return model.to(resolve_device(device)).eval(), ckpt
-
-
-def load_run_config(run_dir: str | os.PathLike) -> dict:
-    """run_dir/config.json, or a CheckpointError saying it is not a run folder."""
-    p = Path(run_dir) / "config.json"
-    if not p.is_file():
-        raise CheckpointError(f"{run_dir} is not a training run folder (no config.json); create one with `ibprobe train --out {run_dir}`")
-    return read_json(p)
-
-
-def load_run_dataset(run_dir: str | os.PathLike):
-    """The Dataset a run was trained on, reloaded from its config.json."""
-    from ibprobe.data import load_dataset
-
-    return load_dataset(**load_run_config(run_dir)["dataset_spec"])
-
-
-# ------------------------------------------------------------------------------------------------ training
+def train_config(out_dir: str | os.PathLike, given: dict | None = None) -> TrainConfig:
+    """The TrainConfig of run folder `out_dir`: the one stored in its config.json, which the `given` settings must
+    agree with (a rerun with no settings resumes it), else one built from `given`."""
+    given = dict(given or {})
+    stored_path = Path(out_dir) / "config.json"
+    if not stored_path.is_file():
+        return apply_overrides(TrainConfig(), given, "training setting")
+    stored = config_from_dict(read_json(stored_path))
+    want = apply_overrides(stored, given, "training setting")
+    diff = [k for k in given if k != "download" and _comparable(asdict(want))[k] != _comparable(asdict(stored))[k]]
+    if diff:
+        raise ConfigError(f"{out_dir} already holds a run with different {', '.join(diff)}; rerun with only "
+                          f"--out {out_dir} to resume it, or choose another --out")
+    return want
 
 
 def _run_config(cfg: TrainConfig, ds) -> dict:
@@ -246,8 +118,6 @@ def _loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: torch.Tens
 def evaluate(model: nn.Module, images: np.ndarray, labels: np.ndarray, cfg: TrainConfig, levels: int,
              device: torch.device, batch_size: int = 512) -> tuple[float, float]:
     """(mean loss, accuracy) in eval mode; accuracy is nan for autoencode."""
-    from ibprobe.data import to_model_input
-
     was = model.training
     model.eval()
     tot, correct, n = 0.0, 0, len(images)
@@ -262,25 +132,12 @@ def evaluate(model: nn.Module, images: np.ndarray, labels: np.ndarray, cfg: Trai
     return tot / max(n, 1), (correct / max(n, 1) if cfg.regime == "classify" else float("nan"))
 
 
-def _cpu_state(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu().clone()
-    if isinstance(obj, dict):
-        return {k: _cpu_state(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_cpu_state(v) for v in obj)
-    return obj
-
-
 def train(cfg: TrainConfig, out_dir: str | os.PathLike, *, device: str = "auto", progress: bool = True,
           _after_epoch: Callable[[int], None] | None = None) -> Path:
     """Train per `cfg` into out_dir (see the module docstring); resume if a run is there. Returns out_dir.
 
     A finished run is left as it is. A different config for an existing run folder is a ConfigError.
     """
-    from ibprobe.data import load_dataset, to_model_input
-    from ibprobe.models import build_model
-
     out = Path(out_dir)
     ckdir = out / "checkpoints"
     dev = resolve_device(device)
@@ -320,7 +177,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, *, device: str = "auto",
     epoch, step, history = 0, 0, []
     last = ckdir / "last.pt"
     if last.exists():
-        ck = load_checkpoint(last)
+        ck = load_run_checkpoint(last)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         epoch, step, history = int(ck["epoch"]), int(ck["step"]), list(ck["history"])
@@ -332,7 +189,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, *, device: str = "auto",
             return out
 
     def save(path: Path, metrics: dict, with_history: bool) -> None:
-        ck = {"model": _cpu_state(model.state_dict()), "optimizer": _cpu_state(opt.state_dict()),
+        ck = {"model": cpu_state(model.state_dict()), "optimizer": cpu_state(opt.state_dict()),
               "epoch": epoch, "step": step, "config": run_cfg, "metrics": metrics,
               "rng": {"data": g_data.get_state(), "aug": g_aug.get_state(), "torch": torch.get_rng_state()}}
         if with_history:
@@ -349,11 +206,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, *, device: str = "auto",
         save(last, history[-1], True)
         _write_metrics(out, history)
 
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=cfg.epochs, initial=epoch, desc=f"train {out.name}", unit="epoch")
+    bar = progress_report(total=cfg.epochs, initial=epoch, desc=f"train {out.name}", unit="epoch", enabled=progress)
     try:
         while epoch < cfg.epochs:
             t0 = time.time()
@@ -389,15 +242,13 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, *, device: str = "auto",
                 save(ckdir / f"{epoch_dirname(epoch)}.pt", history[-1], False)
             save(last, history[-1], True)
             _write_metrics(out, history)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix({k: f"{v:.4g}" for k, v in history[-1].items()
-                                 if k in ("train_loss", "test_loss", "test_acc")})
+            bar.set_postfix_str(", ".join(f"{k} {v:.4g}" for k, v in history[-1].items()
+                                          if k in ("train_loss", "test_loss", "test_acc")))
+            bar.update(1)
             if _after_epoch is not None:
                 _after_epoch(epoch)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     return out
 
 
@@ -413,5 +264,4 @@ def _write_metrics(out: Path, history: list[dict]) -> None:
     atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(m, sort_keys=True) + "\n" for m in history))
 
 
-__all__ = ["TrainConfig", "train", "list_checkpoints", "load_run_model", "load_checkpoint", "load_run_config",
-           "load_run_dataset", "build_run_model", "default_checkpoint_epochs", "config_from_dict", "evaluate"]
+__all__ = ["train", "train_config", "evaluate", "seed_everything", "RUN_FORMAT"]

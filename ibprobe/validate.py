@@ -48,6 +48,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+import torch
+
+from ibprobe.config import resolve_device
 from ibprobe.estimate import estimate_mi
 
 LEVELS = 17
@@ -213,14 +216,14 @@ FAMILIES = {"planes": planes, "thermo": thermo, "flat4": flat4, "random4": rando
 # a half minutes on one CPU core. q0(x) keeps the pairs' budget: a longer q0 leaves its continuations a smaller
 # learning rate (they continue its decayed schedule), and the code path then learns too little (measured: with
 # init_epochs=24 the three id codes came out 0.5-0.85 bits low at seed 1).
-QUICK = {"n": 400, "families": ("planes",), "warm_start": True, "init_epochs": None,
+QUICK = {"n": 400, "families": ("planes",), "paired": True, "init_epochs": None,
          "decoder": {"nr_resnet": 1, "nr_filters": 32, "nr_mix": 8, "dropout": 0.0},
          "fit": {"epochs": 12, "batch_size": 16, "lr": 1e-2, "lr_decay": 0.9, "patience": 0}}
-FULL = {"n": 800, "families": ("planes", "thermo"), "warm_start": True, "init_epochs": None,
+FULL = {"n": 800, "families": ("planes", "thermo"), "paired": True, "init_epochs": None,
         "decoder": {"nr_resnet": 1, "nr_filters": 32, "nr_mix": 8, "dropout": 0.0},
         "fit": {"epochs": 16, "batch_size": 16, "lr": 1e-2, "lr_decay": 0.9, "patience": 0}}
 # --hard: 1x8x8 images, with the budget that flat4 was first measured with (see above).
-HARD = {"n": 400, "families": ("flat4", "random4"), "warm_start": True, "init_epochs": None,
+HARD = {"n": 400, "families": ("flat4", "random4"), "paired": True, "init_epochs": None,
         "decoder": {"nr_resnet": 1, "nr_filters": 32, "nr_mix": 4, "dropout": 0.0},
         "fit": {"epochs": 8, "batch_size": 16, "lr": 3e-3, "lr_decay": 0.9, "patience": 0}}
 
@@ -231,10 +234,6 @@ def run_validation(*, quick: bool = False, hard: bool = False, device: str = "au
 
     quick: the small suite (the test suite runs it); otherwise the full one. hard: run only the hard families.
     """
-    import torch
-
-    from ibprobe.utils import resolve_device
-
     plan = HARD if hard else QUICK if quick else FULL
     t0 = time.perf_counter()
     threads = torch.get_num_threads()
@@ -255,7 +254,7 @@ def _run(plan: dict, quick: bool, device: str, seed: int, progress: bool, log, t
             log(f"{fam.name}: {len(fam.cases)} codes, H(X) = {fam.h_x:.2f} bits, N = {len(fam.images)}")
         est = estimate_mi(fam.images, {c.name: c.codes for c in fam.cases}, levels=LEVELS,
                           decoder=plan["decoder"], fit=plan["fit"], seed=seed, device=device, progress=progress,
-                          warm_start=plan["warm_start"], init_epochs=plan["init_epochs"])
+                          paired=plan["paired"], init_epochs=plan["init_epochs"])
         for c in fam.cases:
             e = est[c.name]
             tol = tolerance(c.truth)

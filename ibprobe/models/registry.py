@@ -13,7 +13,9 @@ from typing import Any, Callable
 import torch.nn as nn
 
 from ibprobe.errors import ConfigError
+from ibprobe.fsutil import jsonable
 from ibprobe.models.autoencoder import ResNetAEConfig, ResNetAutoencoder
+from ibprobe.models.external import build_external
 from ibprobe.models.resnet import ResNet, ResNetConfig
 
 
@@ -42,14 +44,6 @@ def model_arg_names(name: str) -> list[str]:
     return [f.name for f in dataclasses.fields(cfg_cls) if f.name not in implied]
 
 
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, (tuple, list)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    return v
-
-
 def build_model(name: str, *, in_shape: tuple[int, int, int] = (3, 32, 32), num_classes: int = 10,
                 **model_args: Any) -> nn.Module:
     """Build a registered model (or delegate an external spec containing ':'); see the module docstring."""
@@ -57,8 +51,6 @@ def build_model(name: str, *, in_shape: tuple[int, int, int] = (3, 32, 32), num_
     if len(in_shape) != 3:
         raise ConfigError(f"in_shape must be (C, H, W), got {in_shape}")
     if ":" in str(name):
-        from ibprobe.models.external import build_external
-
         model = build_external(name, in_shape=in_shape, num_classes=int(num_classes), **model_args)
     else:
         valid = model_arg_names(name)
@@ -71,6 +63,6 @@ def build_model(name: str, *, in_shape: tuple[int, int, int] = (3, 32, 32), num_
             model = builder(in_shape, int(num_classes), **args)
         except (TypeError, ValueError) as e:
             raise ConfigError(f"invalid model args for {name!r}: {e}") from None
-    model.ibprobe_build = {"model": str(name), "model_args": _jsonable(dict(model_args)),
+    model.ibprobe_build = {"model": str(name), "model_args": jsonable(dict(model_args)),
                            "in_shape": list(in_shape), "num_classes": int(num_classes)}
     return model

@@ -16,11 +16,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
+from einops import rearrange
 
+from decoders import load_decoder
+from decoders.progress import progress as progress_report
+from ibprobe.capture import capture
+from ibprobe.config import resolve_device
 from ibprobe.errors import DataError, UserError
-from ibprobe.utils import atomic_write_bytes, read_json, sanitize_name
-
-UNCONDITIONAL_DIR = "_unconditional"
+from ibprobe.fit import job_state, read_job_index
+from ibprobe.fsutil import atomic_write_bytes, sanitize_name
+from ibprobe.source import open_source
 
 
 @dataclass
@@ -54,53 +60,16 @@ class GalleryData:
 
 # ----------------------------------------------------------------------------------------------- discovery
 def find_decoders(run_dir: str | os.PathLike) -> dict[tuple[str | None, int | None], Path]:
-    """{(layer, epoch): decoder.pt} of every finished decoder job in `run_dir/decoders/` ((None, None) = q(x)).
-
-    The layer name is read from the job's row.json (folder names are sanitised), else matched against
-    analysis/mi.csv, else taken from the folder name. Jobs that failed are left out.
-    """
-    base = Path(run_dir) / "decoders"
+    """{(layer, epoch): decoder.pt} of every finished decoder job in the folder's job index ((None, None) = q(x)),
+    in the index's order (the network's layers, checkpoint by checkpoint). Failed and pending jobs are left out."""
     found: dict[tuple[str | None, int | None], Path] = {}
-    if not base.is_dir():
+    if not (Path(run_dir) / "decoders").is_dir():
         return found
-    if (base / UNCONDITIONAL_DIR / "decoder.pt").is_file():
-        found[(None, None)] = base / UNCONDITIONAL_DIR / "decoder.pt"
-    names = _layer_names_from_csv(Path(run_dir))
-    for layer_dir in sorted(p for p in base.iterdir() if p.is_dir() and p.name != UNCONDITIONAL_DIR):
-        for job in sorted(layer_dir.glob("epoch_*")):
-            dec = job / "decoder.pt"
-            if not dec.is_file() or (job / "failed.json").exists():
-                continue
-            try:
-                epoch = int(job.name.split("_", 1)[1])
-            except ValueError:
-                continue
-            layer = None
-            if (job / "row.json").is_file():
-                try:
-                    layer = read_json(job / "row.json").get("layer")
-                except (OSError, ValueError, AttributeError):
-                    layer = None
-            found[(layer or names.get(layer_dir.name, layer_dir.name), epoch)] = dec
+    for spec in read_job_index(run_dir):
+        job = spec.job_dir(run_dir)
+        if not spec.init and job_state(job) == "done" and (job / "decoder.pt").is_file():
+            found[(spec.layer, spec.epoch)] = job / "decoder.pt"
     return found
-
-
-def _layer_names_from_csv(run_dir: Path) -> dict[str, str]:
-    p = run_dir / "analysis" / "mi.csv"
-    if not p.is_file():
-        return {}
-    from ibprobe.plots import read_mi_csv
-
-    try:
-        return {sanitize_name(r["layer"]): r["layer"] for r in read_mi_csv(p) if r.get("layer")}
-    except (UserError, ValueError, OSError):
-        return {}
-
-
-def _layer_order(run_dir: Path, layers: list[str]) -> list[str]:
-    """Layers in the order of analysis/mi.csv (the network's order), unknown ones after, by name."""
-    order = list(dict.fromkeys(_layer_names_from_csv(run_dir).values()))
-    return sorted(layers, key=lambda l: (order.index(l) if l in order else len(order), l))
 
 
 def _select(found: dict, layers: list[str] | None, epochs: list[int] | None) -> list[tuple[str, int]]:
@@ -123,7 +92,8 @@ def _select(found: dict, layers: list[str] | None, epochs: list[int] | None) -> 
     if not pairs and (layers is not None or epochs is not None):
         raise UserError(f"no fitted decoder for that combination of layers and epochs; have "
                         f"{', '.join(f'{l}@{e}' for l, e in sorted(k for k in found if k[0] is not None))}")
-    return pairs
+    order = layers if layers is not None else list(dict.fromkeys(l for l, _ in found if l is not None))
+    return sorted(pairs, key=lambda p: (order.index(p[0]), p[1]))  # the user's (or the network's) layer order
 
 
 def choose_images(test_idx: np.ndarray, n_images: int, seed: int) -> np.ndarray:
@@ -163,16 +133,6 @@ def sample_gallery(run_dir: str | os.PathLike, *, n_images: int = 4, n_samples: 
         raise UserError(f"{run_dir / 'decoders'} holds no fitted conditional decoder; run `ibprobe run` "
                         f"or `ibprobe analyze` first")
     pairs = _select(found, layers, epochs)
-    order = layers if layers is not None else _layer_order(run_dir, sorted({l for l, _ in pairs}))
-    order = [l for l in order if any(p[0] == l for p in pairs)] or sorted({l for l, _ in pairs})
-    pairs = sorted(pairs, key=lambda p: (order.index(p[0]) if p[0] in order else len(order), p[1]))
-
-    import torch
-
-    from decoders import load_decoder
-    from ibprobe.pipeline import open_source
-    from ibprobe.taps import capture
-    from ibprobe.utils import resolve_device
 
     source, dataset = open_source(run_dir)
     test_idx = np.asarray(dataset.test_idx)
@@ -188,7 +148,7 @@ def sample_gallery(run_dir: str | os.PathLike, *, n_images: int = 4, n_samples: 
     rows: list[GalleryRow] = []
     todo: list[tuple[str | None, int | None]] = ([(None, None)] if unconditional and (None, None) in found else [])
     todo += pairs
-    bar = _progress(todo, progress)
+    bar = progress_report(todo, enabled=progress, desc="gallery: sampling", unit="decoder")
     codes: dict[tuple[str, int], np.ndarray] = {}
     for epoch in sorted({e for _, e in pairs}):
         model = source.load_model(checkpoints[epoch], device=str(dev))
@@ -209,17 +169,9 @@ def sample_gallery(run_dir: str | os.PathLike, *, n_images: int = 4, n_samples: 
                 c = c.repeat_interleave(n_samples, dim=0)  # (N*K, ...)
                 x = decoder.sample(code=c, n=n_images * n_samples, generator=g)
             x = x.detach().to("cpu", torch.uint8).numpy()  # (N*K, C, H, W)
-            rows.append(GalleryRow(layer, epoch, x.reshape(n_images, n_samples, *x.shape[1:])))
+            rows.append(GalleryRow(layer, epoch, rearrange(x, "(n k) c h w -> n k c h w", k=n_samples)))
     return GalleryData(images=images, image_index=index, levels=int(dataset.levels), rows=rows,
                        labels=np.asarray(dataset.labels[index], dtype=np.int64), classes=list(dataset.classes))
-
-
-def _progress(items, enabled: bool):
-    if not enabled:
-        return items
-    from tqdm.auto import tqdm
-
-    return tqdm(items, desc="gallery: sampling", unit="decoder", leave=False)
 
 
 # ----------------------------------------------------------------------------------------------- drawing

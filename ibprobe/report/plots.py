@@ -1,4 +1,4 @@
-"""Figures of a run: the information plane, MI over training, and training curves.
+"""Figures of a run (the report stage -> DIR/figures/): the information plane, MI over training, training curves.
 
 The plane follows Darlow & Storkey ("What Information Does a ResNet Compress?"): x = I(X;H), y = I(Y;H), both
 in bits per image, one trajectory per layer through the checkpoints. Drawing functions take data and return a
@@ -18,8 +18,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ibprobe.errors import DataError, UserError
-from ibprobe.pipeline import read_mi_csv  # noqa: F401  (the schema and its reader live with the writer)
-from ibprobe.utils import atomic_write_bytes, atomic_write_text, read_json
+from ibprobe.measure import read_mi_csv  # noqa: F401  (the schema and its reader live with the writer)
+from ibprobe.fsutil import atomic_write_bytes, atomic_write_text, read_json
 
 _FIG_DPI = 200
 _MARKERS = "osD^vP*Xhp<>"

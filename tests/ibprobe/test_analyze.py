@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from ibprobe.cli import main
-from ibprobe.commands.analyze import dataset_spec_from_args, parse_layers, parse_normalize
 from ibprobe.errors import ConfigError
-from ibprobe.utils import sanitize_name
+from ibprobe.fsutil import sanitize_name
+from ibprobe.source import dataset_spec, parse_layers, parse_normalize
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -121,14 +121,14 @@ def test_unknown_layer_lists_available(byo, capsys):
 def test_unknown_layer_in_a_big_model_lists_the_top_levels_and_close_names():
     from torch import nn
 
-    from ibprobe.commands.analyze import check_layers
+    from ibprobe.capture import check_layers
     from ibprobe.errors import LayerError
 
     net = nn.Sequential(*[nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Sequential(nn.Tanh())) for _ in range(12)])
     names = [n for n, _ in net.named_modules() if n]
     assert len(names) == 60
     with pytest.raises(LayerError) as e:
-        check_layers(net, ["3.1", "11.l"], names, spec="pkg.mod:net")
+        check_layers(net, ["3.1", "11.l"], spec="pkg.mod:net")
     msg = str(e.value)
     assert "unknown layer(s) '11.l'" in msg
     assert re.search(r"did you mean [^;]*\b11\.1\b", msg)
@@ -208,30 +208,29 @@ def test_parsers():
     assert parse_layers("a, b,a") == ("a", "b")
     with pytest.raises(ConfigError, match="share the folder"):
         parse_layers("a/b,a_b")
-    spec = dataset_spec_from_args(None, images="x.npy", labels="y.npy", levels=17)
+    spec = dataset_spec(None, images="x.npy", labels="y.npy", levels=17)
     assert spec["name"] == "npy" and Path(spec["images_path"]).is_absolute() and spec["levels"] == 17
-    assert dataset_spec_from_args("cifar10", data_root="d") == {"name": "cifar10", "data_root": str(Path("d").resolve())}
+    assert dataset_spec("cifar10", data_root="d") == {"name": "cifar10", "data_root": str(Path("d").resolve())}
     with pytest.raises(ConfigError, match="not both"):
-        dataset_spec_from_args("cifar10", images="x.npy", levels=4)
+        dataset_spec("cifar10", images="x.npy", levels=4)
 
 
 # ------------------------------------------------------------------------------------------ failed jobs
 
 def test_nan_in_one_job_marks_it_failed_and_the_rest_finish(byo, capsys, monkeypatch):
     """A decoder fit that goes NaN fails its own job only; the table and the exit code say which."""
-    import ibprobe.estimate as est
+    import ibprobe.fit
+    from decoders import FitResult
 
-    def fake_fit(images_train, codes_train, images_test, codes_test, decoder_cfg, fit_cfg, *, workdir=None,
-                 init_from=None, desc=""):
-        if codes_train is not None and "act2@5" in desc:
+    def fake_fit(model, images, codes=None, cfg=None, *, eval_images=None, eval_codes=None, workdir=None, desc=""):
+        if codes is not None and "act2@5" in desc:
             raise FloatingPointError("loss is nan at epoch 1")
-        n = len(images_test)
-        nll = np.full(n, 100.0) - (0.0 if codes_train is None else 10.0 + np.arange(n) % 2)
-        Path(workdir).mkdir(parents=True, exist_ok=True)
-        np.save(Path(workdir) / "test_nll_bits.npy", nll)
-        return nll, {"curve": [], "best_epoch": 0, "epochs_run": 1, "stopped_early": False}
+        n = len(eval_images)
+        nll = np.full(n, 100.0) - (0.0 if codes is None else 10.0 + np.arange(n) % 2)
+        return FitResult(eval_nll_bits=nll, curve=[], best_epoch=1, best_val_bits_per_dim=1.0, epochs_run=1,
+                         stopped_early=False)
 
-    monkeypatch.setattr(est, "fit_decoder", fake_fit)
+    monkeypatch.setattr(ibprobe.fit.decoder_fitting, "fit", fake_fit)
     rc = main(_argv(byo, "--no-figures", "--no-probe"))
     cap = capsys.readouterr()
     assert rc == 1, cap.err
@@ -244,7 +243,7 @@ def test_nan_in_one_job_marks_it_failed_and_the_rest_finish(byo, capsys, monkeyp
     for key in [("act1", 0), ("act2", 0), ("act1", 5)]:
         assert got[key]["status"] == "ok"
         assert float(got[key]["i_xh_bits"]) == pytest.approx(10.5)
-    assert "failed: FloatingPointError: loss is nan" in cap.out
+    assert "failed: JobFailed: act2@5: loss is nan" in cap.out
 
 
 # ------------------------------------------------------------------------------------------ end to end
@@ -298,8 +297,8 @@ def test_torchvision_resnet18_end_to_end_and_rerun_is_idempotent(tmp_path, capsy
     assert src["kind"] == "spec" and src["model"] == "torchvision:resnet18" and src["num_classes"] == 2
     assert "layer1" in cap.out and "wrote" in cap.out
     # a rerun finds every job done: same table, nothing refitted
-    mtime = (out / "decoders" / "layer1" / "epoch_0002" / "row.json").stat().st_mtime_ns
+    mtime = (out / "decoders" / "layer1" / "epoch_0002" / "result.json").stat().st_mtime_ns
     assert main(argv) == 0
     capsys.readouterr()
     assert (out / "analysis" / "mi.csv").read_text() == table
-    assert (out / "decoders" / "layer1" / "epoch_0002" / "row.json").stat().st_mtime_ns == mtime
+    assert (out / "decoders" / "layer1" / "epoch_0002" / "result.json").stat().st_mtime_ns == mtime

@@ -11,10 +11,10 @@ import torch
 import torch.nn as nn
 
 from ibprobe.cli import main
+from ibprobe.capture import ActivationStore, capture, capture_to_store, iter_capture, tappable_layers
 from ibprobe.data import to_model_input
 from ibprobe.errors import LayerError
 from ibprobe.models import build_model
-from ibprobe.taps import ActivationStore, capture, capture_to_store, iter_capture, tappable_layers
 
 
 def _images(n=10, seed=0):
@@ -166,7 +166,7 @@ _PEAK = """
 import resource, sys, numpy as np, torch
 torch.set_num_threads(1)
 from ibprobe.models import build_model
-from ibprobe.taps import ActivationStore, capture_to_store
+from ibprobe.capture import ActivationStore, capture_to_store
 model = build_model("resnet", in_shape=(1, 8, 8), widths=(16, 8))
 for n in map(int, sys.argv[2:]):
     x = np.zeros((n, 1, 8, 8), np.uint8)
@@ -188,8 +188,8 @@ def test_store_peak_memory_does_not_grow_with_n(tmp_path):
 
 def test_cli_layers_and_capture(tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["train", "--out", str(run), "--model-arg", "widths=4,8", "--max-train", "64", "--epochs", "1",
-                 "--checkpoint-epochs", "0,1", "--test-fraction", "0.05", "--quiet", "--device", "cpu"]) == 0
+    assert main(["train", "--out", str(run), "--model-arg", "widths=4,8", "--train", "max_train=64", "epochs=1",
+                 "checkpoint_epochs=0,1", "test_fraction=0.05", "--quiet", "--device", "cpu"]) == 0
     capsys.readouterr()
     assert main(["layers", "--run", str(run)]) == 0
     names = capsys.readouterr().out.split()

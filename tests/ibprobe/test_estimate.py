@@ -3,20 +3,24 @@ import numpy as np
 import pytest
 
 from ibprobe.errors import ConfigError, DataError
-from ibprobe.estimate import MIEstimate, estimate_mi, make_split, paired_mi
+from ibprobe.estimate import MIEstimate, estimate_mi
+from ibprobe.measure import paired_mi
 
 
 # ------------------------------------------------------------------------------------------------ split and CI
-def test_split_is_seeded_disjoint_and_stratified():
-    labels = np.repeat([0, 1, 2], [50, 30, 20])
-    tr, te = make_split(100, labels, test_fraction=0.2, seed=3)
-    assert len(te) == 20 and len(tr) == 80
-    assert not set(tr) & set(te) and set(tr) | set(te) == set(range(100))
-    assert np.bincount(labels[te]).tolist() == [10, 6, 4]
-    tr2, te2 = make_split(100, labels, test_fraction=0.2, seed=3)
-    assert np.array_equal(te, te2)
-    _, te3 = make_split(100, labels, test_fraction=0.2, seed=4)
-    assert not np.array_equal(te, te3)
+def test_the_api_splits_as_the_pipeline_does(monkeypatch):
+    """estimate_mi and the run-folder pipeline share one split: data.stratified_split, stratified by the labels."""
+    import ibprobe.estimate as est
+    from ibprobe.data import stratified_split
+
+    seen = []
+    monkeypatch.setattr(est, "stratified_split", lambda *a: seen.append(stratified_split(*a)) or seen[-1])
+    x, h = _data(n=40)
+    labels = np.arange(40) % 3
+    with pytest.raises(ConfigError):  # stop right after the split
+        estimate_mi(x, h, levels=4, labels=labels, decoder={"bogus": 1}, seed=5, progress=False)
+    tr, te = seen[0]
+    assert np.array_equal(te, stratified_split(labels, 0.2, 5)[1]) and len(tr) + len(te) == 40
 
 
 def test_paired_ci_contains_estimate_and_is_a_t_interval():
@@ -47,12 +51,12 @@ def _data(n=40, seed=0):
 
 @pytest.mark.parametrize("mutate, match", [
     (lambda x, h: (x, h[:-1]), "rows but there are 40 images"),
-    (lambda x, h: (x.astype(np.float32), h), "must be integers"),
-    (lambda x, h: (x + 4, h), r"levels=4 allows \[0, 3\]"),
-    (lambda x, h: (x.astype(np.int64) - 1, h), r"values lie in \[-1"),
+    (lambda x, h: (x.astype(np.float32), h), "must hold integers"),
+    (lambda x, h: (x + 4, h), r"outside \[0, 3\] \(levels=4\)"),
+    (lambda x, h: (x.astype(np.int64) - 1, h), r"values in \[-1"),
     (lambda x, h: (x, np.where(np.arange(3) == 1, np.nan, h)), "NaN or inf"),
     (lambda x, h: (x[:, 0], h), "rank 3"),
-    (lambda x, h: (x[:5], h[:5]), "need at least 8 "),
+    (lambda x, h: (x[:5], h[:5]), "leaves 4 train and 1 test images; need at least 4 and 2"),
 ])
 def test_bad_inputs_raise_data_error(mutate, match):
     x, h = mutate(*_data())
@@ -129,7 +133,7 @@ def test_dict_of_codes_fits_unconditional_once(monkeypatch, tmp_path):
     x, t = _structured()
     codes = {"vec": np.eye(2, dtype=np.float32)[t], "map": t[:, None, None, None].repeat(2, 2).repeat(2, 3) * 1.0,
              "scalar": t}
-    out = _est(x, codes, workdir=tmp_path, warm_start=False)
+    out = _est(x, codes, workdir=tmp_path, paired=False)
     assert set(out) == {"vec", "map", "scalar"}
     assert calls.count(None) == 1 and len(calls) == 4
     assert sorted(c for c in calls if c) == [(1,), (1, 2, 2), (2,)]
@@ -137,7 +141,7 @@ def test_dict_of_codes_fits_unconditional_once(monkeypatch, tmp_path):
         assert (tmp_path / name / "result.json").exists() and (tmp_path / name / "decoder.pt").exists()
     # The jobs are idempotent: a second call with the same workdir fits nothing and gives the same numbers.
     calls.clear()
-    again = _est(x, codes, workdir=tmp_path, warm_start=False)
+    again = _est(x, codes, workdir=tmp_path, paired=False)
     assert calls == [] and again == out
 
 
@@ -156,28 +160,10 @@ def test_decoder_overrides_that_contradict_the_data_are_config_errors():
         estimate_mi(x, t, levels=4, decoder={"nr_filterz": 3}, progress=False)
 
 
-def test_warm_start_copies_unconditional_weights():
-    import torch
-    from decoders import PixelCNNPP
-
-    from ibprobe.estimate import _init_weights, default_decoder_config
-
-    torch.manual_seed(0)
-    base = default_decoder_config((1, 4, 4), 4, None, "cpu")
-    q = PixelCNNPP(base)
-    cond = PixelCNNPP(default_decoder_config((1, 4, 4), 4, (3,), "cpu"))
-    _init_weights(cond, q)
-    x, _ = _structured(8)
-    xt = torch.from_numpy(x).long()
-    with torch.no_grad():
-        q.eval(), cond.eval()
-        assert torch.allclose(q.nll_bits(xt), cond.nll_bits(xt, torch.randn(8, 3)), atol=1e-5)
-
-
 def test_paired_fitting_continues_q0_for_reference_and_codes(monkeypatch, tmp_path):
     calls = _count_fits(monkeypatch)
     x, t = _structured()
-    e = _est(x, {"vec": np.eye(2, dtype=np.float32)[t]}, workdir=tmp_path, warm_start=True)["vec"]
+    e = _est(x, {"vec": np.eye(2, dtype=np.float32)[t]}, workdir=tmp_path, paired=True)["vec"]
     assert calls == [None, None, (2,)]  # q0(x), then q(x) and q(x|h) both from q0
     lr, decay, epochs = TINY_FIT["lr"], 0.95, TINY_FIT["epochs"]  # default lr_decay of the 8x8 fit config
     assert calls.lrs[0] == pytest.approx(lr) and calls.lrs[1:] == pytest.approx([lr * decay**epochs] * 2)
@@ -196,7 +182,7 @@ def test_init_epochs_sets_q0s_budget_only(monkeypatch):
 
     monkeypatch.setattr(decoders.fitting, "fit", counting)
     x, t = _structured(n=30)
-    _est(x, t.astype(np.float32), warm_start=True, init_epochs=3)
+    _est(x, t.astype(np.float32), paired=True, init_epochs=3)
     assert epochs == [3, TINY_FIT["epochs"], TINY_FIT["epochs"]]  # q0(x), then q(x) and q(x|h)
     for bad in (0, -1, 2.5, True, "3"):
         with pytest.raises(ConfigError, match="init_epochs"):

@@ -3,6 +3,7 @@ two processes on one folder."""
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import signal
@@ -14,11 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import ibprobe.fit
 from ibprobe.cli import main
-from ibprobe.jobs import JobSpec, try_lock
-from ibprobe.pipeline import MI_COLUMNS, read_mi_csv
+from ibprobe.config import Runtime
+from ibprobe.fit import JobSpec, run_job
+from ibprobe.fsutil import try_lock
+from ibprobe.measure import MI_COLUMNS, read_mi_csv
+from ibprobe.pipeline import run_preset
 from ibprobe.presets import Preset
-from ibprobe.run import run_preset
 
 TINY = Preset(
     name="tiny",
@@ -43,7 +47,7 @@ TINY_FLAGS = [
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    rows = run_preset(TINY, out, jobs=1, progress=False)["classify"]
+    rows = run_preset(TINY, out, jobs=1, progress=False, figures=False)["classify"]
     return out, rows
 
 
@@ -69,41 +73,131 @@ def test_mi_csv_schema_and_sane_values(tiny_run):
     assert len({r["h_x_bits"] for r in table}) == 1
     for r in table:
         job = JobSpec(r["layer"], r["epoch"]).job_dir(out)
-        assert (job / "row.json").exists() and (job / "decoder.pt").exists()
+        assert (job / "result.json").exists() and (job / "decoder.pt").exists()
+        assert json.loads((job / "result.json").read_text())["decoder"] == r["decoder"]  # one id everywhere
+    # finished jobs keep their decoder and results, not their resume state (optimizer moments)
+    assert not list((out / "decoders").rglob("fit_state.pt"))
+    index = json.loads((out / "decoders" / "jobs.json").read_text())["jobs"]
+    assert [j["id"] for j in index] == ["_unconditional_init", "_unconditional", "layer1@0", "pool@0", "layer1@1",
+                                        "pool@1"]
+
+
+def test_run_job_runs_one_job_by_id(tiny_run, capsys):
+    out, _ = tiny_run
+    assert main(["run-job", str(out), "pool@1", "--device", "cpu", "--quiet"]) == 0
+    assert capsys.readouterr().out.strip() == "pool@1: ok"
+    assert main(["run-job", str(out), "pool@7"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "has no job 'pool@7'" in err and "layer1@0" in err
+
+
+def test_keep_fit_state_keeps_the_resume_state(tmp_path):
+    import dataclasses
+
+    from ibprobe.config import AnalysisConfig
+    from ibprobe.fit import fit_decoder
+
+    x = np.random.default_rng(0).integers(0, 4, (24, 1, 4, 4)).astype(np.uint8)
+    settings = AnalysisConfig(decoder=dict(nr_resnet=1, nr_filters=4, nr_mix=1), fit=dict(epochs=1),
+                              paired=False).settings((1, 4, 4), 4)
+    for keep in (False, True):
+        wd = tmp_path / str(keep)
+        fit_decoder(settings, Runtime(progress=False, keep_fit_state=keep), "reference", x[:16], None, x[16:], None,
+                    workdir=wd)
+        assert (wd / "result.json").exists() and (wd / "fit_state.pt").exists() == keep
+    again = type(settings).from_dict(json.loads(json.dumps(settings.to_dict())))  # as analysis.json stores it
+    assert again.to_dict() == settings.to_dict() and again.decoder_id == settings.decoder_id
+    assert again.decoder == settings.decoder and dataclasses.replace(again.fit, device="cpu") == settings.fit
 
 
 def test_rerun_fits_nothing(tiny_run, monkeypatch):
     out, rows = tiny_run
-    import ibprobe.estimate as est
 
     def boom(*a, **k):
         raise AssertionError("a finished job was fitted again")
 
-    monkeypatch.setattr(est, "fit_decoder", boom)
-    again = run_preset(TINY, out, jobs=1, progress=False)["classify"]
+    monkeypatch.setattr(ibprobe.fit.decoder_fitting, "fit", boom)
+    again = run_preset(TINY, out, jobs=1, progress=False, figures=False)["classify"]
     assert [r["i_xh_bits"] for r in again] == [r["i_xh_bits"] for r in rows]
+
+
+def test_a_resume_uses_the_pinned_settings_whatever_this_machine_defaults_to(tiny_run, tmp_path, monkeypatch):
+    """A folder pins resolved settings: a job resumed where the defaults differ (e.g. on a GPU, where the default
+    decoder is bigger and the fit longer) refits with the pinned ones and reproduces the same numbers; a whole
+    rerun there is refused with one line, never mixed."""
+    import shutil
+
+    import ibprobe.config as config
+    from decoders import DecoderConfig, load_decoder
+    from ibprobe.errors import ConfigError
+
+    out, _ = tiny_run
+    job = JobSpec("pool", 1).job_dir(out)
+    before = np.load(job / "test_nll_bits.npy")
+    moved = tmp_path / "pool_1"
+    shutil.move(job, moved)
+    monkeypatch.setattr(config, "default_decoder_config", lambda shape, levels, device="cpu": DecoderConfig(
+        shape, levels, nr_resnet=3, nr_filters=96, nr_mix=10, dropout=0.3, cond_filters=32))
+    real_fit = config.default_fit_config
+    monkeypatch.setattr(config, "default_fit_config", lambda *a, **k: __import__("dataclasses").replace(
+        real_fit(*a, **k), lr_decay=0.5, grad_clip=None))
+    try:
+        res = run_job(out, JobSpec("pool", 1, str(out / "checkpoints" / "epoch_0001.pt")), Runtime(progress=False))
+        assert res["status"] == "ok"
+        assert np.array_equal(np.load(job / "test_nll_bits.npy"), before)
+        cfg = load_decoder(job / "decoder.pt").cfg
+        assert (cfg.nr_resnet, cfg.nr_filters, cfg.nr_mix, cfg.cond_filters) == (1, 8, 2, 64)
+        with pytest.raises(ConfigError, match="already holds results made with other settings.*lr_decay"):
+            run_preset(TINY, out, jobs=1, progress=False, figures=False)
+    finally:
+        shutil.rmtree(job, ignore_errors=True)
+        shutil.move(moved, job)
+
+
+def test_starting_from_a_q0_of_another_shape_is_an_error_not_a_skip(tiny_run, tmp_path):
+    """If q0's weights do not fit a job's decoder, the job fails and says why; it never drops weights silently."""
+    import shutil
+
+    import torch
+    from decoders import DecoderConfig, PixelCNNPP, save_decoder
+
+    out, _ = tiny_run
+    q0 = JobSpec(None, init=True).job_dir(out) / "decoder.pt"
+    job = JobSpec("layer1", 1).job_dir(out)
+    saved_q0, moved = tmp_path / "q0.pt", tmp_path / "layer1_1"
+    shutil.copy(q0, saved_q0)
+    shutil.move(job, moved)
+    try:
+        torch.manual_seed(0)
+        save_decoder(PixelCNNPP(DecoderConfig((1, 8, 8), 17, nr_resnet=1, nr_filters=16, nr_mix=2)), q0)
+        res = run_job(out, JobSpec("layer1", 1, str(out / "checkpoints" / "epoch_0001.pt")), Runtime(progress=False))
+        assert res["status"] == "failed"
+        assert "cannot start this decoder" in res["error"] and "nr_filters 16 vs 8" in res["error"]
+        assert not (job / "decoder.pt").exists()
+    finally:
+        shutil.copy(saved_q0, q0)
+        shutil.rmtree(job, ignore_errors=True)
+        shutil.move(moved, job)
 
 
 def test_changed_decoder_settings_are_refused(tiny_run):
     out, _ = tiny_run
     from ibprobe.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="different decoder"):
-        run_preset(TINY, out, jobs=1, progress=False, decoder={"nr_filters": 16})
+    with pytest.raises(ConfigError, match=r"other settings \(decoder.nr_filters: 8 -> 16\)"):
+        run_preset(TINY, out, jobs=1, progress=False, figures=False, decoder={"nr_filters": 16})
 
 
 def test_nan_fit_marks_one_job_failed_and_others_finish(tmp_path, monkeypatch):
-    import ibprobe.estimate as est
+    real = ibprobe.fit.decoder_fitting.fit
 
-    real = est.fit_decoder
-
-    def flaky(images_train, codes_train, *a, **k):
-        if codes_train is not None and codes_train.ndim == 2:  # the vector layer `pool`
+    def flaky(model, images, codes=None, *a, **k):
+        if codes is not None and codes.ndim == 2:  # the vector layer `pool`
             raise FloatingPointError("loss is nan at epoch 1 step 3")
-        return real(images_train, codes_train, *a, **k)
+        return real(model, images, codes, *a, **k)
 
-    monkeypatch.setattr(est, "fit_decoder", flaky)
-    rows = run_preset(TINY, tmp_path, jobs=1, progress=False)["classify"]
+    monkeypatch.setattr(ibprobe.fit.decoder_fitting, "fit", flaky)
+    rows = run_preset(TINY, tmp_path, jobs=1, progress=False, figures=False)["classify"]
     by = {(r["layer"], r["epoch"]): r for r in rows}
     assert by[("pool", 1)]["status"] == "failed" and "nan" in by[("pool", 1)]["error"]
     assert by[("layer1", 1)]["status"] == "ok"
@@ -129,7 +223,7 @@ def _env():
 def test_kill_9_then_rerun_keeps_finished_jobs(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.Popen(_cli(out), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    first = JobSpec("layer1", 0).job_dir(out) / "row.json"
+    first = JobSpec("layer1", 0).job_dir(out) / "result.json"
     deadline = time.time() + 240
     while not first.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
@@ -160,14 +254,14 @@ def test_two_processes_on_one_folder(tmp_path):
     table = read_mi_csv(out / "analysis" / "mi.csv")
     assert len(table) == 4 and all(r["status"] == "ok" for r in table)
     # Both processes report the same numbers: each job was fitted once and read by the other.
-    assert all((JobSpec(r["layer"], r["epoch"]).job_dir(out) / "row.json").exists() for r in table)
+    assert all((JobSpec(r["layer"], r["epoch"]).job_dir(out) / "result.json").exists() for r in table)
 
 
 def test_flock_claims_are_exclusive_and_released(tmp_path):
     lock = tmp_path / "job" / ".lock"
     with try_lock(lock) as mine:
         assert mine
-        code = "import sys; from ibprobe.jobs import try_lock\n" \
+        code = "import sys; from ibprobe.fsutil import try_lock\n" \
                "with try_lock(__import__('pathlib').Path(sys.argv[1])) as m: print(m)"
         held = subprocess.run([sys.executable, "-c", code, str(lock)], capture_output=True, text=True)
         assert held.stdout.strip() == "False"

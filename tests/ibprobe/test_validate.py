@@ -111,7 +111,7 @@ def test_cli_exit_code_follows_the_report(monkeypatch, capsys):
         ok = V.Row("f", "id", 2.0, 2.1, 1.9, 2.3, 0.5, True)
         return V.ValidationReport([ok], {"f": kw["seed"] == 0}, 0.1)
 
-    monkeypatch.setattr(V, "run_validation", fake)
+    monkeypatch.setattr("ibprobe.cli.validate.run_validation", fake)
     assert main(["validate", "--quick", "--device", "cpu", "--quiet"]) == 0
     assert seen == {"quick": True, "hard": False, "device": "cpu", "seed": 0, "progress": False, "log": None}
     assert "f: id" in capsys.readouterr().out

@@ -6,9 +6,10 @@ import pytest
 
 from ibprobe.cli import main
 from ibprobe.errors import UserError
-from ibprobe.gallery import (GalleryData, GalleryRow, _to_display, choose_images, find_decoders, gallery_figure,
-                             sample_gallery, save_gallery)
-from ibprobe.utils import atomic_write_json, epoch_dirname, sanitize_name
+from ibprobe.fit import JobSpec, write_job_index
+from ibprobe.fsutil import atomic_write_json
+from ibprobe.report.gallery import (GalleryData, GalleryRow, _to_display, choose_images, find_decoders,
+                                    gallery_figure, sample_gallery, save_gallery)
 
 
 def _data(n=3, k=2, rows=(("layer1", 0), ("layer1", 5), ("layer2.0.relu", 5)), c=1, levels=17):
@@ -47,19 +48,17 @@ def test_display_maps_levels_to_unit_range_gray_and_rgb():
 
 
 def _fake_run(tmp_path):
+    """A folder whose job index lists q0, q(x), two layers at epochs 0 and 3 (done) and layer1 at 9 (failed)."""
     run = tmp_path / "run"
-    (run / "decoders" / "_unconditional").mkdir(parents=True)
-    (run / "decoders" / "_unconditional" / "decoder.pt").write_bytes(b"x")
-    for layer in ("layer1", "layer2/odd name"):
-        for e in (0, 3):
-            job = run / "decoders" / sanitize_name(layer) / epoch_dirname(e)
-            job.mkdir(parents=True)
-            (job / "decoder.pt").write_bytes(b"x")
-            atomic_write_json(job / "row.json", {"layer": layer, "epoch": e, "status": "ok"})
-    failed = run / "decoders" / "layer1" / epoch_dirname(9)
-    failed.mkdir()
-    (failed / "decoder.pt").write_bytes(b"x")
-    atomic_write_json(failed / "failed.json", {"layer": "layer1", "status": "failed"})
+    specs = [JobSpec(None, init=True), JobSpec(None)]
+    specs += [JobSpec(layer, e) for e in (0, 3) for layer in ("layer1", "layer2/odd name")] + [JobSpec("layer1", 9)]
+    for spec in specs:
+        job = spec.job_dir(run)
+        job.mkdir(parents=True)
+        (job / "decoder.pt").write_bytes(b"x")
+        done = spec.epoch != 9
+        atomic_write_json(job / ("result.json" if done else "failed.json"), {"status": "ok" if done else "failed"})
+    write_job_index(run, specs)
     return run
 
 
@@ -85,16 +84,14 @@ def test_cli_gallery_errors(tmp_path, capsys):
 
 
 def test_cli_gallery_passes_its_options_on(tmp_path, monkeypatch, capsys):
-    import ibprobe.gallery
-
     seen = {}
 
     def fake(run_dir, **kw):
         seen.update(kw, run_dir=run_dir)
         return run_dir / "figures" / "gallery.png"
 
-    monkeypatch.setattr(ibprobe.gallery, "make_gallery", fake)
-    argv = ["gallery", str(tmp_path), "--images", "3", "--samples", "5", "--layers", "layer1, layer2.0",
+    monkeypatch.setattr("ibprobe.cli.gallery.make_gallery", fake)
+    argv = ["gallery", str(tmp_path), "--n-images", "3", "--samples", "5", "--layers", "layer1, layer2.0",
             "--epochs", "10,0", "--seed", "7", "--device", "cpu"]
     assert main(argv) == 0
     assert seen == dict(run_dir=tmp_path, n_images=3, n_samples=5, layers=["layer1", "layer2.0"], epochs=[0, 10],
@@ -119,13 +116,13 @@ def tiny_run(tmp_path_factory):
     pytest.importorskip("decoders.io")
     import torch
 
-    from ibprobe.run import run_preset
+    from ibprobe.pipeline import run_preset
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny convolutions: more threads only add contention on a loaded machine
     try:
         out = tmp_path_factory.mktemp("gallery") / "run"
-        run_preset("digits-quick", out, device="cpu", layers=("layer1",), progress=False,
+        run_preset("digits-quick", out, device="cpu", layers=("layer1",), progress=False, figures=False,
                    decoder=dict(nr_resnet=1, nr_filters=4, nr_mix=1, dropout=0.0, cond_filters=8),
                    fit=dict(epochs=1, batch_size=256, patience=1),
                    train_overrides=dict(epochs=1, checkpoint_epochs=(0, 1), max_train=256))
@@ -135,7 +132,7 @@ def tiny_run(tmp_path_factory):
 
 
 def test_gallery_end_to_end_on_a_tiny_run(tiny_run):
-    from ibprobe.pipeline import open_source
+    from ibprobe.source import open_source
 
     data = sample_gallery(tiny_run, n_images=2, n_samples=2, device="cpu", progress=False)
     assert [row.label for row in data.rows] == ["q(x), unconditional", "layer1 @ epoch 0", "layer1 @ epoch 1"]
@@ -163,7 +160,18 @@ def test_gallery_end_to_end_on_a_tiny_run(tiny_run):
 
 
 def test_plot_end_to_end_on_a_tiny_run(tiny_run):
-    from ibprobe.plots import plot_run
+    from ibprobe.report.plots import plot_run
 
     names = {p.name for p in plot_run(tiny_run)}
     assert {"info_plane.png", "mi_vs_epoch.png", "training_curves.png"} <= names
+
+
+def test_a_preset_gallery_follows_overridden_checkpoints(tiny_run):
+    """digits-quick draws epochs 0 and 8; a run whose checkpoints were overridden to 0 and 1 draws those instead."""
+    from ibprobe.report import draw_figures
+
+    written = draw_figures(tiny_run, progress=False, gallery_epochs=(0, 8), gallery_layers=("layer1", "pool"),
+                           device="cpu")
+    assert tiny_run / "figures" / "gallery.png" in written
+    saved = np.load(tiny_run / "figures" / "gallery.npz")
+    assert list(saved["row_epochs"]) == [-1, 0, 1] and set(saved["row_layers"]) == {"", "layer1"}

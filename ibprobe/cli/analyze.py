@@ -1,0 +1,74 @@
+"""`ibprobe analyze`: measure I(X;H) and I(Y;H) for your own model and checkpoints, layer by layer.
+
+Everything is checked before any long work (ibprobe.source.prepare_analysis), so a mistake costs one clear line,
+not an hour. Outputs, resumable jobs, plots and the gallery are the same as for `ibprobe run`.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from ibprobe.cli import flags
+from ibprobe.pipeline import run_analysis
+from ibprobe.report import draw_figures
+from ibprobe.source import NORMALIZE_PRESETS, dataset_spec, prepare_analysis
+
+EXAMPLE = """examples:
+  ibprobe analyze --model torchvision:resnet18 --checkpoints 'ckpts/epoch_*.pt' \\
+      --layers layer1,layer2,layer3,layer4 --dataset cifar10 --data-root data --normalize cifar10 --out runs/r18
+  ibprobe analyze --model mynets:Net --model-arg width=32 --checkpoints 'run1/*.ckpt' --layers conv2,fc1 \\
+      --images x.npy --labels y.npy --levels 256 --normalize 0.5,0.25 --out runs/mine
+
+checkpoints: ours; a raw state_dict; {'model': sd}, {'state_dict': sd} (Lightning), {'model_state_dict': sd};
+'module.'/'model.' prefixes are stripped. Files are read with torch.load(weights_only=True) only: a file holding
+pickled Python objects is refused, never executed.
+"""
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "analyze", help="measure I(X;H) and I(Y;H) for your own model and checkpoints",
+        description="Bring your own model and checkpoints: fit one conditional PixelCNN++ per (checkpoint, layer) "
+        "plus the unconditional reference, write DIR/analysis/mi.csv and draw the information plane. The model "
+        "sees images as float in [0, 1] at their native size (then --normalize, if given). Rerunning the same "
+        "command resumes: finished jobs are kept.",
+        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    flags.add_model(p, required=True)
+    p.add_argument("--checkpoints", nargs="+", required=True, metavar="GLOB",
+                   help="checkpoint files or quoted globs; epoch from the file's 'epoch' key, else the last number "
+                   "in its name, else the file order")
+    flags.add_layers(p, required=True)
+    flags.add_data_source(p)
+    p.add_argument("--normalize", default=None, metavar="MEAN,STD",
+                   help="per-channel normalisation after scaling to [0, 1]: 'MEAN,STD' for all channels, "
+                   "'M1,..,MC,S1,..,SC' per channel, or a preset: " + ", ".join(NORMALIZE_PRESETS))
+    p.add_argument("--out", required=True, metavar="DIR", help="analysis folder (created; rerun to resume)")
+    flags.add_analysis(p, jobs_default=1)
+    flags.add_device(p)
+    flags.add_seed(p)
+    flags.add_figures(p)
+    p.add_argument("--no-gallery", action="store_true", help="draw the plots but skip the gallery")
+    flags.add_quiet(p)
+    p.set_defaults(handler=handler)
+
+
+def handler(args) -> int:
+    t0 = time.time()
+    spec = dataset_spec(args.dataset, data_root=args.data_root, images=args.images, labels=args.labels,
+                        levels=args.levels)
+    prep = prepare_analysis(model=args.model, checkpoints=args.checkpoints, dataset_spec=spec,
+                            cfg=flags.analysis_config(args, args.layers.split(",")),
+                            model_args=flags.parse_kv(args.model_arg, "--model-arg"), normalize=args.normalize,
+                            download=args.download)
+    out = Path(args.out)
+    if not args.quiet:
+        print(f"measuring {len(prep.cfg.layers)} layer(s) x {len(prep.source.checkpoints)} checkpoint(s) "
+              f"-> {out}/analysis/mi.csv", file=sys.stderr)
+    rows = run_analysis(out, prep.source, prep.dataset_spec, prep.cfg, prep.settings)
+    written = [out / "source.json", out / "analysis" / "mi.csv"]
+    if not args.no_figures:
+        written += draw_figures(out, progress=not args.quiet, gallery=not args.no_gallery, device=args.device)
+    flags.print_summary(args.model, rows, file=sys.stdout)
+    return flags.print_written(t0, written, rows, str(out / "analysis" / "mi.csv"))

@@ -1,0 +1,54 @@
+"""`ibprobe capture`: fill a run's activation store, DIR/activations/epoch_XXXX/<layer>/<split>.npy (float16)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from ibprobe.capture import SPLITS, ActivationStore, check_layers, fill_store
+from ibprobe.checkpoints import build_run_model, load_run_config
+from ibprobe.cli import flags
+from ibprobe.config import resolve_device
+from ibprobe.errors import ConfigError
+from ibprobe.source import dataset, parse_layers, source_from_run
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "capture", help="store a run's layer activations at its checkpoints (float16 .npy)",
+        description="For each chosen checkpoint, run the model on the train and test splits and stream the chosen "
+        "layers to DIR/activations/epoch_XXXX/<layer>/<split>.npy, with a manifest.json per epoch. Already stored "
+        "entries are kept.")
+    p.add_argument("--run", required=True, metavar="DIR", help="training run folder")
+    flags.add_layers(p, required=True)
+    p.add_argument("--epochs", metavar="0,3", help="checkpoint epochs (default: all)")
+    p.add_argument("--splits", default="train,test", metavar="train,test", help="which splits (default both)")
+    p.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default 256)")
+    p.add_argument("--overwrite", action="store_true", help="recompute entries already stored")
+    flags.add_device(p)
+    flags.add_quiet(p)
+    p.set_defaults(handler=handler)
+
+
+def handler(args) -> int:
+    run = Path(args.run)
+    layers = parse_layers(args.layers)
+    splits = flags.parse_list(args.splits)
+    if not splits or any(s not in SPLITS for s in splits):
+        raise ConfigError(f"--splits must list train and/or test, got {args.splits!r}")
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    source, spec = source_from_run(run)
+    if not source.checkpoints:
+        raise ConfigError(f"{run} has no checkpoints yet; run `ibprobe train --out {run}` first")
+    wanted = flags.parse_epochs(args.epochs)
+    missing = sorted(set(wanted or ()) - {e for e, _ in source.checkpoints})
+    if missing:
+        raise ConfigError(f"no checkpoint for epoch(s) {missing} in {run}; available: "
+                          f"{[e for e, _ in source.checkpoints]}")
+    check_layers(build_run_model(load_run_config(run)), layers)
+    store = ActivationStore(run / "activations")
+    fill_store(store, source, dataset(spec), layers, epochs=wanted, splits=splits, device=resolve_device(args.device),
+               batch_size=args.batch_size, overwrite=args.overwrite, progress=not args.quiet)
+    if not args.quiet:
+        print(f"stored {len(layers)} layer(s) x {len(splits)} split(s) in {store.root}", file=sys.stderr)
+    return 0

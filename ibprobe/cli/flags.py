@@ -1,0 +1,168 @@
+"""The flag vocabulary shared by every command, declared once: device, quiet, data source, model, layers, decoder
+and fit overrides, training settings, jobs, seed. Also the parsers of `K=V` values and lists, and the two things
+every command prints: a table of mi.csv rows and the files it wrote."""
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, Iterable
+
+from ibprobe.config import AnalysisConfig
+from ibprobe.data import DATASET_NAMES
+from ibprobe.errors import ConfigError
+
+
+# ------------------------------------------------------------------------------------------------ groups
+def add_device(p) -> None:
+    p.add_argument("--device", default="auto", metavar="DEV", help="auto (default: cuda if present), cpu, cuda or "
+                                                                   "cuda:N")
+
+
+def add_quiet(p) -> None:
+    p.add_argument("--quiet", action="store_true", help="no progress reports")
+
+
+def add_seed(p, what: str = "seed for the split, the networks and the decoders", default: int | None = 0) -> None:
+    p.add_argument("--seed", type=int, default=default, help=f"{what} (default {default or 0})")
+
+
+def add_data_source(p) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", metavar="NAME", help=f"a named data set: {', '.join(DATASET_NAMES)}")
+    g.add_argument("--data-root", metavar="DIR", help="folder holding the named data set (default $IBPROBE_DATA or "
+                                                      "./data)")
+    g.add_argument("--download", action="store_true", help="let torchvision download the named data set into "
+                                                           "--data-root")
+    g.add_argument("--images", metavar="X.npy", help="your images: integer array [N,C,H,W] (or [N,H,W,C], [N,H,W])")
+    g.add_argument("--labels", metavar="Y.npy", help="your labels: integer array [N]")
+    g.add_argument("--levels", type=int, metavar="L",
+                   help="intensity levels of --images (256 for 8-bit); with --dataset, re-quantise to L levels")
+
+
+def add_model(p, required: bool = False) -> None:
+    p.add_argument("--model", required=required, metavar="SPEC",
+                   help="'resnet', 'resnet_ae' (ours), 'torchvision:NAME' or 'package.module:callable' (or "
+                   "file.py:callable), imported from the current folder")
+    p.add_argument("--model-arg", action="extend", nargs="+", metavar="K=V",
+                   help="keyword argument of the model constructor, e.g. widths=16,32,64 (repeatable)")
+
+
+def add_layers(p, required: bool = False) -> None:
+    p.add_argument("--layers", required=required, metavar="A,B",
+                   help="comma-separated module paths to measure (see `ibprobe layers`)")
+
+
+def add_analysis(p, jobs_default: int) -> None:
+    """Decoder and fit overrides, jobs, probe, retries and resume state: everything an analysis is asked."""
+    g = p.add_argument_group("analysis")
+    g.add_argument("--decoder", action="extend", nargs="+", metavar="K=V",
+                   help="override DecoderConfig fields, e.g. nr_resnet=1 nr_filters=32 (repeatable)")
+    g.add_argument("--fit", action="extend", nargs="+", metavar="K=V",
+                   help="override FitConfig fields, e.g. epochs=20 lr=1e-3 (repeatable)")
+    g.add_argument("--jobs", type=int, default=jobs_default,
+                   help=f"decoder jobs at once on this machine; 0: one per CPU core on CPU, 1 on CUDA "
+                   f"(default {jobs_default})")
+    g.add_argument("--no-probe", action="store_true", help="skip the I(Y;H) probes")
+    g.add_argument("--retry-failed", action="store_true", help="rerun jobs that failed before (e.g. NaN loss)")
+    g.add_argument("--keep-fit-state", action="store_true",
+                   help="keep each finished job's fit_state.pt (its optimizer state; about 3x the decoder)")
+
+
+def add_train(p) -> None:
+    p.add_argument("--train", action="extend", nargs="+", metavar="K=V",
+                   help="TrainConfig fields, e.g. epochs=8 checkpoint_epochs=0,1,3,8 lr=3e-3 regime=autoencode "
+                   "(repeatable)")
+
+
+def add_figures(p) -> None:
+    p.add_argument("--no-figures", action="store_true", help="skip the plots and the gallery")
+
+
+# ------------------------------------------------------------------------------------------------ values
+def analysis_config(args, layers=None) -> AnalysisConfig:
+    """The AnalysisConfig of the shared analysis flags."""
+    if args.jobs < 0:
+        raise ConfigError(f"--jobs must be >= 0 (0: automatic), got {args.jobs}")
+    return AnalysisConfig(layers=tuple(layers or ()), decoder=parse_kv(args.decoder, "--decoder"),
+                          fit=parse_kv(args.fit, "--fit"), device=args.device, jobs=args.jobs, seed=args.seed,
+                          probe=not args.no_probe, retry_failed=args.retry_failed, progress=not args.quiet,
+                          keep_fit_state=args.keep_fit_state)
+
+
+def parse_value(text: str) -> Any:
+    """Parse a CLI value: int, float, bool, None, comma list, else string."""
+    t = text.strip()
+    low = t.lower()
+    if low in ("true", "yes"):
+        return True
+    if low in ("false", "no"):
+        return False
+    if low in ("none", "null"):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(t)
+        except ValueError:
+            pass
+    if "," in t:
+        return tuple(parse_value(p) for p in t.split(",") if p.strip())
+    return t
+
+
+def parse_kv(items: Iterable[str] | None, what: str = "option") -> dict[str, Any]:
+    """Parse ['a=1', 'b=x'] (each item may also hold several space-separated pairs) into a dict."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        for part in str(item).split():
+            if "=" not in part:
+                raise ConfigError(f"{what} {part!r} is not of the form KEY=VALUE")
+            k, v = part.split("=", 1)
+            k = k.strip().replace("-", "_")
+            if not k:
+                raise ConfigError(f"{what} {part!r} has an empty key")
+            out[k] = parse_value(v)
+    return out
+
+
+def parse_epochs(text: str | None) -> list[int] | None:
+    """'0,1,3,10' -> [0, 1, 3, 10] (sorted, unique)."""
+    if text is None:
+        return None
+    try:
+        vals = [int(p) for p in text.replace(" ", "").split(",") if p]
+    except ValueError:
+        raise ConfigError(f"epochs {text!r} must be a comma-separated list of integers") from None
+    if any(v < 0 for v in vals):
+        raise ConfigError(f"epochs must be >= 0, got {vals}")
+    return sorted(set(vals))
+
+
+def parse_list(text: str | None) -> list[str] | None:
+    """'a, b' -> ['a', 'b']."""
+    return None if text is None else [s.strip() for s in text.split(",") if s.strip()]
+
+
+# ------------------------------------------------------------------------------------------------ output
+def print_summary(title: str, rows: list[dict], file=sys.stdout) -> None:
+    """A compact table of mi.csv rows."""
+    print(f"\n[{title}] I(X;H) and I(Y;H), bits per image (95% CI):", file=file)
+    print(f"  {'layer':<18} {'epoch':>5} {'I(X;H)':>8} {'95% CI':>19} {'I(Y;H)':>7}", file=file)
+    for r in rows:
+        if r.get("status") != "ok":
+            print(f"  {str(r.get('layer')):<18} {str(r.get('epoch')):>5}   failed: {r.get('error')}", file=file)
+            continue
+        iy = "" if r.get("i_yh_bits") is None else f"{r['i_yh_bits']:.2f}"
+        ci = f"[{r['i_xh_ci_low']:.1f}, {r['i_xh_ci_high']:.1f}]"
+        print(f"  {r['layer']:<18} {r['epoch']:>5} {r['i_xh_bits']:>8.1f} {ci:>19} {iy:>7}", file=file)
+
+
+def print_written(t0: float, written, rows: list[dict], where: str) -> int:
+    """'finished in N s; wrote: ...'; returns exit code 1 if a job failed (said on stderr), else 0."""
+    print(f"\nfinished in {time.time() - t0:.0f} s; wrote:")
+    for w in written:
+        print(f"  {w}")
+    failed = [r for r in rows if r.get("status") != "ok"]
+    if failed:
+        print(f"{len(failed)} job(s) failed; see the status/error columns of {where}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,58 @@
+"""`ibprobe run [--preset NAME] [--out DIR]`: train, measure every layer at every checkpoint, draw the figures."""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from ibprobe.cli import flags
+from ibprobe.pipeline import regime_dirs, run_preset
+from ibprobe.presets import DEFAULT_PRESET, PRESETS, get_preset
+from ibprobe.source import parse_layers
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "run",
+        help="train a ResNet and draw its information plane (default: embedded digits, minutes on a CPU)",
+        description="Train (or reuse) a network, fit one conditional PixelCNN++ per (checkpoint, layer) plus the "
+        "unconditional reference, write DIR/analysis/mi.csv and draw the information plane and a gallery. "
+        "Rerunning the same command resumes: finished jobs are kept.",
+    )
+    p.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS),
+                   help=f"what to run (default {DEFAULT_PRESET}); " +
+                   "; ".join(f"{k}: {v.description}" for k, v in PRESETS.items()))
+    p.add_argument("--out", default=None, metavar="DIR", help="run folder (default runs/<preset>)")
+    p.add_argument("--regime", action="append", choices=["classify", "autoencode"],
+                   help="only this regime of a two-regime preset (repeatable)")
+    p.add_argument("--data-root", default=None, metavar="DIR", help="folder holding the preset's data set")
+    p.add_argument("--download", action="store_true", help="let torchvision download the data set into --data-root")
+    flags.add_layers(p)
+    flags.add_train(p)
+    flags.add_analysis(p, jobs_default=0)
+    flags.add_device(p)
+    flags.add_seed(p)
+    flags.add_figures(p)
+    flags.add_quiet(p)
+    p.set_defaults(handler=handler)
+
+
+def handler(args) -> int:
+    t0 = time.time()
+    preset = get_preset(args.preset)
+    out = Path(args.out or Path("runs") / preset.name)
+    acfg = flags.analysis_config(args)
+    results = run_preset(
+        preset, out, regimes=args.regime, figures=not args.no_figures, data_root=args.data_root,
+        download=args.download, device=acfg.device, jobs=acfg.jobs, seed=acfg.seed,
+        layers=parse_layers(args.layers) if args.layers else None, decoder=acfg.decoder, fit=acfg.fit,
+        train_overrides=flags.parse_kv(args.train, "--train"), progress=acfg.progress, probe=acfg.probe,
+        retry_failed=acfg.retry_failed, keep_fit_state=acfg.keep_fit_state,
+    )
+    written = []
+    for regime, run_dir in regime_dirs(out, preset, args.regime).items():
+        written.append(run_dir / "analysis" / "mi.csv")
+        if not args.no_figures:
+            written.append(run_dir / "figures")
+        flags.print_summary(regime, results[regime], file=sys.stdout)
+    return flags.print_written(t0, written, [r for rows in results.values() for r in rows], "mi.csv")

@@ -1,0 +1,58 @@
+"""`ibprobe train`: train a classifier or autoencoder with checkpoints on a schedule.
+
+    ibprobe train --dataset digits --model resnet --model-arg widths=16,32,64 \
+                  --train regime=classify epochs=8 checkpoint_epochs=0,1,2,4,8 --seed 0 --out runs/digits
+
+Rerunning with only `--out DIR` resumes (or, if finished, leaves) the run recorded in DIR/config.json.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+from ibprobe.checkpoints import list_checkpoints
+from ibprobe.cli import flags
+from ibprobe.config import TrainConfig
+from ibprobe.errors import ConfigError
+from ibprobe.train import train, train_config
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "train", help="train a ResNet (classify or autoencode) with checkpoints on a schedule",
+        description="Train a network and write DIR/config.json, DIR/checkpoints/epoch_XXXX.pt (epoch 0 = the "
+        "initialisation) and DIR/metrics.jsonl. Rerun with only --out DIR to resume after a kill. Training "
+        f"settings (--train K=V): {', '.join(f.name for f in TrainConfig.__dataclass_fields__.values())}.")
+    p.add_argument("--out", required=True, metavar="DIR", help="run folder")
+    flags.add_data_source(p)
+    flags.add_model(p)
+    flags.add_train(p)
+    flags.add_seed(p, "seed for init, data order and split", default=None)
+    flags.add_device(p)
+    flags.add_quiet(p)
+    p.set_defaults(handler=handler)
+
+
+def handler(args) -> int:
+    given = flags.parse_kv(args.train, "--train")
+    named = {"dataset": args.dataset, "data_root": args.data_root, "images_path": args.images,
+             "labels_path": args.labels, "levels": args.levels, "model": args.model, "seed": args.seed}
+    both = sorted(k for k, v in named.items() if v is not None and k in given)
+    if both:
+        raise ConfigError(f"{', '.join(both)} given twice (as a flag and in --train); give each once")
+    given.update({k: v for k, v in named.items() if v is not None})
+    if args.model_arg:
+        given["model_args"] = flags.parse_kv(args.model_arg, "--model-arg")
+    if args.download:
+        given["download"] = True
+    if args.images and args.dataset is None:
+        given["dataset"] = "npy"
+    out = train(train_config(args.out, given), args.out, device=args.device, progress=not args.quiet)
+    if not args.quiet:
+        lines = (out / "metrics.jsonl").read_text().splitlines()
+        last = json.loads(lines[-1]) if lines else {}
+        shown = ", ".join(f"{k} {last[k]:.4g}" for k in ("train_loss", "test_loss", "test_acc") if k in last)
+        print(f"epoch {last.get('epoch')}: {shown}", file=sys.stderr)
+        print(f"wrote {len(list_checkpoints(out))} checkpoints to {out / 'checkpoints'}, metrics in "
+              f"{out / 'metrics.jsonl'}", file=sys.stderr)
+    return 0

@@ -1,0 +1,375 @@
+"""Settings: what to train (TrainConfig), what to measure (AnalysisConfig, the request) and how the numbers are
+made (Settings, the request resolved against the data and the device, pinned in DIR/analysis.json).
+
+A request holds overrides ("nr_filters=32"); the defaults behind them depend on the image size and on the device
+(a 2x64x5 decoder on a CPU, 5x160x10 on CUDA at 32x32). Settings hold the resolved values, so a folder started
+on a CPU and resumed, or farmed out, on a GPU keeps one decoder architecture: a resume reads the pinned Settings
+and never resolves defaults again. Fields that only change speed or logging (the device, progress, compile, ...)
+are the Runtime of the process that runs a job, never pinned.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from decoders import DecoderConfig, DecoderError, FitConfig
+from decoders.device import resolve_device as _resolve_device
+from decoders.fitting import RUNTIME_FIELDS
+from ibprobe.errors import ConfigError
+from ibprobe.fsutil import atomic_write_json, jsonable, read_json, try_lock
+
+REGIMES = ("classify", "autoencode")
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("cosine", "step", "none")
+AUGMENTS = ("none", "crop", "crop_flip")
+ANALYSIS_FORMAT = "ibprobe.analysis/2"
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """'auto' -> cuda if available, else cpu; 'cpu', 'cuda' or 'cuda:N'. Anything else is a ConfigError."""
+    try:
+        return _resolve_device(device)
+    except DecoderError as e:
+        raise ConfigError(f"--device: {e}") from None
+
+
+def apply_overrides(cfg, overrides: Mapping | None, what: str = "config"):
+    """dataclasses.replace(cfg, **overrides), with a ConfigError naming the valid fields for unknown keys.
+
+    List values are turned into tuples so frozen configs stay hashable and comparable.
+    """
+    if not overrides:
+        return cfg
+    names = [f.name for f in fields(cfg)]
+    unknown = sorted(set(overrides) - set(names))
+    if unknown:
+        raise ConfigError(f"unknown {what} field(s) {', '.join(unknown)}; valid fields: {', '.join(names)}")
+    clean = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+    try:
+        return dataclasses.replace(cfg, **clean)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"invalid {what}: {e}") from None
+
+
+# ------------------------------------------------------------------------------------------------ training
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run. Losses are per example in nats (cross-entropy) or per pixel (MSE on [0, 1] pixels)."""
+
+    dataset: str = "digits"
+    data_root: str | None = None
+    download: bool = False
+    images_path: str | None = None  # dataset "npy"
+    labels_path: str | None = None
+    levels: int | None = None
+    test_fraction: float = 0.2
+    model: str = "resnet"
+    model_args: dict = field(default_factory=dict)
+    regime: str = "classify"
+    epochs: int = 8
+    checkpoint_epochs: tuple[int, ...] | None = None  # None -> default_checkpoint_epochs(epochs)
+    seed: int = 0
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    batch_size: int = 64
+    augment: str = "none"  # none | crop (random crop, padding H//8) | crop_flip (+ flips); True = crop_flip
+    normalize: tuple | None = None  # ((mean per channel), (std per channel)) on the [0, 1] scale
+    max_train: int | None = None  # use a seeded subset of this many training images (quick runs)
+
+    def __post_init__(self):
+        if isinstance(self.augment, bool):
+            object.__setattr__(self, "augment", "crop_flip" if self.augment else "none")
+        if self.regime not in REGIMES:
+            raise ConfigError(f"regime must be one of {', '.join(REGIMES)}, got {self.regime!r}")
+        if self.regime == "autoencode" and self.model == "resnet":
+            raise ConfigError("the autoencode regime needs an autoencoder: use --model resnet_ae")
+        if self.regime == "classify" and self.model == "resnet_ae":
+            raise ConfigError("resnet_ae is an autoencoder: use --regime autoencode, or --model resnet to classify")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.augment not in AUGMENTS:
+            raise ConfigError(f"augment must be one of {', '.join(AUGMENTS)}, got {self.augment!r}")
+        if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
+            raise ConfigError("epochs must be >= 0, batch_size >= 1 and lr > 0")
+        if self.checkpoint_epochs is not None:
+            given = self.checkpoint_epochs
+            eps = tuple(sorted(set(int(e) for e in (given if isinstance(given, (tuple, list)) else (given,)))))
+            bad = [e for e in eps if e < 0 or e > self.epochs]
+            if bad:
+                raise ConfigError(f"checkpoint epochs {bad} are outside 0..{self.epochs}")
+            object.__setattr__(self, "checkpoint_epochs", eps)
+        if self.normalize is not None:
+            object.__setattr__(self, "normalize", tuple(tuple(float(v) for v in np.atleast_1d(p))
+                                                        for p in self.normalize))
+        object.__setattr__(self, "model_args", {k: _tupled(v) for k, v in dict(self.model_args).items()})
+
+    def schedule_epochs(self) -> tuple[int, ...]:
+        return self.checkpoint_epochs if self.checkpoint_epochs is not None else default_checkpoint_epochs(self.epochs)
+
+    def dataset_spec(self) -> dict:
+        """Keyword arguments of ibprobe.data.load_dataset for this run's data (download never re-triggered)."""
+        return {"name": self.dataset, "data_root": self.data_root, "seed": self.seed,
+                "test_fraction": self.test_fraction, "images_path": self.images_path,
+                "labels_path": self.labels_path, "levels": self.levels}
+
+
+def _tupled(v: Any) -> Any:
+    return tuple(_tupled(x) for x in v) if isinstance(v, (list, tuple)) else v
+
+
+def default_checkpoint_epochs(epochs: int) -> tuple[int, ...]:
+    """0, 1, 2, 4, 8, ... and the last epoch."""
+    out = {0, int(epochs)}
+    e = 1
+    while e < epochs:
+        out.add(e)
+        e *= 2
+    return tuple(sorted(out))
+
+
+def config_from_dict(d: dict) -> TrainConfig:
+    """TrainConfig from a config.json / checkpoint config (extra keys ignored)."""
+    names = {f.name for f in fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in d.items() if k in names})
+
+
+# ------------------------------------------------------------------------------------------------ analysis
+def default_decoder_config(image_shape, levels: int, device: str = "cpu") -> DecoderConfig:
+    """An unconditional DecoderConfig sized to the image and device.
+
+    <= 8x8: tiny (1 resnet block, 32 filters, 5 mixtures, no dropout): seconds per epoch on a CPU.
+    32x32 and larger on CUDA: the paper decoder (5, 160, 10, dropout 0.5). Otherwise in between
+    (2, 64, 5 on CPU or for <= 16x16 images; 3, 96, 10 on CUDA at 16x16).
+    """
+    c, h, w = (int(s) for s in image_shape)
+    cuda = str(device).startswith("cuda")
+    side = max(h, w)
+    if side <= 8:
+        size = dict(nr_resnet=1, nr_filters=32, nr_mix=5, dropout=0.0)
+    elif cuda and side >= 32:
+        size = dict(nr_resnet=5, nr_filters=160, nr_mix=10, dropout=0.5)
+    elif cuda:
+        size = dict(nr_resnet=3, nr_filters=96, nr_mix=10, dropout=0.3)
+    else:
+        size = dict(nr_resnet=2, nr_filters=64, nr_mix=5, dropout=0.1)
+    return DecoderConfig(image_shape=(c, h, w), levels=int(levels), **size)
+
+
+def default_fit_config(image_shape, device: str = "cpu", seed: int = 0) -> FitConfig:
+    """A FitConfig sized to the image: short, fast-decaying schedules for 8x8, longer for 32x32."""
+    side = max(int(s) for s in tuple(image_shape)[1:])
+    dev = str(device)
+    if side <= 8:
+        return FitConfig(epochs=40, batch_size=64, lr=5e-3, lr_decay=0.95, patience=6, seed=seed, device=dev)
+    if side <= 16:
+        return FitConfig(epochs=60, batch_size=64, lr=2e-3, lr_decay=0.97, patience=8, seed=seed, device=dev)
+    return FitConfig(epochs=100, batch_size=64, lr=1e-3, lr_decay=0.98, patience=10, seed=seed, device=dev)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """How this process runs decoder jobs. Never pinned: on a CPU none of it changes a number."""
+
+    device: str = "auto"
+    progress: bool = True
+    keep_fit_state: bool = False  # keep each finished job's fit_state.pt (optimizer moments; ~3x the decoder)
+    fit: tuple = ()  # runtime FitConfig fields given as overrides, ((name, value), ...), e.g. compile
+
+    def fit_config(self, pinned: FitConfig) -> FitConfig:
+        """`pinned` with this process's device, progress and runtime overrides."""
+        return dataclasses.replace(pinned, device=str(resolve_device(self.device)), progress=bool(self.progress),
+                                   **dict(self.fit))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The resolved settings that make the numbers, pinned in DIR/analysis.json. Bits are per image.
+
+    decoder: the unconditional DecoderConfig; a job for a layer adds that layer's code shape.
+    fit: the FitConfig of one decoder (its runtime fields are filled in per process, see Runtime).
+    paired: paired fitting. A first q0(x) is fitted (for `init_epochs`, default the fit's epochs); then the
+        reference q(x) and every q(x|h) continue from q0's weights with the same budget, seed and batch order, the
+        learning rate continuing q0's decayed schedule, so each pair differs only in its (zero-started) code path.
+    """
+
+    decoder: DecoderConfig
+    fit: FitConfig
+    seed: int = 0
+    probe: bool = True
+    paired: bool = True
+    init_epochs: int | None = None
+
+    def __post_init__(self):
+        if self.decoder.code_shape is not None:
+            raise ConfigError("the pinned decoder config is the unconditional one; leave code_shape to the codes")
+        n = self.init_epochs
+        if n is not None and (isinstance(n, bool) or int(n) != n or int(n) < 1):
+            raise ConfigError(f"init_epochs must be a positive integer or None, got {n!r}")
+
+    def decoder_for(self, code_shape=None) -> DecoderConfig:
+        """The DecoderConfig of one job: the pinned one with the code's shape (None: unconditional)."""
+        shape = None if code_shape is None else tuple(int(s) for s in code_shape)
+        return dataclasses.replace(self.decoder, code_shape=shape)
+
+    def stage_fit(self, stage: str, q0_epochs: int | None = None) -> FitConfig:
+        """The FitConfig of a stage: "q0" (paired fitting's start), "q" (the reference and every q(x|h))."""
+        if stage == "q0":
+            return self.fit if self.init_epochs is None else dataclasses.replace(self.fit, epochs=int(self.init_epochs))
+        if not self.paired:
+            return self.fit
+        if q0_epochs is None:
+            raise ValueError("paired fitting continues q0's schedule: give the epochs q0 ran")
+        return dataclasses.replace(self.fit, lr=self.fit.lr * self.fit.lr_decay ** int(q0_epochs))
+
+    @property
+    def decoder_id(self) -> str:
+        """Short stable id of the decoder recipe, e.g. 'pcnn-1x24x3-173727-paired'.
+
+        Hashes the decoder config (without code_shape, so every layer shares it) and the fit config without its
+        runtime fields; '-paired' marks paired fitting.
+        """
+        d = {k: v for k, v in asdict(self.decoder).items() if k != "code_shape"}
+        f = {k: v for k, v in asdict(self.fit).items() if k not in RUNTIME_FIELDS}
+        blob = json.dumps({"decoder": d, "fit": f}, sort_keys=True,
+                          default=lambda o: list(o) if isinstance(o, tuple) else str(o))
+        digest = hashlib.sha1(blob.encode()).hexdigest()[:6]
+        d = self.decoder
+        return f"pcnn-{d.nr_resnet}x{d.nr_filters}x{d.nr_mix}-{digest}" + ("-paired" if self.paired else "")
+
+    def to_dict(self) -> dict:
+        """JSON-ready; runtime fit fields are left out."""
+        return jsonable({"decoder": {k: v for k, v in self.decoder.to_dict().items() if k != "code_shape"},
+                         "fit": {k: v for k, v in asdict(self.fit).items() if k not in RUNTIME_FIELDS},
+                         "seed": int(self.seed), "probe": bool(self.probe), "paired": bool(self.paired),
+                         "init_epochs": self.init_epochs})
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "Settings":
+        try:
+            fit = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(d["fit"]).items()}
+            return cls(decoder=DecoderConfig(**d["decoder"]), fit=FitConfig(**fit), seed=int(d["seed"]),
+                       probe=bool(d["probe"]), paired=bool(d["paired"]), init_epochs=d.get("init_epochs"))
+        except (KeyError, TypeError, DecoderError) as e:
+            raise ConfigError(f"pinned settings are incomplete or invalid ({type(e).__name__}: {e})") from None
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    """What to measure and how hard: layers, and overrides of the default decoder and fit configs."""
+
+    layers: tuple = ()
+    decoder: dict = field(default_factory=dict)
+    fit: dict = field(default_factory=dict)
+    device: str = "auto"
+    jobs: int = 1  # decoder jobs at once; 0 = one per CPU core (CPU) or 1 (CUDA)
+    seed: int = 0
+    probe: bool = True
+    paired: bool = True
+    init_epochs: int | None = None  # epochs of q0(x) in paired fitting (None: the fit's epochs)
+    retry_failed: bool = False
+    progress: bool = True
+    keep_fit_state: bool = False
+
+    def runtime(self) -> Runtime:
+        fit_runtime = tuple(sorted((k, v) for k, v in self.fit.items() if k in RUNTIME_FIELDS))
+        return Runtime(device=self.device, progress=self.progress, keep_fit_state=self.keep_fit_state,
+                       fit=fit_runtime)
+
+    def settings(self, image_shape, levels: int) -> Settings:
+        """Resolve the overrides against the data and this process's device; every invalid value fails here."""
+        dev = resolve_device(self.device).type
+        data = {"image_shape": tuple(int(s) for s in image_shape), "levels": int(levels)}
+        over = dict(self.decoder)
+        for k, v in data.items():
+            if k in over and (tuple(over[k]) if k == "image_shape" else int(over[k])) != v:
+                raise ConfigError(f"--decoder {k}={over[k]} contradicts the data ({k}={v}); drop it")
+            over.pop(k, None)
+        if "code_shape" in over:
+            raise ConfigError("--decoder code_shape is taken from each layer's codes; drop it")
+        decoder = apply_overrides(default_decoder_config(image_shape, levels, dev), over, "--decoder")
+        fit = apply_overrides(default_fit_config(image_shape, dev, int(self.seed)),
+                              {k: v for k, v in self.fit.items() if k not in RUNTIME_FIELDS}, "--fit")
+        apply_overrides(fit, {k: v for k, v in self.fit.items() if k in RUNTIME_FIELDS}, "--fit")  # validate them
+        return Settings(decoder=decoder, fit=fit, seed=int(self.seed), probe=bool(self.probe),
+                        paired=bool(self.paired), init_epochs=self.init_epochs)
+
+
+# ------------------------------------------------------------------------------------------------ pinning
+def pin_settings(run_dir: str | os.PathLike, settings: Settings, dataset_spec: dict, new_layers) -> list[str]:
+    """Write (or check) DIR/analysis.json under the folder's lock; return every layer the folder analyses.
+
+    A folder that holds results keeps its settings and data: other ones are refused with one line. A folder
+    without results (e.g. a first run that failed) takes the new settings, and loses the partial fits of the old.
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / "analysis.json"
+    new = {"format": ANALYSIS_FORMAT, "dataset": jsonable(dataset_spec), "settings": settings.to_dict()}
+    with try_lock(run_dir / ".analysis.lock", wait=True):
+        old = _read_analysis(path) if path.exists() else None
+        layers = list(dict.fromkeys([*(old or {}).get("layers", []), *new_layers]))
+        if old is not None and (old["settings"], old["dataset"]) != (new["settings"], new["dataset"]):
+            if has_results(run_dir):
+                raise ConfigError(f"{run_dir} already holds results made with other "
+                                  f"{_describe_diff(old, new)}; use a new --out folder, or delete its decoders/ "
+                                  f"and analysis/ to start over")
+            shutil.rmtree(run_dir / "decoders", ignore_errors=True)  # partial fits of the old settings
+            layers = list(dict.fromkeys(new_layers))
+        atomic_write_json(path, {**new, "layers": layers})
+    return layers
+
+
+def read_pinned(run_dir: str | os.PathLike) -> tuple[Settings, dict, list[str]]:
+    """(Settings, dataset spec, layers) pinned in DIR/analysis.json."""
+    path = Path(run_dir) / "analysis.json"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir} holds no analysis (no analysis.json); run `ibprobe run` or "
+                          f"`ibprobe analyze` first")
+    meta = _read_analysis(path)
+    return Settings.from_dict(meta["settings"]), meta["dataset"], list(meta.get("layers", []))
+
+
+def has_results(run_dir: str | os.PathLike) -> bool:
+    """Whether any decoder job of the folder has finished (or failed for good)."""
+    base = Path(run_dir) / "decoders"
+    return base.is_dir() and any(next(base.rglob(n), None) for n in ("result.json", "row.json", "failed.json"))
+
+
+def _read_analysis(path: Path) -> dict:
+    try:
+        meta = read_json(path)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path} is unreadable ({type(e).__name__}); delete it (and the folder's decoders/ "
+                          f"and analysis/) to start the analysis over") from None
+    if not isinstance(meta, dict) or meta.get("format") != ANALYSIS_FORMAT:
+        got = meta.get("format") if isinstance(meta, dict) else None
+        raise ConfigError(f"{path} is of format {got!r}, not {ANALYSIS_FORMAT} (it pinned overrides, not resolved "
+                          f"settings); analyse into a new --out folder, or delete its decoders/ and analysis/")
+    return meta
+
+
+def _describe_diff(old: dict, new: dict) -> str:
+    if old["dataset"] != new["dataset"]:
+        return f"data ({old['dataset']} -> {new['dataset']})"
+    a, b = old["settings"], new["settings"]
+    diff = []
+    for k in sorted(set(a) | set(b)):
+        if isinstance(a.get(k), dict) and isinstance(b.get(k), dict):
+            diff += [f"{k}.{j}: {a[k].get(j)} -> {b[k].get(j)}" for j in sorted(set(a[k]) | set(b[k]))
+                     if a[k].get(j) != b[k].get(j)]
+        elif a.get(k) != b.get(k):
+            diff.append(f"{k}: {a.get(k)} -> {b.get(k)}")
+    return "settings (" + "; ".join(diff) + ")"

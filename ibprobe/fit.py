@@ -1,0 +1,300 @@
+"""The fit stage -> DIR/decoders/: one decoder job per (checkpoint, layer) plus the references, their folders and
+claims, the job index, the one paired fit, and the local worker pool.
+
+A job is one decoder fit. Its folder is fixed (`JobSpec.job_dir`); it writes decoder.pt, fit_log.json and the
+per-image test NLLs (test_nll_bits.npy), then, last and atomically, result.json, which marks it done (failed.json
+marks a job that could not finish, e.g. a NaN loss). Its fit resumes from its own fit_state.pt after a kill,
+which is removed once result.json is written (unless the Runtime keeps it). Everything a job needs is in the run
+folder (analysis.json, source.json, activations/), so a job is a function of (run_dir, job id) alone: this
+process, a worker process, `ibprobe run-job RUN_DIR JOB_ID` or a cluster engine can run it, and a rerun skips
+what is finished and resumes what was killed.
+
+Concurrency: a job is claimed with an exclusive flock on <job_dir>/.lock, which the kernel drops when its process
+dies: two processes on one folder never fit the same job twice, and a job killed with kill -9 is free at once.
+flock holds on one machine; on a cluster, give each job to one worker (`ibprobe run-job`).
+"""
+from __future__ import annotations
+
+import ctypes
+import multiprocessing as mp
+import os
+import signal
+import traceback
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from decoders import DecoderError, PixelCNNPP, load_decoder, save_decoder
+from decoders import fitting as decoder_fitting
+from decoders.progress import progress as progress_report
+from ibprobe.capture import ActivationStore
+from ibprobe.config import Runtime, Settings, read_pinned, resolve_device
+from ibprobe.errors import DataError, JobFailed, UserError
+from ibprobe.fsutil import atomic_np_save, atomic_write_json, epoch_dirname, read_json, sanitize_name, try_lock
+from ibprobe.source import dataset, relative_to_run
+
+REFERENCE = "_unconditional"  # the reference q(x): the one name of its job and folder
+INIT = "_unconditional_init"  # q0(x) of paired fitting: q(x) and every q(x|h) start from it
+INDEX = "jobs.json"  # DIR/decoders/jobs.json, the job index
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One decoder fit: q(x|h) of `layer` at checkpoint `epoch`, or (layer None) the reference q(x), or with `init`
+    the q0(x) that paired fitting starts every decoder from."""
+
+    layer: str | None
+    epoch: int | None = None
+    checkpoint: str | None = None
+    init: bool = False
+
+    @property
+    def key(self) -> str:
+        """The job id: `layer@epoch`, `_unconditional` or `_unconditional_init`."""
+        if self.layer is None:
+            return INIT if self.init else REFERENCE
+        return f"{self.layer}@{self.epoch}"
+
+    @property
+    def role(self) -> str:
+        return "q0" if self.init else "reference" if self.layer is None else "conditional"
+
+    def job_dir(self, run_dir: str | os.PathLike) -> Path:
+        base = Path(run_dir) / "decoders"
+        if self.layer is None:
+            return base / (INIT if self.init else REFERENCE)
+        return base / sanitize_name(self.layer) / epoch_dirname(self.epoch)
+
+
+def job_state(job_dir: Path) -> str:
+    """'done', 'failed' or 'pending' from the files in a job folder."""
+    if (job_dir / "result.json").exists():
+        return "done"
+    if (job_dir / "failed.json").exists():
+        return "failed"
+    return "pending"
+
+
+def read_result(job_dir: Path) -> dict | None:
+    """The job's result.json (status ok) or failed.json (status failed), or None while it is pending."""
+    for name in ("result.json", "failed.json"):
+        p = job_dir / name
+        if p.exists():
+            return read_json(p)
+    return None
+
+
+def reference_jobs(settings: Settings) -> list[JobSpec]:
+    """q0(x) (with paired fitting) and q(x), in the order they must be fitted."""
+    return ([JobSpec(None, init=True)] if settings.paired else []) + [JobSpec(None)]
+
+
+def plan_jobs(source, layers) -> list[JobSpec]:
+    """The conditional jobs, one per (checkpoint, layer), in checkpoint order."""
+    return [JobSpec(layer, int(e), str(p)) for e, p in source.checkpoints for layer in layers]
+
+
+def write_job_index(run_dir: Path, specs: list[JobSpec]) -> Path:
+    """DIR/decoders/jobs.json: every job of the folder with its id, folder and checkpoint."""
+    jobs = [{"id": s.key, "layer": s.layer, "epoch": s.epoch, "init": s.init,
+             "checkpoint": relative_to_run(s.checkpoint, run_dir), "dir": str(s.job_dir(".").as_posix())}
+            for s in specs]
+    return atomic_write_json(run_dir / "decoders" / INDEX, {"jobs": jobs})
+
+
+def read_job_index(run_dir: str | os.PathLike) -> list[JobSpec]:
+    """The jobs of an analysed folder, references first, from DIR/decoders/jobs.json."""
+    path = Path(run_dir) / "decoders" / INDEX
+    if not path.is_file():
+        raise UserError(f"{run_dir} has no job index ({path}); run `ibprobe run` or `ibprobe analyze` first")
+    root = Path(run_dir)
+    return [JobSpec(j["layer"], j["epoch"], None if j["checkpoint"] is None else str(root / j["checkpoint"])
+                    if not Path(j["checkpoint"]).is_absolute() else j["checkpoint"], bool(j["init"]))
+            for j in read_json(path)["jobs"]]
+
+
+def find_job(run_dir: str | os.PathLike, job_id: str) -> JobSpec:
+    """The job of DIR with this id; a UserError lists the ids when there is none."""
+    specs = read_job_index(run_dir)
+    for s in specs:
+        if s.key == job_id:
+            return s
+    shown = ", ".join(s.key for s in specs[:12]) + (", ..." if len(specs) > 12 else "")
+    raise UserError(f"{run_dir} has no job {job_id!r}; its jobs: {shown}")
+
+
+# ------------------------------------------------------------------------------------------------ one paired fit
+@dataclass(frozen=True)
+class Start:
+    """The q0(x) a paired fit continues from: its weights (a model or a decoder.pt) and how many epochs it ran."""
+
+    weights: PixelCNNPP | Path
+    epochs_run: int
+
+    @classmethod
+    def from_dir(cls, job_dir: Path) -> "Start":
+        res = read_result(job_dir)
+        if res is None or res.get("status") != "ok":
+            raise JobFailed(f"q0(x), the start of paired fitting, has not finished ({job_dir})")
+        return cls(job_dir / "decoder.pt", int(res["epochs_run"]))
+
+
+def fit_decoder(settings: Settings, runtime: Runtime, role: str, images_train, codes_train, images_test,
+                codes_test, *, workdir: Path | None = None, q0: Start | None = None,
+                desc: str = "") -> tuple[np.ndarray, dict, PixelCNNPP | None]:
+    """Fit one decoder of an analysis; return its per-image test NLLs (bits, float64 [N_test]), info and model.
+
+    role: "q0" (paired fitting's start), "reference" (q(x)) or "conditional" (q(x|h), codes given). With paired
+    settings, the reference and every conditional decoder start from `q0` and continue its learning-rate schedule.
+    With `workdir` the fit is resumable and idempotent: a folder holding result.json is read, not refitted, and
+    the returned model is then None.
+    """
+    if workdir is not None and (workdir / "result.json").exists() and (workdir / "test_nll_bits.npy").exists():
+        return np.load(workdir / "test_nll_bits.npy").astype(np.float64), read_json(workdir / "result.json"), None
+    if role != "q0" and settings.paired and q0 is None:
+        raise ValueError("paired fitting: give the q0 to start from")
+    cfg = settings.decoder_for(None if codes_train is None else codes_train.shape[1:])
+    fit_cfg = runtime.fit_config(settings.stage_fit("q0" if role == "q0" else "q",
+                                                    q0.epochs_run if q0 is not None else None))
+    torch.manual_seed(fit_cfg.seed)  # weight init
+    model = PixelCNNPP(cfg)
+    try:
+        if role != "q0" and settings.paired:
+            model.start_from(q0.weights if isinstance(q0.weights, PixelCNNPP) else load_decoder(q0.weights))
+        res = decoder_fitting.fit(model, images_train, codes_train, fit_cfg, eval_images=images_test,
+                                  eval_codes=codes_test, workdir=workdir, desc=desc)
+    except FloatingPointError as e:
+        raise JobFailed(f"{desc or role}: {e}; try a lower fit lr or grad_clip") from e
+    except DecoderError as e:
+        raise DataError(f"{desc or role}: {e}") from None
+    info = {"status": "ok", "role": role, "decoder": settings.decoder_id, "curve": res.curve,
+            "best_epoch": int(res.best_epoch), "epochs_run": int(res.epochs_run),
+            "stopped_early": bool(res.stopped_early), "n_test": int(len(res.eval_nll_bits)),
+            "h_bits": float(np.mean(res.eval_nll_bits))}
+    nll = np.asarray(res.eval_nll_bits, dtype=np.float64)
+    if workdir is not None:
+        save_decoder(model, workdir / "decoder.pt", extra={"decoder_id": settings.decoder_id, "desc": desc})
+        atomic_write_json(workdir / "fit_log.json", {**info, "decoder_config": cfg.to_dict(),
+                                                     "fit_config": asdict(fit_cfg)})
+        atomic_np_save(workdir / "test_nll_bits.npy", nll)
+        atomic_write_json(workdir / "result.json", info)
+        if not runtime.keep_fit_state:
+            (workdir / "fit_state.pt").unlink(missing_ok=True)
+    return nll, info, model
+
+
+# ------------------------------------------------------------------------------------------------ one job
+def run_job(run_dir: str | os.PathLike, spec: JobSpec, runtime: Runtime = Runtime(), *,
+            retry_failed: bool = False) -> dict | None:
+    """Run one decoder job unless finished or held by another process. Returns its result (None if held)."""
+    run_dir = Path(run_dir)
+    job_dir = spec.job_dir(run_dir)
+    state = job_state(job_dir)
+    if state == "done" or (state == "failed" and not retry_failed):
+        return read_result(job_dir)
+    with try_lock(job_dir / ".lock") as mine:
+        if not mine:
+            return None
+        state = job_state(job_dir)  # someone may have finished it while we waited
+        if state == "done" or (state == "failed" and not retry_failed):
+            return read_result(job_dir)
+        (job_dir / "failed.json").unlink(missing_ok=True)
+        try:
+            _fit_job(run_dir, spec, job_dir, runtime)
+        except UserError as e:
+            atomic_write_json(job_dir / "failed.json", {"status": "failed", "error": f"{type(e).__name__}: {e}"})
+        return read_result(job_dir)
+
+
+def _fit_job(run_dir: Path, spec: JobSpec, job_dir: Path, runtime: Runtime) -> None:
+    settings, spec_data, _ = read_pinned(run_dir)
+    ds = dataset(spec_data)
+    x_train, x_test = ds.images[ds.train_idx], ds.images[ds.test_idx]
+    q0 = Start.from_dir(JobSpec(None, init=True).job_dir(run_dir)) if settings.paired and not spec.init else None
+    if spec.layer is None:
+        fit_decoder(settings, runtime, spec.role, x_train, None, x_test, None, workdir=job_dir, q0=q0, desc=spec.key)
+        return
+    ref = read_result(JobSpec(None).job_dir(run_dir))
+    if ref is None or ref.get("status") != "ok":
+        raise JobFailed(f"the unconditional reference q(x) has not finished ({JobSpec(None).job_dir(run_dir)})")
+    store = ActivationStore(run_dir / "activations")
+    codes_train = store.read(spec.epoch, spec.layer, "train")
+    codes_test = store.read(spec.epoch, spec.layer, "test")
+    fit_decoder(settings, runtime, "conditional", x_train, codes_train, x_test, codes_test, workdir=job_dir, q0=q0,
+                desc=spec.key)
+
+
+# ------------------------------------------------------------------------------------------------ many jobs
+def cpu_count() -> int:
+    """CPU cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def resolve_jobs(jobs: int, device) -> int:
+    """`jobs` if > 0; else automatic: one job per CPU core (at most 8) on CPU, one at a time on CUDA."""
+    if int(jobs) > 0:
+        return int(jobs)
+    return 1 if resolve_device(device).type == "cuda" else max(1, min(8, cpu_count()))
+
+
+def run_jobs(run_dir: Path, specs: list[JobSpec], runtime: Runtime, *, jobs: int = 1, retry_failed: bool = False,
+             desc: str = "decoder jobs") -> dict[str, dict]:
+    """Run `specs` (jobs at once: `jobs` worker processes, or this one for 1) and wait for those that other
+    processes hold; returns {job id: result}."""
+    out: dict[str, dict | None] = {}
+    if jobs <= 1 or len(specs) <= 1:
+        for s in progress_report(specs, enabled=runtime.progress, desc=desc, unit="job"):
+            out[s.key] = run_job(run_dir, s, runtime, retry_failed=retry_failed)
+    else:
+        out.update(_run_pool(run_dir, specs, runtime, jobs, retry_failed, desc))
+    for s in specs:  # jobs another process held: wait for them, then read their results
+        if out.get(s.key) is None:
+            with try_lock(s.job_dir(run_dir) / ".lock", wait=True):
+                pass
+            out[s.key] = run_job(run_dir, s, runtime, retry_failed=False)
+    return out  # type: ignore[return-value]
+
+
+def _run_pool(run_dir: Path, specs: list[JobSpec], runtime: Runtime, jobs: int, retry_failed: bool,
+              desc: str) -> dict:
+    threads = max(1, cpu_count() // jobs)
+    worker_runtime = Runtime(device=runtime.device, progress=False, keep_fit_state=runtime.keep_fit_state,
+                             fit=runtime.fit)
+    out: dict = {}
+    bugs: list[str] = []
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init,
+                             initargs=(threads,)) as pool:
+        futs = [pool.submit(_worker_run, str(run_dir), s, worker_runtime, retry_failed) for s in specs]
+        for f in progress_report(as_completed(futs), enabled=runtime.progress, desc=desc, total=len(futs),
+                                 unit="job"):
+            key, res, bug = f.result()
+            out[key] = res
+            if bug:
+                bugs.append(f"job {key}:\n{bug}")
+    if bugs:
+        raise RuntimeError("decoder job(s) crashed:\n" + "\n".join(bugs))
+    return out
+
+
+def _worker_init(threads: int) -> None:
+    """Single-threaded tiny decoders run fastest one per core. On Linux, have the kernel kill this worker when its
+    parent dies (e.g. kill -9 of `ibprobe run`), so no orphan keeps fitting a job whose parent is gone."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    torch.set_num_threads(threads)
+
+
+def _worker_run(run_dir: str, spec: JobSpec, runtime: Runtime, retry_failed: bool) -> tuple[str, dict | None,
+                                                                                               str | None]:
+    try:
+        return spec.key, run_job(run_dir, spec, runtime, retry_failed=retry_failed), None
+    except Exception:  # a bug: keep its traceback for the parent
+        return spec.key, None, traceback.format_exc()

@@ -1,0 +1,31 @@
+"""The report stage -> DIR/figures/: plots (`plots`) and sample galleries (`gallery`). The only part of ibprobe
+that imports matplotlib; figures are built from data and returned, then saved as PNG + PDF + the CSV they show."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ibprobe.report.gallery import find_decoders, make_gallery
+from ibprobe.report.plots import plot_run
+
+__all__ = ["draw_figures", "plot_run", "make_gallery"]
+
+
+def draw_figures(run_dir: str | os.PathLike, *, progress: bool = True, gallery: bool = True, gallery_layers=None,
+                 gallery_epochs=None, device: str = "auto") -> list[Path]:
+    """The plots and the gallery of a finished run folder; returns the files written.
+
+    `gallery_layers` / `gallery_epochs` (a preset's choice) apply where the folder has decoders for them. When the
+    run's checkpoints or layers were overridden, missing preset layers are dropped (all layers if none is left) and
+    missing preset epochs give way to the first and last epochs the folder has.
+    """
+    written = list(plot_run(run_dir))
+    if gallery:
+        have = [k for k in find_decoders(run_dir) if k[0] is not None]
+        layers = [l for l in gallery_layers or () if l in {l for l, _ in have}] or None
+        epochs = list(gallery_epochs) if gallery_epochs is not None else None
+        have_epochs = sorted({e for _, e in have})
+        if epochs is not None and have_epochs and not set(epochs) <= set(have_epochs):
+            epochs = sorted({have_epochs[0], have_epochs[-1]})
+        written.append(make_gallery(run_dir, layers=layers, epochs=epochs, device=device, progress=progress))
+    return written

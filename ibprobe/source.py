@@ -1,0 +1,280 @@
+"""What an analysis measures: the network at each checkpoint (ModelSource) and the images (a data spec), checked
+up front so that a mistake costs one line, not an hour.
+
+`prepare_analysis` validates a bring-your-own-model analysis: the data load, the checkpoints load safely and fit
+the model, every layer exists and fires once on two test images, and the decoder and fit settings resolve.
+`source_from_run` is the same for one of our training runs. `open_source` reopens an analysed folder.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from decoders import DecoderError, check_images
+from ibprobe.capture import capture, check_layers
+from ibprobe.checkpoints import list_checkpoints, load_run_config, load_run_model, load_weights, resolve_checkpoints
+from ibprobe.config import AnalysisConfig, Settings
+from ibprobe.data import Dataset, describe_sizes, load_dataset
+from ibprobe.errors import ConfigError, DataError, UserError
+from ibprobe.fsutil import jsonable, read_json, sanitize_name
+from ibprobe.models import build_model
+
+NORMALIZE_PRESETS = {
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+}
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """How to rebuild the analysed network at each checkpoint. Saved as DIR/source.json.
+
+    kind "run": one of our training runs (checkpoints carry their own config).
+    kind "spec": a model spec (`resnet`, `torchvision:NAME`, `pkg.mod:callable`) plus foreign checkpoints.
+    """
+
+    kind: str
+    model: str
+    model_args: dict = field(default_factory=dict)
+    in_shape: tuple = ()
+    num_classes: int = 10
+    checkpoints: tuple = ()  # ((epoch, path), ...) sorted by epoch
+    normalize: tuple | None = None  # ((mean per channel), (std per channel)) after scaling to [0, 1]
+
+    def __post_init__(self):
+        if self.normalize:  # JSON lists or numpy arrays -> ((mean, ...), (std, ...)) of floats
+            mean, std = self.normalize
+            object.__setattr__(self, "normalize", (tuple(float(v) for v in mean), tuple(float(v) for v in std)))
+        elif self.normalize is not None:
+            object.__setattr__(self, "normalize", None)
+
+    def load_model(self, path: str | os.PathLike, device: str = "cpu"):
+        """The network at checkpoint `path`, in eval mode, on `device`."""
+        if self.kind == "run":
+            model, _ = load_run_model(path, device=device)
+        elif self.kind == "spec":
+            model = build_model(self.model, in_shape=tuple(self.in_shape), num_classes=self.num_classes,
+                                **dict(self.model_args))
+            load_weights(model, path)
+            model = model.to(device)
+        else:
+            raise ConfigError(f"unknown model source kind {self.kind!r}")
+        return model.eval()
+
+    def to_dict(self, root: Path | None = None) -> dict:
+        d = asdict(self)
+        d["checkpoints"] = [[int(e), _relative(p, root)] for e, p in self.checkpoints]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict, root: Path | None = None) -> "ModelSource":
+        d = dict(d)
+        d["in_shape"] = tuple(d.get("in_shape") or ())
+        d["checkpoints"] = tuple((int(e), _absolute(p, root)) for e, p in d.get("checkpoints", ()))
+        return cls(**d)
+
+
+def _relative(p: str | os.PathLike, root: Path | None) -> str:
+    p = Path(p)
+    if root is not None:
+        try:
+            return str(p.resolve().relative_to(Path(root).resolve()))
+        except ValueError:
+            pass
+    return str(p.resolve()) if p.exists() else str(p)
+
+
+def _absolute(p: str, root: Path | None) -> str:
+    q = Path(p)
+    return str(q if q.is_absolute() or root is None else (Path(root) / q))
+
+
+def relative_to_run(path: str | os.PathLike | None, run_dir: Path) -> str | None:
+    """A checkpoint path as written in the folder's tables: relative to the run folder when inside it."""
+    return None if path is None else _relative(path, run_dir)
+
+
+# ------------------------------------------------------------------------------------------------ data
+def dataset(spec: dict) -> Dataset:
+    """The Dataset of a data spec (`load_dataset` keywords), loaded once per process."""
+    return _load_dataset(_freeze(jsonable(spec)))
+
+
+def _freeze(d: Any) -> Any:
+    if isinstance(d, dict):
+        return tuple(sorted((k, _freeze(v)) for k, v in d.items()))
+    if isinstance(d, list):
+        return tuple(_freeze(v) for v in d)
+    return d
+
+
+@lru_cache(maxsize=2)
+def _load_dataset(frozen_spec: tuple) -> Dataset:
+    return load_dataset(**{k: (list(v) if isinstance(v, tuple) else v) for k, v in frozen_spec})
+
+
+def open_source(run_dir: str | os.PathLike) -> tuple[ModelSource, Dataset]:
+    """(ModelSource, Dataset) of an analysed run folder, from its source.json and analysis.json."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "source.json").exists() or not (run_dir / "analysis.json").exists():
+        raise UserError(f"{run_dir} holds no analysis (no source.json/analysis.json); run `ibprobe run` or "
+                        f"`ibprobe analyze` first")
+    source = ModelSource.from_dict(read_json(run_dir / "source.json"), run_dir)
+    return source, dataset(read_json(run_dir / "analysis.json")["dataset"])
+
+
+def dataset_spec(name: str | None = None, *, data_root=None, images=None, labels=None,
+                 levels: int | None = None) -> dict:
+    """The `load_dataset(**spec)` keywords for a named data set or user arrays (absolute paths)."""
+    if name and images:
+        raise ConfigError("give either --dataset NAME or --images X.npy, not both")
+    if images:
+        if levels is None:
+            raise ConfigError("--images needs --levels L, the number of intensity levels (256 for 8-bit images)")
+        spec = {"name": "npy", "images_path": str(Path(images).expanduser().resolve()), "levels": int(levels)}
+        if labels:
+            spec["labels_path"] = str(Path(labels).expanduser().resolve())
+        return spec
+    if labels:
+        raise ConfigError("--labels goes with --images; a named --dataset brings its own labels")
+    if not name:
+        raise ConfigError("say which images to use: --dataset NAME, or --images X.npy [--labels Y.npy] --levels L")
+    spec: dict[str, Any] = {"name": name}
+    if data_root is not None:
+        spec["data_root"] = str(Path(data_root).expanduser().resolve())
+    if levels is not None:
+        spec["levels"] = int(levels)
+    return spec
+
+
+def check_dataset(ds: Dataset) -> None:
+    """Images the decoders can model and a split that leaves at least 2 train and 2 test images."""
+    try:
+        check_images(ds.images, ds.levels)
+    except DecoderError as e:
+        raise DataError(str(e)) from None
+    if len(ds.labels) != len(ds.images):
+        raise DataError(f"{len(ds.labels)} labels for {len(ds.images)} images; give one label per image")
+    if len(ds.test_idx) < 2 or len(ds.train_idx) < 2:
+        raise DataError(f"{len(ds.images)} images are too few: the split needs at least 2 train and 2 test images")
+
+
+def parse_normalize(text: str | None, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """'0.5,0.25' (all channels), 'm1,..,mC,s1,..,sC' or a preset name -> ((mean per channel), (std per channel))."""
+    if text is None:
+        return None
+    t = text.strip().lower()
+    if t in NORMALIZE_PRESETS:
+        mean, std = NORMALIZE_PRESETS[t]
+        if len(mean) != channels:
+            raise ConfigError(f"--normalize {t} is for 3-channel images; these have {channels}")
+        return tuple(mean), tuple(std)
+    try:
+        vals = [float(v) for v in t.replace("/", ",").split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"--normalize {text!r} must be MEAN,STD numbers (or one of "
+                          f"{', '.join(NORMALIZE_PRESETS)})") from None
+    if len(vals) == 2:
+        mean, std = [vals[0]] * channels, [vals[1]] * channels
+    elif len(vals) == 2 * channels:
+        mean, std = vals[:channels], vals[channels:]
+    else:
+        raise ConfigError(f"--normalize needs 2 numbers (MEAN,STD) or {2 * channels} (a mean then a std per channel "
+                          f"for {channels}-channel images), got {len(vals)}")
+    if not all(np.isfinite(vals)) or min(std) <= 0:
+        raise ConfigError(f"--normalize {text!r}: values must be finite and every STD > 0")
+    return tuple(mean), tuple(std)
+
+
+def parse_layers(layers) -> tuple[str, ...]:
+    """'A,B' or a sequence -> a tuple of distinct layer names whose folders (sanitised names) differ."""
+    items = layers.split(",") if isinstance(layers, str) else list(layers)
+    out = tuple(dict.fromkeys(str(x).strip() for x in items if str(x).strip()))
+    if not out:
+        raise ConfigError("--layers is empty; name at least one module path (see `ibprobe layers`)")
+    folders: dict[str, str] = {}
+    for layer in out:
+        f = sanitize_name(layer)
+        if f in folders:
+            raise ConfigError(f"layers {folders[f]!r} and {layer!r} would share the folder decoders/{f}")
+        folders[f] = layer
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ sources
+@dataclass
+class Prepared:
+    """Everything `run_analysis` needs, validated."""
+
+    source: ModelSource
+    dataset_spec: dict
+    cfg: AnalysisConfig
+    settings: Settings
+    dataset: Dataset
+    code_shapes: dict  # layer -> activation shape per image
+
+
+def source_from_run(run_dir: str | os.PathLike) -> tuple[ModelSource, dict]:
+    """(ModelSource, data spec) of one of our training runs, from its config.json and checkpoints."""
+    conf = load_run_config(run_dir)
+    source = ModelSource(kind="run", model=conf["model"], model_args=dict(conf.get("model_args") or {}),
+                         in_shape=tuple(conf.get("in_shape", ())), num_classes=int(conf.get("num_classes", 10)),
+                         checkpoints=tuple((e, str(p)) for e, p in list_checkpoints(run_dir)),
+                         normalize=conf.get("normalize"))
+    return source, dict(conf.get("dataset_spec") or {"name": conf.get("dataset", "digits")})
+
+
+def prepare_analysis(*, model: str, checkpoints, dataset_spec: dict, cfg: AnalysisConfig,
+                     model_args: dict | None = None, normalize: str | tuple | None = None,
+                     download: bool = False) -> Prepared:
+    """Validate a bring-your-own-model analysis up front; raises a UserError subclass for anything wrong.
+
+    Loads the data, resolves the settings, builds the model, loads every checkpoint into it (safely, strictly),
+    and runs two test images through the last one to check that each layer exists and fires once.
+    """
+    cfg = AnalysisConfig(**{**asdict(cfg), "layers": parse_layers(cfg.layers)})
+    ds = load_dataset(**dataset_spec, download=True) if download else dataset(dataset_spec)
+    check_dataset(ds)
+    in_shape = ds.image_shape
+    norm = normalize if normalize is None or isinstance(normalize, tuple) else parse_normalize(normalize, in_shape[0])
+    settings = cfg.settings(in_shape, ds.levels)
+    margs = dict(model_args or {})
+    num_classes = int(margs.pop("num_classes", ds.num_classes))
+    net = build_model(model, in_shape=in_shape, num_classes=num_classes, **margs)
+    ckpts = resolve_checkpoints(checkpoints)
+    for _, path in ckpts:
+        load_weights(net, path)
+    code_shapes = probe_layers(net.eval(), ds, cfg.layers, norm, spec=str(model))
+    if cfg.progress:
+        print(f"{describe_sizes(ds)}; {model} with {len(ckpts)} checkpoint(s) (epochs "
+              f"{', '.join(str(e) for e, _ in ckpts)}); layers "
+              + ", ".join(f"{l} {tuple(s)}" for l, s in code_shapes.items()), file=sys.stderr)
+    source = ModelSource(kind="spec", model=str(model), model_args=margs, in_shape=tuple(in_shape),
+                         num_classes=num_classes, normalize=norm,
+                         checkpoints=tuple((int(e), str(Path(p).resolve())) for e, p in ckpts))
+    return Prepared(source=source, dataset_spec=dict(dataset_spec), cfg=cfg, settings=settings, dataset=ds,
+                    code_shapes=code_shapes)
+
+
+def probe_layers(net, ds: Dataset, layers, normalize, spec: str = "") -> dict:
+    """{layer: activation shape per image} from two test images; every layer must exist and fire exactly once."""
+    check_layers(net, layers, spec=spec)
+    x = ds.images[ds.test_idx[:2]]
+    try:
+        acts = capture(net, x, list(layers), levels=ds.levels, normalize=normalize, batch_size=2, device="cpu")
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the user's model cannot take these images: say so in one line
+        msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"the model failed on images of shape {tuple(x.shape[1:])} (float in [0, 1]"
+                          f"{', normalised' if normalize else ''}): {type(e).__name__}: {msg}") from None
+    for layer, a in acts.items():
+        if not np.all(np.isfinite(a)):
+            raise DataError(f"layer {layer} gives non-finite activations on the test images; check the checkpoints")
+    return {l: tuple(acts[l].shape[1:]) for l in layers}
