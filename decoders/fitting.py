@@ -91,6 +91,8 @@ class FitResult:
     n_train: int = 0
     n_val: int = 0
     extra: dict = field(default_factory=dict)
+    val_nll_bits: np.ndarray | None = None  # float64 [n_val], bits per image, with the best weights
+    val_idx: np.ndarray | None = None       # which of the given images were the validation split (sorted)
 
 
 # ----------------------------------------------------------------------------------------------- inputs
@@ -342,7 +344,9 @@ def fit(model: torch.nn.Module, images, codes=None, cfg: FitConfig = FitConfig()
     if eval_images is not None:
         eval_nll = _eval_nll(model, eval_images, eval_codes, np.arange(_num(eval_images)), setup,
                              cfg.eval_batch_size, cfg.eval_bf16)
+    val_nll = _eval_nll(model, images, codes, val_idx, setup, cfg.eval_batch_size, cfg.eval_bf16)
     return FitResult(eval_nll_bits=eval_nll, curve=curve, best_epoch=best_epoch, best_val_bits_per_dim=best_val,
                      epochs_run=epoch, stopped_early=stopped, resumed_from_epoch=resumed_from, n_train=n_train,
                      n_val=n_val, extra={"device": str(setup.device), "bf16": setup.bf16,
-                                         "channels_last": setup.channels_last})
+                                         "channels_last": setup.channels_last},
+                     val_nll_bits=val_nll, val_idx=val_idx)
