@@ -1,11 +1,13 @@
-"""I(Y;H) from a probe classifier: Î(Y;H) = H(Y) − CE(probe on held-out h), in bits.
+"""I(Y;H) from a probe classifier: Î(Y;H) = CE(prior) − CE(probe), both on the held-out codes, in bits.
 
-H(Y) is the entropy of the empirical label distribution of the train split. The probe is a multinomial
-logistic regression on standardised features: the code itself for vectors, and for spatial codes
-[N,C',H',W'] the channel means over the whole map and over each 2×2 quadrant (5·C' features), which keeps
-the probe small for wide layers. Its L2 strength is chosen on a held-out part of the train split, then it
-is refitted on the whole train split. CE ≥ H(Y|H) in expectation, so Î(Y;H) is a lower-bound-style estimate;
-it is reported as is and may be slightly negative on uninformative codes.
+CE(prior) is the cross-entropy of the held-out labels under the label frequencies of the probe's training labels
+(an estimate of H(Y)); CE(probe) that of the probe. The candidates are a multinomial logistic regression on
+standardised features (the code itself for vectors; for spatial codes [N,C',H',W'] the channel means over the whole
+map and over each 2×2 quadrant, 5·C' features, which keeps the probe small for wide layers) over a grid of L2
+strengths from very strong to weak, and the prior-only model, whose Î(Y;H) is exactly 0. One is chosen on a
+held-out part of the training codes, then refitted on all of them. So an uninformative code scores about 0 rather
+than a negative floor, and Î(Y;H) never exceeds CE(prior). CE(probe) >= H(Y|H) in expectation, so Î(Y;H) is a
+lower-bound-style estimate.
 """
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ import torch.nn.functional as F
 
 from ibprobe.errors import DataError
 
-L2_GRID = (1e-1, 1e-2, 1e-3, 1e-4)  # per-sample weight penalty on standardised features, strong to weak
+L2_GRID = (1e2, 1e1, 1.0, 1e-1, 1e-2, 1e-3, 1e-4)  # per-sample weight penalty on standardised features, strong to weak
+PRIOR = "prior"  # the prior-only model: predicts the training label frequencies whatever the code
 
 
 def probe_features(codes: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -31,13 +34,6 @@ def probe_features(codes: np.ndarray | torch.Tensor) -> torch.Tensor:
         quad = F.adaptive_avg_pool2d(h, 2).reshape(n, c * 4)  # (N, 4C)
         return torch.cat([whole, quad], dim=1)  # (N, 5C)
     return h.reshape(h.shape[0], -1)  # (N, F)
-
-
-def label_entropy_bits(y: np.ndarray, num_classes: int) -> float:
-    """Entropy of the empirical label distribution, bits."""
-    p = np.bincount(np.asarray(y, dtype=np.int64), minlength=num_classes) / max(len(y), 1)
-    p = p[p > 0]
-    return float(-(p * np.log2(p)).sum())
 
 
 def _fit_logreg(x: torch.Tensor, y: torch.Tensor, k: int, l2: float, seed: int,
@@ -72,19 +68,26 @@ def _ce_bits(lin: torch.nn.Linear, x: torch.Tensor, y: torch.Tensor) -> tuple[fl
     return ce, acc
 
 
+def _prior_bits(y_fit: np.ndarray, y_eval: np.ndarray, k: int) -> float:
+    """Cross-entropy (bits) of labels y_eval under the frequencies of y_fit (add-half smoothing, so a class the
+    fit labels lack costs a finite amount)."""
+    p = (np.bincount(y_fit, minlength=k) + 0.5) / (len(y_fit) + 0.5 * k)
+    return float(-np.log2(p[y_eval]).mean())
+
+
 def probe_i_yh(codes_train, y_train, codes_test, y_test, *, num_classes: int | None = None,
                seed: int = 0) -> dict:
-    """Estimate I(Y;H) in bits with a logistic-regression probe trained on the train split.
+    """Estimate I(Y;H) in bits with a probe chosen on a held-out part of the training codes (see module doc).
 
     Args:
         codes_train, codes_test: codes [N, ...] (vector [N,D] or spatial [N,C',H',W']), numpy or torch.
         y_train, y_test: int labels [N] in [0, num_classes).
         num_classes: defaults to max label + 1 over both splits.
-        seed: initialises the probe and the held-out split used to choose its L2 strength.
+        seed: initialises the probe and the held-out split used to choose it.
 
     Returns:
-        {"i_yh_bits": H(Y) − CE, "h_y_bits": H(Y) (train labels), "ce_bits": probe CE on test (bits per image),
-         "accuracy": test accuracy, "l2": chosen penalty}.
+        {"i_yh_bits": CE(prior) − CE(probe), "h_y_bits": CE(prior) on test, "ce_bits": CE(probe) on test (bits
+         per image), "accuracy": test accuracy, "l2": chosen penalty or "prior"}.
     """
     y_tr = np.asarray(y_train).astype(np.int64).reshape(-1)
     y_te = np.asarray(y_test).astype(np.int64).reshape(-1)
@@ -107,18 +110,22 @@ def probe_i_yh(codes_train, y_train, codes_test, y_test, *, num_classes: int | N
     x_tr, x_te = (x_tr - mean) / std, (x_te - mean) / std  # (N, F)
     yt_tr, yt_te = torch.from_numpy(y_tr), torch.from_numpy(y_te)
 
-    # Choose L2 on a seeded 20% held-out part of the train split, then refit on all of it.
+    # Choose on a seeded 20% held-out part of the training codes, then refit on all of them.
     perm = torch.randperm(len(y_tr), generator=torch.Generator().manual_seed(seed)).numpy()
     n_val = max(1, len(y_tr) // 5)
     va, tr = perm[:n_val], perm[n_val:]
-    best_l2, best_ce, prev = L2_GRID[0], math.inf, None
+    best, best_ce, prev = PRIOR, _prior_bits(y_tr[tr], y_tr[va], k) if len(tr) else math.inf, None
     if len(tr) >= 2:
         for l2 in L2_GRID:  # a regularisation path: each fit starts from the previous, stronger one
             prev = _fit_logreg(x_tr[tr], yt_tr[tr], k, l2, seed, init=prev)
             ce, _ = _ce_bits(prev, x_tr[va], yt_tr[va])
             if ce < best_ce - 1e-9:
-                best_l2, best_ce = l2, ce
-    lin = _fit_logreg(x_tr, yt_tr, k, best_l2, seed)
+                best, best_ce = l2, ce
+    h_y = _prior_bits(y_tr, y_te, k)
+    if best == PRIOR:
+        counts = np.bincount(y_tr, minlength=k)
+        return {"i_yh_bits": 0.0, "h_y_bits": h_y, "ce_bits": h_y,
+                "accuracy": float((y_te == counts.argmax()).mean()), "l2": PRIOR}
+    lin = _fit_logreg(x_tr, yt_tr, k, best, seed)
     ce, acc = _ce_bits(lin, x_te, yt_te)
-    h_y = label_entropy_bits(y_tr, k)
-    return {"i_yh_bits": h_y - ce, "h_y_bits": h_y, "ce_bits": ce, "accuracy": acc, "l2": best_l2}
+    return {"i_yh_bits": h_y - ce, "h_y_bits": h_y, "ce_bits": ce, "accuracy": acc, "l2": best}
