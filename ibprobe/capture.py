@@ -14,6 +14,7 @@ Files are written streaming (peak memory does not grow with N) under a temp name
 from __future__ import annotations
 
 import difflib
+import hashlib
 import os
 import sys
 import tempfile
@@ -31,7 +32,7 @@ from ibprobe.data import to_model_input
 from ibprobe.errors import LayerError
 from ibprobe.fsutil import atomic_write_json, epoch_dirname, read_json, sanitize_name, try_lock
 
-SPLITS = ("train", "test")
+SPLITS = ("fit", "test")  # the analysis image sets: the decoders' and probe's fitting images, their test images
 
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 
@@ -202,13 +203,19 @@ class ActivationStore:
         p = self.epoch_dir(epoch) / "manifest.json"
         return read_json(p) if p.is_file() else {}
 
-    def has(self, epoch: int, layer: str, split: str) -> bool:
+    def has(self, epoch: int, layer: str, split: str, key: str | None = None) -> bool:
+        """Whether the entry is stored (and, given a key, was captured from the images and source that key names)."""
         entry = self.manifest(epoch).get(layer, {}).get("splits", {}).get(split)
-        return entry is not None and self.path(epoch, layer, split).is_file()
+        return (entry is not None and self.path(epoch, layer, split).is_file()
+                and (key is None or entry.get("key") == key))
 
-    def read(self, epoch: int, layer: str, split: str) -> np.memmap:
-        """Read-only float16 memmap [N, ...]; LayerError if it was never captured."""
+    def read(self, epoch: int, layer: str, split: str, key: str | None = None) -> np.memmap:
+        """Read-only float16 memmap [N, ...]; LayerError if it was never captured (or, given a key, if it was
+        captured from other images or another source)."""
         p = self.path(epoch, layer, split)
+        if key is not None and self.has(epoch, layer, split) and not self.has(epoch, layer, split, key):
+            raise LayerError(f"the stored activations {p} were captured from other images or another source than "
+                             f"this analysis uses; rerun the command to capture them again")
         if not self.has(epoch, layer, split):
             stored = sorted(self.manifest(epoch))
             raise LayerError(f"no stored activations for layer {layer!r}, split {split!r} at {epoch_dirname(epoch)} "
@@ -266,14 +273,14 @@ class _StreamWriter:
 def capture_to_store(model: nn.Module, images: np.ndarray | torch.Tensor, layers: Sequence[str],
                      store: ActivationStore, *, epoch: int, split: str, levels: int, normalize: Any = None,
                      batch_size: int = 256, device: str | torch.device = "cpu", checkpoint: str | None = None,
-                     overwrite: bool = False) -> dict[str, Path]:
+                     overwrite: bool = False, key: str | None = None) -> dict[str, Path]:
     """Stream the activations of `layers` on `images` into `store` as float16; returns {layer: path}.
 
-    Layers already stored are skipped unless `overwrite`. Values beyond float16 range (|a| > 65504) or
-    non-finite ones are a LayerError, and nothing partial is left behind.
+    Layers already stored (under `key`, when given) are skipped unless `overwrite`. Values beyond float16 range
+    (|a| > 65504) or non-finite ones are a LayerError, and nothing partial is left behind.
     """
     layers = list(layers)
-    todo = [l for l in layers if overwrite or not store.has(epoch, l, split)]
+    todo = [l for l in layers if overwrite or not store.has(epoch, l, split, key)]
     paths = {l: store.path(epoch, l, split) for l in layers}
     if not todo:
         return paths
@@ -295,7 +302,7 @@ def capture_to_store(model: nn.Module, images: np.ndarray | torch.Tensor, layers
                 raise LayerError(f"no images to capture for split {split!r}")
             w = writers.pop(l)
             w.commit()
-            store._record(epoch, l, split, {"shape": w.shape, "dtype": "float16", "n": n,
+            store._record(epoch, l, split, {"shape": w.shape, "dtype": "float16", "n": n, "key": key,
                                             "checkpoint": None if checkpoint is None else str(checkpoint),
                                             "file": str(paths[l].relative_to(store.epoch_dir(epoch)))})
     finally:
@@ -305,19 +312,29 @@ def capture_to_store(model: nn.Module, images: np.ndarray | torch.Tensor, layers
     return paths
 
 
-def fill_store(store: ActivationStore, source, dataset, layers: Sequence[str], *, epochs=None, splits=SPLITS,
-               device: str | torch.device = "cpu", batch_size: int = 256, overwrite: bool = False,
-               progress: bool = True) -> None:
-    """Capture `layers` on each split of `dataset` at each checkpoint of `source` (a ModelSource) into `store`.
+def images_key(images: np.ndarray, normalize: Any = None) -> str:
+    """A short digest of the images a split was captured from and of how they were normalised."""
+    h = hashlib.blake2b(np.ascontiguousarray(images).tobytes(), digest_size=10)
+    h.update(repr((tuple(images.shape), normalize)).encode())
+    return h.hexdigest()
 
-    Entries already stored are kept unless `overwrite`. Each checkpoint is captured under a lock, so several
-    processes on one folder capture it once. `epochs`: a subset of the source's checkpoint epochs (default all).
+
+def fill_store(store: ActivationStore, source, images: dict[str, np.ndarray], layers: Sequence[str], *, levels: int,
+               epochs=None, device: str | torch.device = "cpu", batch_size: int = 256, overwrite: bool = False,
+               progress: bool = True) -> dict[str, str]:
+    """Capture `layers` on each named image set (split) at each checkpoint of `source` (a ModelSource) into
+    `store`; returns {split: key}, the digest each entry is stored and read under.
+
+    Entries already stored from the same images are kept unless `overwrite`; entries stored from other images (or
+    another normalisation) are captured again. Each checkpoint is captured under a lock, so several processes on
+    one folder capture it once. `epochs`: a subset of the source's checkpoint epochs (default all).
     """
     layers = list(layers)
+    keys = {split: images_key(x, source.normalize) for split, x in images.items()}
     checkpoints = [(int(e), p) for e, p in source.checkpoints if epochs is None or int(e) in set(epochs)]
     for epoch, path in progress_report(checkpoints, enabled=progress, desc="capture", unit="checkpoint"):
         def todo() -> list[tuple[str, str]]:
-            return [(l, s) for l in layers for s in splits if overwrite or not store.has(epoch, l, s)]
+            return [(l, s) for l in layers for s in images if overwrite or not store.has(epoch, l, s, keys[s])]
 
         if not todo():
             continue
@@ -326,16 +343,16 @@ def fill_store(store: ActivationStore, source, dataset, layers: Sequence[str], *
             if not missing:
                 continue
             model = source.load_model(path, device=str(device))
-            for split in splits:
+            for split, x in images.items():
                 want = [l for l, s in missing if s == split]
                 if want:
-                    images, _ = dataset.split(split)
-                    capture_to_store(model, images, want, store, epoch=epoch, split=split, levels=dataset.levels,
+                    capture_to_store(model, x, want, store, epoch=epoch, split=split, levels=levels,
                                      normalize=source.normalize, batch_size=batch_size, device=device,
-                                     checkpoint=str(path), overwrite=overwrite)
+                                     checkpoint=str(path), overwrite=True, key=keys[split])
         if progress:
             print(f"captured activations at epoch {epoch} ({len(missing)} layer x split)", file=sys.stderr)
+    return keys
 
 
 __all__ = ["tappable_layers", "check_layers", "capture", "iter_capture", "ActivationStore", "capture_to_store",
-           "fill_store", "SPLITS"]
+           "fill_store", "images_key", "SPLITS"]

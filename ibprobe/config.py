@@ -12,8 +12,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import shutil
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
@@ -25,13 +23,13 @@ from decoders import DecoderConfig, DecoderError, FitConfig
 from decoders.device import resolve_device as _resolve_device
 from decoders.fitting import RUNTIME_FIELDS
 from ibprobe.errors import ConfigError
-from ibprobe.fsutil import atomic_write_json, jsonable, read_json, try_lock
+from ibprobe.fsutil import jsonable
 
 REGIMES = ("classify", "autoencode")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("cosine", "step", "none")
 AUGMENTS = ("none", "crop", "crop_flip")
-ANALYSIS_FORMAT = "ibprobe.analysis/2"
+REFERENCES = ("best", "plain")
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -122,9 +120,10 @@ class TrainConfig:
 
     def dataset_spec(self) -> dict:
         """Keyword arguments of ibprobe.data.load_dataset for this run's data (download never re-triggered)."""
-        return {"name": self.dataset, "data_root": self.data_root, "seed": self.seed,
+        spec = {"name": self.dataset, "data_root": self.data_root, "seed": self.seed,
                 "test_fraction": self.test_fraction, "images_path": self.images_path,
                 "labels_path": self.labels_path, "levels": self.levels}
+        return spec if self.max_train is None else {**spec, "max_train": int(self.max_train)}
 
 
 def _tupled(v: Any) -> Any:
@@ -202,8 +201,14 @@ class Settings:
     decoder: the unconditional DecoderConfig; a job for a layer adds that layer's code shape.
     fit: the FitConfig of one decoder (its runtime fields are filled in per process, see Runtime).
     paired: paired fitting. A first q0(x) is fitted (for `init_epochs`, default the fit's epochs); then the
-        reference q(x) and every q(x|h) continue from q0's weights with the same budget, seed and batch order, the
-        learning rate continuing q0's decayed schedule, so each pair differs only in its (zero-started) code path.
+        reference q(x) and every q(x|h) continue from q0's weights (its best epoch's) with the same budget, seed and
+        batch order, the learning rate continuing q0's decayed schedule from that epoch, so each pair differs only
+        in its (zero-started) code path.
+    decoder_data: the side of the network's training split ("heldout" or "train") whose images the decoders and
+        the probe are fitted and tested on.
+    reference: "best" (of the plain q(x), the label mixture and the code mixtures, chosen on validation images)
+        or "plain" (q(x) alone, as in the paper).
+    mixture_codes: M, the codes of each code mixture (1/M) sum_j q(x|h_j); 0: no code mixtures.
     """
 
     decoder: DecoderConfig
@@ -212,6 +217,9 @@ class Settings:
     probe: bool = True
     paired: bool = True
     init_epochs: int | None = None
+    decoder_data: str = "heldout"
+    reference: str = "best"
+    mixture_codes: int = 16
 
     def __post_init__(self):
         if self.decoder.code_shape is not None:
@@ -219,21 +227,34 @@ class Settings:
         n = self.init_epochs
         if n is not None and (isinstance(n, bool) or int(n) != n or int(n) < 1):
             raise ConfigError(f"init_epochs must be a positive integer or None, got {n!r}")
+        if self.decoder_data not in ("heldout", "train"):
+            raise ConfigError(f"decoder_data must be heldout or train, got {self.decoder_data!r}")
+        if self.reference not in REFERENCES:
+            raise ConfigError(f"--reference must be one of {', '.join(REFERENCES)}, got {self.reference!r}")
+        m = self.mixture_codes
+        if isinstance(m, bool) or int(m) != m or int(m) < 0:
+            raise ConfigError(f"--mixture-codes must be an integer >= 0, got {m!r}")
 
     def decoder_for(self, code_shape=None) -> DecoderConfig:
         """The DecoderConfig of one job: the pinned one with the code's shape (None: unconditional)."""
         shape = None if code_shape is None else tuple(int(s) for s in code_shape)
         return dataclasses.replace(self.decoder, code_shape=shape)
 
-    def stage_fit(self, stage: str, q0_epochs: int | None = None) -> FitConfig:
-        """The FitConfig of a stage: "q0" (paired fitting's start), "q" (the reference and every q(x|h))."""
+    def stage_fit(self, stage: str, q0_best_epoch: int | None = None, repeat: int = 0) -> FitConfig:
+        """The FitConfig of a stage: "q0" (paired fitting's start) or "q" (the references and every q(x|h)).
+
+        With paired fitting, "q" continues q0's schedule from the epoch whose weights it starts from. Repeat r > 0
+        (--repeats) fits with seed + 1000 r: another initialisation, batch order and train/validation split of the
+        same decoder-training images.
+        """
+        fit = self.fit if not repeat else dataclasses.replace(self.fit, seed=self.fit.seed + 1000 * int(repeat))
         if stage == "q0":
-            return self.fit if self.init_epochs is None else dataclasses.replace(self.fit, epochs=int(self.init_epochs))
+            return fit if self.init_epochs is None else dataclasses.replace(fit, epochs=int(self.init_epochs))
         if not self.paired:
-            return self.fit
-        if q0_epochs is None:
-            raise ValueError("paired fitting continues q0's schedule: give the epochs q0 ran")
-        return dataclasses.replace(self.fit, lr=self.fit.lr * self.fit.lr_decay ** int(q0_epochs))
+            return fit
+        if q0_best_epoch is None:
+            raise ValueError("paired fitting continues q0's schedule: give q0's best epoch")
+        return dataclasses.replace(fit, lr=fit.lr * fit.lr_decay ** int(q0_best_epoch))
 
     @property
     def decoder_id(self) -> str:
@@ -255,14 +276,17 @@ class Settings:
         return jsonable({"decoder": {k: v for k, v in self.decoder.to_dict().items() if k != "code_shape"},
                          "fit": {k: v for k, v in asdict(self.fit).items() if k not in RUNTIME_FIELDS},
                          "seed": int(self.seed), "probe": bool(self.probe), "paired": bool(self.paired),
-                         "init_epochs": self.init_epochs})
+                         "init_epochs": self.init_epochs, "decoder_data": self.decoder_data,
+                         "reference": self.reference, "mixture_codes": int(self.mixture_codes)})
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "Settings":
         try:
             fit = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(d["fit"]).items()}
             return cls(decoder=DecoderConfig(**d["decoder"]), fit=FitConfig(**fit), seed=int(d["seed"]),
-                       probe=bool(d["probe"]), paired=bool(d["paired"]), init_epochs=d.get("init_epochs"))
+                       probe=bool(d["probe"]), paired=bool(d["paired"]), init_epochs=d.get("init_epochs"),
+                       decoder_data=d["decoder_data"], reference=d["reference"],
+                       mixture_codes=int(d["mixture_codes"]))
         except (KeyError, TypeError, DecoderError) as e:
             raise ConfigError(f"pinned settings are incomplete or invalid ({type(e).__name__}: {e})") from None
 
@@ -283,14 +307,26 @@ class AnalysisConfig:
     retry_failed: bool = False
     progress: bool = True
     keep_fit_state: bool = False
+    decoder_data: str = "auto"  # heldout | train | auto (held out where it holds enough images)
+    reference: str = "best"  # best | plain
+    mixture_codes: int = 16  # M of the code-mixture references (0: none)
+    repeats: int = 1  # every decoder fitted with this many seeds; the spread between them is reported
+    chain: tuple = ()  # layers of which each is a function of the one before (default: our models' tap order)
+
+    def __post_init__(self):
+        for name, lo in (("jobs", 0), ("seed", 0), ("repeats", 1)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise ConfigError(f"--{name} must be an integer >= {lo}, got {v!r}")
 
     def runtime(self) -> Runtime:
         fit_runtime = tuple(sorted((k, v) for k, v in self.fit.items() if k in RUNTIME_FIELDS))
         return Runtime(device=self.device, progress=self.progress, keep_fit_state=self.keep_fit_state,
                        fit=fit_runtime)
 
-    def settings(self, image_shape, levels: int) -> Settings:
-        """Resolve the overrides against the data and this process's device; every invalid value fails here."""
+    def settings(self, image_shape, levels: int, decoder_data: str = "heldout") -> Settings:
+        """Resolve the overrides against the data and this process's device (the data side resolved by the
+        caller, see ibprobe.source.resolve_side); every invalid value fails here."""
         dev = resolve_device(self.device).type
         data = {"image_shape": tuple(int(s) for s in image_shape), "levels": int(levels)}
         over = dict(self.decoder)
@@ -305,71 +341,5 @@ class AnalysisConfig:
                               {k: v for k, v in self.fit.items() if k not in RUNTIME_FIELDS}, "--fit")
         apply_overrides(fit, {k: v for k, v in self.fit.items() if k in RUNTIME_FIELDS}, "--fit")  # validate them
         return Settings(decoder=decoder, fit=fit, seed=int(self.seed), probe=bool(self.probe),
-                        paired=bool(self.paired), init_epochs=self.init_epochs)
-
-
-# ------------------------------------------------------------------------------------------------ pinning
-def pin_settings(run_dir: str | os.PathLike, settings: Settings, dataset_spec: dict, new_layers) -> list[str]:
-    """Write (or check) DIR/analysis.json under the folder's lock; return every layer the folder analyses.
-
-    A folder that holds results keeps its settings and data: other ones are refused with one line. A folder
-    without results (e.g. a first run that failed) takes the new settings, and loses the partial fits of the old.
-    """
-    run_dir = Path(run_dir)
-    path = run_dir / "analysis.json"
-    new = {"format": ANALYSIS_FORMAT, "dataset": jsonable(dataset_spec), "settings": settings.to_dict()}
-    with try_lock(run_dir / ".analysis.lock", wait=True):
-        old = _read_analysis(path) if path.exists() else None
-        layers = list(dict.fromkeys([*(old or {}).get("layers", []), *new_layers]))
-        if old is not None and (old["settings"], old["dataset"]) != (new["settings"], new["dataset"]):
-            if has_results(run_dir):
-                raise ConfigError(f"{run_dir} already holds results made with other "
-                                  f"{_describe_diff(old, new)}; use a new --out folder, or delete its decoders/ "
-                                  f"and analysis/ to start over")
-            shutil.rmtree(run_dir / "decoders", ignore_errors=True)  # partial fits of the old settings
-            layers = list(dict.fromkeys(new_layers))
-        atomic_write_json(path, {**new, "layers": layers})
-    return layers
-
-
-def read_pinned(run_dir: str | os.PathLike) -> tuple[Settings, dict, list[str]]:
-    """(Settings, dataset spec, layers) pinned in DIR/analysis.json."""
-    path = Path(run_dir) / "analysis.json"
-    if not path.is_file():
-        raise ConfigError(f"{run_dir} holds no analysis (no analysis.json); run `ibprobe run` or "
-                          f"`ibprobe analyze` first")
-    meta = _read_analysis(path)
-    return Settings.from_dict(meta["settings"]), meta["dataset"], list(meta.get("layers", []))
-
-
-def has_results(run_dir: str | os.PathLike) -> bool:
-    """Whether any decoder job of the folder has finished (or failed for good)."""
-    base = Path(run_dir) / "decoders"
-    return base.is_dir() and any(next(base.rglob(n), None) for n in ("result.json", "row.json", "failed.json"))
-
-
-def _read_analysis(path: Path) -> dict:
-    try:
-        meta = read_json(path)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"{path} is unreadable ({type(e).__name__}); delete it (and the folder's decoders/ "
-                          f"and analysis/) to start the analysis over") from None
-    if not isinstance(meta, dict) or meta.get("format") != ANALYSIS_FORMAT:
-        got = meta.get("format") if isinstance(meta, dict) else None
-        raise ConfigError(f"{path} is of format {got!r}, not {ANALYSIS_FORMAT} (it pinned overrides, not resolved "
-                          f"settings); analyse into a new --out folder, or delete its decoders/ and analysis/")
-    return meta
-
-
-def _describe_diff(old: dict, new: dict) -> str:
-    if old["dataset"] != new["dataset"]:
-        return f"data ({old['dataset']} -> {new['dataset']})"
-    a, b = old["settings"], new["settings"]
-    diff = []
-    for k in sorted(set(a) | set(b)):
-        if isinstance(a.get(k), dict) and isinstance(b.get(k), dict):
-            diff += [f"{k}.{j}: {a[k].get(j)} -> {b[k].get(j)}" for j in sorted(set(a[k]) | set(b[k]))
-                     if a[k].get(j) != b[k].get(j)]
-        elif a.get(k) != b.get(k):
-            diff.append(f"{k}: {a.get(k)} -> {b.get(k)}")
-    return "settings (" + "; ".join(diff) + ")"
+                        paired=bool(self.paired), init_epochs=self.init_epochs, decoder_data=decoder_data,
+                        reference=self.reference, mixture_codes=self.mixture_codes)

@@ -88,8 +88,12 @@ def load_dataset(
     images_path: str | os.PathLike | None = None,
     labels_path: str | os.PathLike | None = None,
     levels: int | None = None,
+    max_train: int | None = None,
 ) -> Dataset:
     """Load a dataset by name; see the module docstring. Raises DataError/ConfigError for user mistakes.
+
+    `max_train`: keep a seeded subset of this many images as the training split (a quick run trains on it); the
+    others leave the split, so "the images the network trained on" stays exact.
 
     `levels`: for `npy`, the declared number of intensity levels; for other sets, an optional coarser
     re-quantisation (x * levels // native_levels).
@@ -104,6 +108,8 @@ def load_dataset(
         "test_fraction": float(test_fraction), "images_path": None if images_path is None else str(images_path),
         "labels_path": None if labels_path is None else str(labels_path), "levels": levels,
     }
+    if max_train is not None:
+        spec["max_train"] = int(max_train)
     root = Path(data_root) if data_root is not None else default_data_root()
     split: tuple[np.ndarray, np.ndarray] | None = None  # fixed (train_idx, test_idx) of the source
     if name == "digits":
@@ -130,6 +136,8 @@ def load_dataset(
     if split is None:
         split = stratified_split(labels, test_fraction, seed)
     train_idx, test_idx = split
+    if max_train is not None and int(max_train) < len(train_idx):
+        train_idx = train_idx[np.sort(np.random.default_rng(seed).permutation(len(train_idx))[: int(max_train)])]
     return Dataset(name=name, images=np.ascontiguousarray(images, dtype=np.uint8), labels=labels.astype(np.int64),
                    levels=int(native), classes=list(classes), train_idx=train_idx.astype(np.int64),
                    test_idx=test_idx.astype(np.int64), spec=spec)
@@ -246,8 +254,8 @@ def _load_cinic10(root: Path):
             raise DataError(f"CINIC-10 split {base / s} has classes {cls}, but train has {classes}")
         xs.append(x)
         ys.append(y)
-    n_train = len(xs[0]) + len(xs[1])
-    split = (np.arange(n_train), n_train + np.arange(len(xs[2])))
+    n_train = len(xs[0])  # the network trains on train; valid and test are held out (the paper's protocol)
+    split = (np.arange(n_train), n_train + np.arange(len(xs[1]) + len(xs[2])))
     return np.concatenate(xs), np.concatenate(ys), 256, classes, split
 
 

@@ -1,15 +1,17 @@
 """`estimate_mi`: Î(X;H) and Î(Y;H) for arrays in memory, the Python API behind the run-folder pipeline.
 
 It splits the images once (seeded, stratified by the labels when given), fits q(x) and one q(x|h) per code with
-the pipeline's own paired fit (ibprobe.fit.fit_decoder), and measures them as the pipeline does (ibprobe.measure).
+the pipeline's own paired fit (ibprobe.fit.fit_decoder), chooses one reference for Ĥ(X) on validation images
+(ibprobe.reference) and measures every code against it, as the pipeline does.
 
-Paired fitting is on by default. Measured on the known-answer family flat4 (`ibprobe validate --hard`; N=400,
-1x32x4 decoders; truths 0 / 1 / 2 / 2 / 130 bits for noise / id mod 2 / id / id map / image): independent fits
-(12 epochs, batch 50, lr 1e-2) gave -4.29 / 1.03 / 7.05 / 2.80 / 126.6; paired fitting (8 + 8 epochs, batch 16,
-lr 3e-3) gave -0.61 / 1.27 / 4.05 / 10.25 / 141.8. Sharing q0 cuts the error on the null code ~7x (the pair
-differs only by its code path), at the cost of one extra unconditional fit; neither fixes informative codes when
-q(x) itself is under-trained. Plain warm start (q(x|h) from q(x), Ĥ(X) from that same q(x)) is not offered: the
-conditional decoder would get extra training and the estimate an upward bias.
+Paired fitting is on by default. Measured on the known-answer family flat4 (`ibprobe validate --hard`'s budget:
+N=400, 1x32x4 decoders, 8 epochs, batch 16, lr 3e-3; reference plain; truths 0 / 1 / 2 / 2 / 130 bits for
+noise / id mod 2 / id / band map / image): independent fits gave 3.80 / 4.49 / 11.21 / 7.89 / 148.5, paired
+fitting 0.20 / 1.21 / 4.59 / 9.42 / 144.4. Sharing q0 cuts the error of weak codes many-fold (the pair differs
+only by its code path), at the cost of one extra unconditional fit; it does not fix informative codes when q(x)
+itself is under-trained (ε_X = 16.4 bits there), which the best reference addresses. Plain warm start (q(x|h) from
+q(x), Ĥ(X) from that same q(x)) is not offered: the conditional decoder would get extra training and the estimate
+an upward bias.
 """
 from __future__ import annotations
 
@@ -27,8 +29,9 @@ from ibprobe.data import stratified_split
 from ibprobe.errors import ConfigError, DataError
 from ibprobe.fit import Start, fit_decoder
 from ibprobe.fsutil import sanitize_name
-from ibprobe.measure import MIEstimate, estimate
+from ibprobe.paired import MIEstimate, estimate
 from ibprobe.probe import probe_i_yh
+from ibprobe.reference import CODES, LABELS, PLAIN, choose, label_mixture
 
 __all__ = ["MIEstimate", "estimate_mi"]
 
@@ -37,8 +40,8 @@ MIN_TEST, MIN_TRAIN = 2, 4  # images; fewer cannot give a paired CI or a decoder
 
 def estimate_mi(images, codes, *, levels: int | None = None, labels=None, decoder=None, fit=None,
                 test_fraction: float = 0.2, seed: int = 0, device: str = "auto", workdir=None,
-                progress: bool = True, paired: bool = True,
-                init_epochs: int | None = None) -> MIEstimate | dict[str, MIEstimate]:
+                progress: bool = True, paired: bool = True, init_epochs: int | None = None,
+                reference: str = "best", mixture_codes: int = 16) -> MIEstimate | dict[str, MIEstimate]:
     """Estimate I(X;H) (bits per image) for codes H of images X, and I(Y;H) when labels are given.
 
     Args:
@@ -55,6 +58,10 @@ def estimate_mi(images, codes, *, levels: int | None = None, labels=None, decode
         init_epochs: epochs of q0(x) when paired (default: the fit's epochs). A longer q0 is cheap (it is
             fitted once) and leaves less for each pair to learn, but the pairs continue its decayed learning rate,
             so their code paths then learn more slowly.
+        reference: "best": Ĥ(X) from the best of the plain q(x), the label mixture (with labels) and each code's
+            mixture (1/M) sum_j q(x|h_j), chosen on the decoders' validation images (see ibprobe.reference);
+            "plain": q(x) alone.
+        mixture_codes: M per code mixture (0: none); costs M forward passes per validation and test image.
 
     Returns:
         An MIEstimate, or a dict name -> MIEstimate when `codes` is a dict (q(x) is fitted once and shared).
@@ -88,35 +95,51 @@ def estimate_mi(images, codes, *, levels: int | None = None, labels=None, decode
         raise DataError(f"{n} images are too few for a test_fraction={test_fraction} split: it leaves {len(tr)} "
                         f"train and {len(te)} test images; need at least {MIN_TRAIN} and {MIN_TEST}")
 
-    settings = _settings(decoder, fit, x.shape[1:], levels, device, seed, paired, init_epochs)
+    settings = _settings(decoder, fit, x.shape[1:], levels, device, seed, paired, init_epochs, reference,
+                         mixture_codes)
     runtime = Runtime(device=device, progress=progress)
     x_tr, x_te = x[tr], x[te]
     dims = int(np.prod(x.shape[1:]))
     wd = Path(workdir) if workdir is not None else None
+    best = settings.reference != "plain"
 
-    def one(role: str, sub: str, h, q0: Start | None, desc: str):
+    def one(role: str, sub: str, h, q0: Start | None, desc: str, mixture=None):
         codes_tr, codes_te = (None, None) if h is None else (h[tr], h[te])
         return fit_decoder(settings, runtime, role, x_tr, codes_tr, x_te, codes_te,
-                           workdir=None if wd is None else wd / sub, q0=q0, desc=desc)
+                           workdir=None if wd is None else wd / sub, q0=q0, mixture=mixture, desc=desc)
 
     q0 = None
-    if settings.paired:  # stage 1: q0(x); then q(x) and every q(x|h) continue from it with the same budget
-        _, info0, model0 = one("q0", "_unconditional_init", None, None, "q0(x)")
-        q0 = Start(model0 if model0 is not None else wd / "_unconditional_init" / "decoder.pt",
-                   int(info0["epochs_run"]))
-    h_x, _, _ = one("reference", "_unconditional", None, q0, "q(x)")
+    if settings.paired:  # stage 1: q0(x); then every other decoder continues from it with the same budget
+        f0 = one("q0", "_unconditional_init", None, None, "q0(x)")
+        q0 = Start(f0.model if f0.model is not None else wd / "_unconditional_init" / "decoder.pt",
+                   int(f0.info["best_epoch"]))
+    plain = one("reference", "_unconditional", None, q0, "q(x)")
+    fitted = {name: one("conditional", sanitize_name(name), h, q0, f"q(x|{name})",
+                        settings.mixture_codes if best and settings.mixture_codes else None)
+              for name, h in code_map.items()}
+    candidates = {PLAIN: (plain.val_nll, plain.test_nll)}
+    candidates.update({CODES + name: (f.mix_val_nll, f.mix_test_nll) for name, f in fitted.items()
+                       if f.mix_val_nll is not None})
+    labelled = y is not None and len(np.unique(y[tr])) > 1
+    if best and labelled:
+        k = int(y.max()) + 1
+        onehot = np.eye(k, dtype=np.float32)
+        lab = one("labels", "_labels", onehot[y], q0, "q(x|y)", label_mixture(y[tr], k))
+        candidates[LABELS] = (lab.mix_val_nll, lab.mix_test_nll)
+    ref = choose({name: val for name, (val, _) in candidates.items()}, settings.reference)
     out: dict[str, MIEstimate] = {}
-    for name, h in code_map.items():
-        h_xh, _, _ = one("conditional", sanitize_name(name), h, q0, f"q(x|{name})")
+    for name, f in fitted.items():
         probe = None
-        if y is not None and len(np.unique(y[tr])) > 1:
-            probe = probe_i_yh(h[tr], y[tr], h[te], y[te], num_classes=int(y.max()) + 1, seed=seed)
-        out[name] = estimate(h_x, h_xh, dims=dims, probe=probe)
+        if labelled:
+            probe = probe_i_yh(code_map[name][tr], y[tr], code_map[name][te], y[te], num_classes=int(y.max()) + 1,
+                               seed=seed)
+        out[name] = estimate(candidates[ref][1], f.test_nll, dims=dims, probe=probe, ref=ref,
+                             h_x_plain_bits=float(np.mean(plain.test_nll)))
     return out["code"] if single else out
 
 
 def _settings(decoder, fit, image_shape, levels: int, device: str, seed: int, paired: bool,
-              init_epochs) -> Settings:
+              init_epochs, reference: str, mixture_codes: int) -> Settings:
     """Settings from DecoderConfig/FitConfig objects (used as they are) or dicts of overrides on the defaults."""
     if decoder is not None and not isinstance(decoder, (DecoderConfig, Mapping)):
         raise ConfigError(f"decoder must be a DecoderConfig or a dict of its fields, got {type(decoder).__name__}")
@@ -124,8 +147,9 @@ def _settings(decoder, fit, image_shape, levels: int, device: str, seed: int, pa
         raise ConfigError(f"fit must be a FitConfig or a dict of its fields, got {type(fit).__name__}")
     req = AnalysisConfig(decoder={} if not isinstance(decoder, Mapping) else dict(decoder),
                          fit={} if not isinstance(fit, Mapping) else dict(fit), device=device, seed=int(seed),
-                         paired=bool(paired), init_epochs=init_epochs)
-    settings = req.settings(image_shape, levels)
+                         paired=bool(paired), init_epochs=init_epochs, reference=reference,
+                         mixture_codes=mixture_codes)
+    settings = req.settings(image_shape, levels, decoder_data="heldout")
     if isinstance(decoder, DecoderConfig):
         for k, want in (("image_shape", tuple(int(s) for s in image_shape)), ("levels", int(levels))):
             got = tuple(decoder.image_shape) if k == "image_shape" else decoder.levels

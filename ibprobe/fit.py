@@ -1,13 +1,15 @@
 """The fit stage -> DIR/decoders/: one decoder job per (checkpoint, layer) plus the references, their folders and
 claims, the job index, the one paired fit, and the local worker pool.
 
-A job is one decoder fit. Its folder is fixed (`JobSpec.job_dir`); it writes decoder.pt, fit_log.json and the
-per-image test NLLs (test_nll_bits.npy), then, last and atomically, result.json, which marks it done (failed.json
-marks a job that could not finish, e.g. a NaN loss). Its fit resumes from its own fit_state.pt after a kill,
-which is removed once result.json is written (unless the Runtime keeps it). Everything a job needs is in the run
-folder (analysis.json, source.json, activations/), so a job is a function of (run_dir, job id) alone: this
+A job is one decoder fit. Its folder is fixed (`JobSpec.job_dir`); it writes decoder.pt, fit_log.json and its
+per-image NLLs in bits (test_nll_bits.npy, val_nll_bits.npy on its validation images, and for a mixture reference
+mix_test_nll_bits.npy and mix_val_nll_bits.npy), then, last and atomically, result.json, which marks it done
+(failed.json marks a job that could not finish, e.g. a NaN loss). Its fit resumes from its own fit_state.pt after a
+kill, which is removed once result.json is written (unless the Runtime keeps it). Everything a job needs is in the
+run folder (analysis.json, source.json, activations/), so a job is a function of (run_dir, job id) alone: this
 process, a worker process, `ibprobe run-job RUN_DIR JOB_ID` or a cluster engine can run it, and a rerun skips
-what is finished and resumes what was killed.
+what is finished and resumes what was killed. With paired fitting every job but q0 starts from q0, so q0 (of each
+repeat) goes first; the other jobs are independent of each other.
 
 Concurrency: a job is claimed with an exclusive flock on <job_dir>/.lock, which the kernel drops when its process
 dies: two processes on one folder never fit the same job twice, and a job killed with kill -9 is free at once.
@@ -16,6 +18,7 @@ flock holds on one machine; on a cluster, give each job to one worker (`ibprobe 
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import multiprocessing as mp
 import os
 import signal
@@ -30,43 +33,55 @@ import torch
 from decoders import DecoderError, PixelCNNPP, load_decoder, save_decoder
 from decoders import fitting as decoder_fitting
 from decoders.progress import progress as progress_report
-from ibprobe.capture import ActivationStore
-from ibprobe.config import Runtime, Settings, read_pinned, resolve_device
+from ibprobe.capture import ActivationStore, images_key
+from ibprobe.config import Runtime, Settings, resolve_device
 from ibprobe.errors import DataError, JobFailed, UserError
+from ibprobe.folder import read_pinned
 from ibprobe.fsutil import atomic_np_save, atomic_write_json, epoch_dirname, read_json, sanitize_name, try_lock
-from ibprobe.source import dataset, relative_to_run
+from ibprobe.reference import code_mixture, label_mixture, mixture_nll_bits
+from ibprobe.source import decoder_split, open_source, relative_to_run
 
 REFERENCE = "_unconditional"  # the reference q(x): the one name of its job and folder
 INIT = "_unconditional_init"  # q0(x) of paired fitting: q(x) and every q(x|h) start from it
+LABELS = "_labels"  # q(x|y), the decoder of the label mixture reference
 INDEX = "jobs.json"  # DIR/decoders/jobs.json, the job index
 
 
 @dataclass(frozen=True)
 class JobSpec:
-    """One decoder fit: q(x|h) of `layer` at checkpoint `epoch`, or (layer None) the reference q(x), or with `init`
-    the q0(x) that paired fitting starts every decoder from."""
+    """One decoder fit: q(x|h) of `layer` at checkpoint `epoch`; or (layer None) the reference q(x), with `init` the
+    q0(x) that paired fitting starts every decoder from, with `labels` q(x|y). `repeat` r > 0 is the same fit with
+    another seed (--repeats), in DIR/decoders/_repeat<r>/."""
 
     layer: str | None
     epoch: int | None = None
     checkpoint: str | None = None
     init: bool = False
+    labels: bool = False
+    repeat: int = 0
 
     @property
     def key(self) -> str:
-        """The job id: `layer@epoch`, `_unconditional` or `_unconditional_init`."""
-        if self.layer is None:
-            return INIT if self.init else REFERENCE
-        return f"{self.layer}@{self.epoch}"
+        """The job id: `layer@epoch`, `_unconditional`, `_unconditional_init` or `_labels`, and `#r` for repeat r."""
+        base = (INIT if self.init else LABELS if self.labels else REFERENCE) if self.layer is None \
+            else f"{self.layer}@{self.epoch}"
+        return base + (f"#{self.repeat}" if self.repeat else "")
 
     @property
     def role(self) -> str:
-        return "q0" if self.init else "reference" if self.layer is None else "conditional"
+        return "q0" if self.init else "labels" if self.labels else "reference" if self.layer is None \
+            else "conditional"
 
     def job_dir(self, run_dir: str | os.PathLike) -> Path:
         base = Path(run_dir) / "decoders"
+        if self.repeat:
+            base = base / f"_repeat{int(self.repeat)}"
         if self.layer is None:
-            return base / (INIT if self.init else REFERENCE)
+            return base / (INIT if self.init else LABELS if self.labels else REFERENCE)
         return base / sanitize_name(self.layer) / epoch_dirname(self.epoch)
+
+    def again(self, repeat: int) -> "JobSpec":
+        return dataclasses.replace(self, repeat=int(repeat))
 
 
 def job_state(job_dir: Path) -> str:
@@ -87,9 +102,10 @@ def read_result(job_dir: Path) -> dict | None:
     return None
 
 
-def reference_jobs(settings: Settings) -> list[JobSpec]:
-    """q0(x) (with paired fitting) and q(x), in the order they must be fitted."""
-    return ([JobSpec(None, init=True)] if settings.paired else []) + [JobSpec(None)]
+def reference_jobs(settings: Settings, labelled: bool) -> list[JobSpec]:
+    """q0(x) (with paired fitting), q(x) and, where labels can make a better reference, q(x|y), in fitting order."""
+    return ([JobSpec(None, init=True)] if settings.paired else []) + [JobSpec(None)] + \
+        ([JobSpec(None, labels=True)] if labelled and settings.reference != "plain" else [])
 
 
 def plan_jobs(source, layers) -> list[JobSpec]:
@@ -99,9 +115,9 @@ def plan_jobs(source, layers) -> list[JobSpec]:
 
 def write_job_index(run_dir: Path, specs: list[JobSpec]) -> Path:
     """DIR/decoders/jobs.json: every job of the folder with its id, folder and checkpoint."""
-    jobs = [{"id": s.key, "layer": s.layer, "epoch": s.epoch, "init": s.init,
-             "checkpoint": relative_to_run(s.checkpoint, run_dir), "dir": str(s.job_dir(".").as_posix())}
-            for s in specs]
+    jobs = [{"id": s.key, "layer": s.layer, "epoch": s.epoch, "init": s.init, "labels": s.labels,
+             "repeat": s.repeat, "checkpoint": relative_to_run(s.checkpoint, run_dir),
+             "dir": str(s.job_dir(".").as_posix())} for s in specs]
     return atomic_write_json(run_dir / "decoders" / INDEX, {"jobs": jobs})
 
 
@@ -112,7 +128,8 @@ def read_job_index(run_dir: str | os.PathLike) -> list[JobSpec]:
         raise UserError(f"{run_dir} has no job index ({path}); run `ibprobe run` or `ibprobe analyze` first")
     root = Path(run_dir)
     return [JobSpec(j["layer"], j["epoch"], None if j["checkpoint"] is None else str(root / j["checkpoint"])
-                    if not Path(j["checkpoint"]).is_absolute() else j["checkpoint"], bool(j["init"]))
+                    if not Path(j["checkpoint"]).is_absolute() else j["checkpoint"], bool(j["init"]),
+                    bool(j.get("labels")), int(j.get("repeat", 0)))
             for j in read_json(path)["jobs"]]
 
 
@@ -129,36 +146,55 @@ def find_job(run_dir: str | os.PathLike, job_id: str) -> JobSpec:
 # ------------------------------------------------------------------------------------------------ one paired fit
 @dataclass(frozen=True)
 class Start:
-    """The q0(x) a paired fit continues from: its weights (a model or a decoder.pt) and how many epochs it ran."""
+    """The q0(x) a paired fit continues from: its weights (a model or a decoder.pt) and its best epoch, whose
+    weights those are."""
 
     weights: PixelCNNPP | Path
-    epochs_run: int
+    best_epoch: int
 
     @classmethod
     def from_dir(cls, job_dir: Path) -> "Start":
         res = read_result(job_dir)
         if res is None or res.get("status") != "ok":
             raise JobFailed(f"q0(x), the start of paired fitting, has not finished ({job_dir})")
-        return cls(job_dir / "decoder.pt", int(res["epochs_run"]))
+        return cls(job_dir / "decoder.pt", int(res["best_epoch"]))
+
+
+@dataclass
+class Fitted:
+    """A fitted decoder's per-image NLLs in bits: on the test images, on its validation images and, for a mixture
+    reference, the mixture's on both. `model` is None when the fit was read from its folder."""
+
+    test_nll: np.ndarray
+    val_nll: np.ndarray
+    info: dict
+    mix_test_nll: np.ndarray | None = None
+    mix_val_nll: np.ndarray | None = None
+    model: PixelCNNPP | None = None
+
+
+_OUTPUTS = ("test_nll", "val_nll", "mix_test_nll", "mix_val_nll")  # each saved as <name>_bits.npy
 
 
 def fit_decoder(settings: Settings, runtime: Runtime, role: str, images_train, codes_train, images_test,
-                codes_test, *, workdir: Path | None = None, q0: Start | None = None,
-                desc: str = "") -> tuple[np.ndarray, dict, PixelCNNPP | None]:
-    """Fit one decoder of an analysis; return its per-image test NLLs (bits, float64 [N_test]), info and model.
+                codes_test, *, workdir: Path | None = None, q0: Start | None = None, repeat: int = 0,
+                mixture: int | tuple[np.ndarray, np.ndarray] | None = None, desc: str = "") -> Fitted:
+    """Fit one decoder of an analysis and score it (bits per image).
 
-    role: "q0" (paired fitting's start), "reference" (q(x)) or "conditional" (q(x|h), codes given). With paired
-    settings, the reference and every conditional decoder start from `q0` and continue its learning-rate schedule.
-    With `workdir` the fit is resumable and idempotent: a folder holding result.json is read, not refitted, and
-    the returned model is then None.
+    role: "q0" (paired fitting's start), "reference" (q(x)), "labels" (q(x|y)) or "conditional" (q(x|h)). With
+    paired settings, every role but q0 starts from `q0` and continues its learning-rate schedule. `mixture`: a
+    mixture reference to score too: (codes [K, ...], weights [K]), or M for M codes drawn from the decoder's training
+    codes (never its validation ones, which choose the reference). With `workdir` the fit is resumable and
+    idempotent: a folder holding result.json is read, not refitted.
     """
-    if workdir is not None and (workdir / "result.json").exists() and (workdir / "test_nll_bits.npy").exists():
-        return np.load(workdir / "test_nll_bits.npy").astype(np.float64), read_json(workdir / "result.json"), None
+    if workdir is not None and (workdir / "result.json").exists():
+        return Fitted(info=read_json(workdir / "result.json"),
+                      **{k: _load(workdir / f"{k}_bits.npy") for k in _OUTPUTS})
     if role != "q0" and settings.paired and q0 is None:
         raise ValueError("paired fitting: give the q0 to start from")
     cfg = settings.decoder_for(None if codes_train is None else codes_train.shape[1:])
-    fit_cfg = runtime.fit_config(settings.stage_fit("q0" if role == "q0" else "q",
-                                                    q0.epochs_run if q0 is not None else None))
+    stage = settings.stage_fit("q0" if role == "q0" else "q", q0.best_epoch if q0 is not None else None, repeat)
+    fit_cfg = runtime.fit_config(stage)
     torch.manual_seed(fit_cfg.seed)  # weight init
     model = PixelCNNPP(cfg)
     try:
@@ -166,24 +202,43 @@ def fit_decoder(settings: Settings, runtime: Runtime, role: str, images_train, c
             model.start_from(q0.weights if isinstance(q0.weights, PixelCNNPP) else load_decoder(q0.weights))
         res = decoder_fitting.fit(model, images_train, codes_train, fit_cfg, eval_images=images_test,
                                   eval_codes=codes_test, workdir=workdir, desc=desc)
+        out = Fitted(test_nll=np.asarray(res.eval_nll_bits, np.float64), val_nll=res.val_nll_bits, info={},
+                     model=model)
+        if mixture is not None:
+            if isinstance(mixture, int):
+                train_rows = np.setdiff1d(np.arange(len(images_train)), res.val_idx)
+                codes, weights = code_mixture(_rows(codes_train, train_rows), mixture, settings.seed), None
+            else:
+                codes, weights = mixture
+            out.mix_test_nll = mixture_nll_bits(model, images_test, codes, weights)
+            out.mix_val_nll = mixture_nll_bits(model, _rows(images_train, res.val_idx), codes, weights)
     except FloatingPointError as e:
         raise JobFailed(f"{desc or role}: {e}; try a lower fit lr or grad_clip") from e
     except DecoderError as e:
         raise DataError(f"{desc or role}: {e}") from None
-    info = {"status": "ok", "role": role, "decoder": settings.decoder_id, "curve": res.curve,
-            "best_epoch": int(res.best_epoch), "epochs_run": int(res.epochs_run),
-            "stopped_early": bool(res.stopped_early), "n_test": int(len(res.eval_nll_bits)),
-            "h_bits": float(np.mean(res.eval_nll_bits))}
-    nll = np.asarray(res.eval_nll_bits, dtype=np.float64)
+    out.info = {"status": "ok", "role": role, "decoder": settings.decoder_id, "curve": res.curve,
+                "best_epoch": int(res.best_epoch), "epochs_run": int(res.epochs_run), "epochs": fit_cfg.epochs,
+                "stopped_early": bool(res.stopped_early), "n_test": int(len(out.test_nll)),
+                "h_bits": float(np.mean(out.test_nll)), "mixture": None if mixture is None else len(codes)}
     if workdir is not None:
         save_decoder(model, workdir / "decoder.pt", extra={"decoder_id": settings.decoder_id, "desc": desc})
-        atomic_write_json(workdir / "fit_log.json", {**info, "decoder_config": cfg.to_dict(),
+        atomic_write_json(workdir / "fit_log.json", {**out.info, "decoder_config": cfg.to_dict(),
                                                      "fit_config": asdict(fit_cfg)})
-        atomic_np_save(workdir / "test_nll_bits.npy", nll)
-        atomic_write_json(workdir / "result.json", info)
+        for k in _OUTPUTS:
+            if getattr(out, k) is not None:
+                atomic_np_save(workdir / f"{k}_bits.npy", getattr(out, k))
+        atomic_write_json(workdir / "result.json", out.info)
         if not runtime.keep_fit_state:
             (workdir / "fit_state.pt").unlink(missing_ok=True)
-    return nll, info, model
+    return out
+
+
+def _load(path: Path) -> np.ndarray | None:
+    return np.load(path).astype(np.float64) if path.exists() else None
+
+
+def _rows(arr, idx: np.ndarray) -> np.ndarray:
+    return np.asarray(arr[np.asarray(idx)])
 
 
 # ------------------------------------------------------------------------------------------------ one job
@@ -210,21 +265,28 @@ def run_job(run_dir: str | os.PathLike, spec: JobSpec, runtime: Runtime = Runtim
 
 
 def _fit_job(run_dir: Path, spec: JobSpec, job_dir: Path, runtime: Runtime) -> None:
-    settings, spec_data, _ = read_pinned(run_dir)
-    ds = dataset(spec_data)
-    x_train, x_test = ds.images[ds.train_idx], ds.images[ds.test_idx]
-    q0 = Start.from_dir(JobSpec(None, init=True).job_dir(run_dir)) if settings.paired and not spec.init else None
-    if spec.layer is None:
-        fit_decoder(settings, runtime, spec.role, x_train, None, x_test, None, workdir=job_dir, q0=q0, desc=spec.key)
+    settings, data_spec, _ = read_pinned(run_dir)
+    source, ds = open_source(run_dir)
+    fit_idx, test_idx = decoder_split(ds, settings.decoder_data, settings.seed)
+    x_fit, x_test = ds.images[fit_idx], ds.images[test_idx]
+    q0 = None
+    if settings.paired and not spec.init:
+        q0 = Start.from_dir(JobSpec(None, init=True, repeat=spec.repeat).job_dir(run_dir))
+    kw = dict(workdir=job_dir, q0=q0, repeat=spec.repeat, desc=spec.key)
+    if spec.role in ("q0", "reference"):
+        fit_decoder(settings, runtime, spec.role, x_fit, None, x_test, None, **kw)
         return
-    ref = read_result(JobSpec(None).job_dir(run_dir))
-    if ref is None or ref.get("status") != "ok":
-        raise JobFailed(f"the unconditional reference q(x) has not finished ({JobSpec(None).job_dir(run_dir)})")
+    if spec.labels:
+        y_fit, y_test = ds.labels[fit_idx], ds.labels[test_idx]
+        onehot = np.eye(ds.num_classes, dtype=np.float32)
+        fit_decoder(settings, runtime, "labels", x_fit, onehot[y_fit], x_test, onehot[y_test],
+                    mixture=label_mixture(y_fit, ds.num_classes), **kw)
+        return
     store = ActivationStore(run_dir / "activations")
-    codes_train = store.read(spec.epoch, spec.layer, "train")
-    codes_test = store.read(spec.epoch, spec.layer, "test")
-    fit_decoder(settings, runtime, "conditional", x_train, codes_train, x_test, codes_test, workdir=job_dir, q0=q0,
-                desc=spec.key)
+    codes_fit = store.read(spec.epoch, spec.layer, "fit", images_key(x_fit, source.normalize))
+    codes_test = store.read(spec.epoch, spec.layer, "test", images_key(x_test, source.normalize))
+    mixture = settings.mixture_codes if settings.reference != "plain" and settings.mixture_codes > 0 else None
+    fit_decoder(settings, runtime, "conditional", x_fit, codes_fit, x_test, codes_test, mixture=mixture, **kw)
 
 
 # ------------------------------------------------------------------------------------------------ many jobs

@@ -1,134 +1,151 @@
-"""The measure stage -> DIR/analysis/: Î(X;H) from paired per-image NLLs with a 95% CI, Î(Y;H) from a probe
-(ibprobe.probe), and the schema of analysis/mi.csv with its writer and reader.
+"""The measure stage -> DIR/analysis/: every (checkpoint, layer)'s Î(X;H) against the run's one reference Ĥ(X),
+with a 95% CI from paired per-image NLLs, its spread over seeds, Î(Y;H) from a probe (ibprobe.probe), the
+self-checks and the changes (ibprobe.checks); and the schemas of analysis/mi.csv and analysis/changes.csv.
 
-Ĥ(X) is the held-out cross-entropy of the unconditional decoder q(x), Ĥ(X|H) that of a conditional decoder q(x|h);
-both are scored on the SAME test images, so the estimate and its interval come from per-image paired differences.
-Both are upper bounds of their entropies, so Î is an estimate, not a bound: it is reported as is, negative values
-included. Units: bits per image unless named `bits_per_dim` (bits per sub-pixel, D = C·H·W).
+Ĥ(X) is the held-out cross-entropy of the reference density chosen on validation images (ibprobe.reference),
+Ĥ(X|H) that of a conditional decoder q(x|h); both are scored on the SAME test images. Both are upper bounds of
+their entropies, so Î is an estimate, not a bound: it is reported as is, negative values included. Units: bits
+per image unless named `bits_per_dim` (bits per sub-pixel, D = C·H·W).
 """
 from __future__ import annotations
 
 import csv
 import io
-import math
 import os
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.stats import t as student_t
 
-from ibprobe.capture import ActivationStore
+from ibprobe.capture import ActivationStore, images_key
+from ibprobe.checks import CHANGE_COLUMNS, changes, self_checks
 from ibprobe.config import Settings
 from ibprobe.errors import DataError
-from ibprobe.fit import REFERENCE, JobSpec, read_result
+from ibprobe.fit import JobSpec, read_result
 from ibprobe.fsutil import atomic_write_text
+from ibprobe.paired import MIEstimate, estimate
 from ibprobe.probe import probe_i_yh
-from ibprobe.source import dataset, relative_to_run
+from ibprobe.reference import CODES, LABELS as LABEL_REF, PLAIN, choose
+from ibprobe.source import decoder_split, open_source, relative_to_run
 
 MI_COLUMNS = [
-    "epoch", "checkpoint", "layer", "i_xh_bits", "i_xh_ci_low", "i_xh_ci_high", "h_x_bits",
-    "h_x_given_h_bits", "bits_per_dim", "i_yh_bits", "n_test", "decoder", "status", "error",
+    "epoch", "checkpoint", "layer", "i_xh_bits", "i_xh_ci_low", "i_xh_ci_high", "i_xh_seed_sd", "h_x_bits",
+    "h_x_ref", "h_x_plain_bits", "h_x_given_h_bits", "bits_per_dim", "i_yh_bits", "n_test", "decoder_data",
+    "decoder", "checks", "status", "error",
 ]
-_INT_COLUMNS = {"epoch", "n_test"}
-_TEXT_COLUMNS = {"checkpoint", "layer", "decoder", "status", "error"}
-
-
-@dataclass(frozen=True)
-class MIEstimate:
-    """One I(X;H) estimate. Bits per image unless stated; `bits_per_dim` = bits / D."""
-
-    bits: float                       # Î(X;H) = mean over test images of Ĥ(x) − Ĥ(x|h)
-    ci_low: float                     # 95% t-interval of the paired differences
-    ci_high: float
-    h_x_bits: float                   # held-out mean −log2 q(x)
-    h_x_given_h_bits: float           # held-out mean −log2 q(x|h)
-    bits_per_dim: float
-    n_test: int
-    i_yh_bits: float | None = None    # H(Y) − CE(probe), when labels are given
-    h_y_bits: float | None = None
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def paired_mi(h_x_per_image, h_x_given_h_per_image, *, dims: int) -> dict:
-    """Î = mean of per-image differences −log2 q(x) + log2 q(x|h) on the same test images, bits per image.
-
-    The 95% CI is a Student-t interval on the paired differences (mean ± t_{0.975,n−1}·sd/√n); it is
-    symmetric around, hence always contains, the estimate. Returns keys bits, ci_low, ci_high, h_x_bits,
-    h_x_given_h_bits, bits_per_dim, n_test (and se_bits, the standard error).
-    """
-    a = np.asarray(h_x_per_image, dtype=np.float64).reshape(-1)
-    b = np.asarray(h_x_given_h_per_image, dtype=np.float64).reshape(-1)
-    if a.shape != b.shape:
-        raise DataError(f"paired_mi needs NLLs of the same test images: got {a.size} and {b.size} values")
-    if a.size < 2:
-        raise DataError(f"paired_mi needs at least 2 test images for a CI, got {a.size}")
-    if not (np.isfinite(a).all() and np.isfinite(b).all()):
-        raise DataError("paired_mi: per-image NLLs contain NaN or inf")
-    d = a - b  # (N,) bits
-    n = d.size
-    bits = float(d.mean())
-    se = float(d.std(ddof=1) / math.sqrt(n))
-    half = float(student_t.ppf(0.975, n - 1)) * se
-    return {"bits": bits, "ci_low": bits - half, "ci_high": bits + half, "h_x_bits": float(a.mean()),
-            "h_x_given_h_bits": float(b.mean()), "bits_per_dim": bits / int(dims), "n_test": int(n),
-            "se_bits": se}
-
-
-def estimate(h_x_per_image, h_x_given_h_per_image, *, dims: int, probe: dict | None = None) -> MIEstimate:
-    """An MIEstimate from the two decoders' per-image test NLLs (bits) and, optionally, a probe result."""
-    mi = paired_mi(h_x_per_image, h_x_given_h_per_image, dims=dims)
-    return MIEstimate(bits=mi["bits"], ci_low=mi["ci_low"], ci_high=mi["ci_high"], h_x_bits=mi["h_x_bits"],
-                      h_x_given_h_bits=mi["h_x_given_h_bits"], bits_per_dim=mi["bits_per_dim"],
-                      n_test=mi["n_test"], i_yh_bits=None if probe is None else probe["i_yh_bits"],
-                      h_y_bits=None if probe is None else probe["h_y_bits"])
+_INT_COLUMNS = {"epoch", "n_test", "epoch_to"}
+_TEXT_COLUMNS = {"checkpoint", "layer", "layer_to", "decoder", "status", "error", "h_x_ref", "decoder_data",
+                 "checks", "kind", "significant"}
 
 
 # ------------------------------------------------------------------------------------------------ a run folder
-def measure_jobs(run_dir: str | os.PathLike, specs: list[JobSpec], settings: Settings, dataset_spec: dict,
-                 results: dict[str, dict | None]) -> list[dict]:
-    """The mi.csv rows of the conditional jobs `specs`, from their per-image test NLLs, the reference's, and a
-    probe on the stored codes; a job that failed (or whose reference failed) gives a failed row saying why."""
+def measure_jobs(run_dir: str | os.PathLike, specs: list[JobSpec], settings: Settings, *, repeats: int = 1,
+                 chain: list[str] | None = None) -> tuple[list[dict], list[dict]]:
+    """(mi.csv rows, changes.csv rows) of the conditional jobs `specs` (repeat 0; `repeats` seeds in all).
+
+    A job that failed (or whose reference failed) gives a failed row saying why.
+    """
     run_dir = Path(run_dir)
-    ref_dir = JobSpec(None).job_dir(run_dir)
-    ref = results.get(REFERENCE) or read_result(ref_dir)
-    ds = dataset(dataset_spec)
+    source, ds = open_source(run_dir)
+    fit_idx, test_idx = decoder_split(ds, settings.decoder_data, settings.seed)
     dims = int(np.prod(ds.image_shape))
+    ref_res = read_result(JobSpec(None).job_dir(run_dir))
+    if ref_res is None or ref_res.get("status") != "ok":
+        reason = f"unconditional reference failed: {(ref_res or {}).get('error') or 'did not finish'}"
+        rows = [failed_row(**_where(s, run_dir), error=reason) for s in specs]
+        return rows, []
+    name = choose(_candidates(run_dir, specs, 0, "val"), settings.reference)
+    plain = _nll(JobSpec(None).job_dir(run_dir), "test")
+    ref_test = [_reference_nll(run_dir, specs, name, r, "test") for r in range(repeats)]
     store = ActivationStore(run_dir / "activations")
-    h_x = np.load(ref_dir / "test_nll_bits.npy") if ref is not None and ref.get("status") == "ok" else None
-    rows = []
+    keys = {split: images_key(ds.images[idx], source.normalize) for split, idx in (("fit", fit_idx),
+                                                                                    ("test", test_idx))}
+    rows, nll, infos = [], {}, {}
     for s in specs:
-        res = results.get(s.key) or read_result(s.job_dir(run_dir))
-        where = dict(epoch=s.epoch, checkpoint=relative_to_run(s.checkpoint, run_dir), layer=s.layer)
-        if h_x is None:
-            reason = (ref or {}).get("error") or "did not finish"
-            rows.append(failed_row(**where, error=f"unconditional reference failed: {reason}"))
-            continue
+        res = read_result(s.job_dir(run_dir))
         if res is None or res.get("status") != "ok":
-            rows.append(failed_row(**where, error=(res or {}).get("error") or "did not finish"))
+            rows.append(failed_row(**_where(s, run_dir), error=(res or {}).get("error") or "did not finish"))
             continue
         probe = None
-        labels_train, labels_test = ds.labels[ds.train_idx], ds.labels[ds.test_idx]
-        if settings.probe and len(np.unique(labels_train)) > 1:
-            probe = probe_i_yh(store.read(s.epoch, s.layer, "train"), labels_train,
-                               store.read(s.epoch, s.layer, "test"), labels_test, num_classes=ds.num_classes,
-                               seed=settings.seed)
-        est = estimate(h_x, np.load(s.job_dir(run_dir) / "test_nll_bits.npy"), dims=dims, probe=probe)
-        rows.append(mi_row(est, **where, decoder=res["decoder"]))
-    return rows
+        if settings.probe and len(np.unique(ds.labels[fit_idx])) > 1:
+            probe = probe_i_yh(store.read(s.epoch, s.layer, "fit", keys["fit"]), ds.labels[fit_idx],
+                               store.read(s.epoch, s.layer, "test", keys["test"]), ds.labels[test_idx],
+                               num_classes=ds.num_classes, seed=settings.seed)
+        nll[(s.layer, s.epoch)] = _nll(s.job_dir(run_dir), "test")
+        infos[(s.layer, s.epoch)] = res
+        est = estimate(ref_test[0], nll[(s.layer, s.epoch)], dims=dims, probe=probe, ref=name,
+                       h_x_plain_bits=float(np.mean(plain)))
+        row = mi_row(est, **_where(s, run_dir), decoder=res["decoder"], decoder_data=settings.decoder_data)
+        row["i_xh_seed_sd"] = _seed_sd(run_dir, s, ref_test, est.bits)
+        rows.append(row)
+    flags = self_checks(rows, nll, infos, _reference_info(run_dir, name), chain)
+    for r in rows:
+        r["checks"] = ";".join(flags.get((r["layer"], r["epoch"]), [])) if r["status"] == "ok" else ""
+    return rows, changes(rows, nll, chain)
+
+
+def _where(s: JobSpec, run_dir: Path) -> dict:
+    return dict(epoch=s.epoch, checkpoint=relative_to_run(s.checkpoint, run_dir), layer=s.layer)
+
+
+def _nll(job_dir: Path, which: str, mixture: bool = False) -> np.ndarray:
+    return np.load(job_dir / f"{'mix_' if mixture else ''}{which}_nll_bits.npy").astype(np.float64)
+
+
+def _candidates(run_dir: Path, specs: list[JobSpec], repeat: int, which: str) -> dict[str, np.ndarray]:
+    """Every finished reference candidate's per-image NLLs on the validation ("val") or test images."""
+    plain = JobSpec(None, repeat=repeat).job_dir(run_dir)
+    if not (plain / "result.json").exists():
+        return {}
+    out = {PLAIN: _nll(plain, which)}
+    for spec, name in [(JobSpec(None, labels=True, repeat=repeat), LABEL_REF)] + \
+            [(s.again(repeat), CODES + s.key) for s in specs]:
+        job = spec.job_dir(run_dir)
+        if (job / "result.json").exists() and (job / f"mix_{which}_nll_bits.npy").exists():
+            out[name] = _nll(job, which, mixture=True)
+    return out
+
+
+def _reference_nll(run_dir: Path, specs: list[JobSpec], name: str, repeat: int, which: str) -> np.ndarray | None:
+    """The per-image NLLs of the reference `name` in repeat `repeat` (None if that repeat lacks it)."""
+    return _candidates(run_dir, specs, repeat, which).get(name)
+
+
+def _reference_info(run_dir: Path, name: str) -> dict | None:
+    """The fit result of the plain or label reference's decoder (a code mixture's is its row's own)."""
+    if name == PLAIN:
+        return read_result(JobSpec(None).job_dir(run_dir))
+    if name == LABEL_REF:
+        return read_result(JobSpec(None, labels=True).job_dir(run_dir))
+    return None
+
+
+def _seed_sd(run_dir: Path, s: JobSpec, ref_test: list, bits: float) -> float | None:
+    """The standard deviation of Î over the repeats that finished (None with one seed)."""
+    values = [bits]
+    for r, ref in enumerate(ref_test[1:], start=1):
+        job = s.again(r).job_dir(run_dir)
+        res = read_result(job)
+        if ref is not None and res is not None and res.get("status") == "ok":
+            values.append(float(np.mean(ref - _nll(job, "test"))))
+    return float(np.std(values, ddof=1)) if len(values) > 1 else None
+
+
+def write_changes_csv(path: str | os.PathLike, rows: list[dict]) -> Path:
+    """analysis/changes.csv: ΔÎ with a 95% CI between checkpoints of a layer and between adjacent layers."""
+    return _write_csv(path, rows, CHANGE_COLUMNS)
 
 
 # ------------------------------------------------------------------------------------------------ mi.csv
-def mi_row(est: MIEstimate, *, epoch: int, checkpoint: str | None, layer: str, decoder: str) -> dict:
+def mi_row(est: MIEstimate, *, epoch: int, checkpoint: str | None, layer: str, decoder: str,
+           decoder_data: str | None = None) -> dict:
     """One row of analysis/mi.csv for a finished (checkpoint, layer)."""
     row = {c: None for c in MI_COLUMNS}
     row.update(epoch=int(epoch), checkpoint=checkpoint, layer=layer, i_xh_bits=est.bits, i_xh_ci_low=est.ci_low,
-               i_xh_ci_high=est.ci_high, h_x_bits=est.h_x_bits, h_x_given_h_bits=est.h_x_given_h_bits,
-               bits_per_dim=est.bits_per_dim, i_yh_bits=est.i_yh_bits, n_test=int(est.n_test), decoder=decoder,
-               status="ok", error="")
+               i_xh_ci_high=est.ci_high, h_x_bits=est.h_x_bits, h_x_ref=est.h_x_ref,
+               h_x_plain_bits=est.h_x_plain_bits, h_x_given_h_bits=est.h_x_given_h_bits,
+               bits_per_dim=est.bits_per_dim, i_yh_bits=est.i_yh_bits, n_test=int(est.n_test),
+               decoder_data=decoder_data, decoder=decoder, checks="", status="ok", error="")
     return row
 
 
@@ -142,11 +159,15 @@ def failed_row(*, epoch: int | None, checkpoint: str | None, layer: str | None, 
 
 def write_mi_csv(path: str | os.PathLike, rows: list[dict]) -> Path:
     """analysis/mi.csv, one row per (checkpoint, layer), columns MI_COLUMNS (empty cell = no value)."""
+    return _write_csv(path, rows, MI_COLUMNS)
+
+
+def _write_csv(path: str | os.PathLike, rows: list[dict], columns: list[str]) -> Path:
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=MI_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
     for r in rows:
-        w.writerow({k: _fmt(r.get(k)) for k in MI_COLUMNS})
+        w.writerow({k: _fmt(r.get(k)) for k in columns})
     return atomic_write_text(path, buf.getvalue())
 
 

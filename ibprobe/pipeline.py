@@ -14,22 +14,26 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from ibprobe.capture import ActivationStore, fill_store
-from ibprobe.config import AnalysisConfig, Settings, TrainConfig, apply_overrides, pin_settings, resolve_device
+from ibprobe.config import AnalysisConfig, Settings, TrainConfig, apply_overrides, resolve_device
 from ibprobe.data import load_dataset
-from ibprobe.errors import ConfigError, DataError, UserError
+from ibprobe.errors import ConfigError, UserError
 from ibprobe.fit import plan_jobs, reference_jobs, resolve_jobs, run_jobs, write_job_index
+from ibprobe.folder import pin_settings
 from ibprobe.fsutil import atomic_write_json
-from ibprobe.measure import measure_jobs, write_mi_csv
+from ibprobe.measure import measure_jobs, write_changes_csv, write_mi_csv
 from ibprobe.presets import Preset, get_preset
 from ibprobe.report import draw_figures
-from ibprobe.source import ModelSource, dataset, source_from_run
+from ibprobe.source import ModelSource, dataset, decoder_split, default_chain, resolve_side, source_from_run
 from ibprobe.train import train
 
 
 def run_analysis(out_dir: str | os.PathLike, source: ModelSource, dataset_spec: dict, cfg: AnalysisConfig,
                  settings: Settings | None = None) -> list[dict]:
-    """Capture, fit and measure every (checkpoint, layer) of `source`; write DIR/analysis/mi.csv, return its rows.
+    """Capture, fit and measure every (checkpoint, layer) of `source`; write DIR/analysis/mi.csv and changes.csv,
+    return the mi.csv rows.
 
     `settings` default to `cfg` resolved against the data. Resumable and idempotent: finished jobs are kept, killed
     ones resume; a folder that holds results keeps the settings pinned in its analysis.json.
@@ -40,30 +44,29 @@ def run_analysis(out_dir: str | os.PathLike, source: ModelSource, dataset_spec: 
     if not cfg.layers:
         raise UserError("no layers to analyse; list some with --layers (see `ibprobe layers`)")
     ds = dataset(dataset_spec)
-    if len(ds.test_idx) < 2:
-        raise DataError(f"the test split has {len(ds.test_idx)} images; need at least 2 for a confidence interval")
-    settings = settings or cfg.settings(ds.image_shape, ds.levels)
+    settings = settings or cfg.settings(ds.image_shape, ds.levels, resolve_side(ds, cfg.decoder_data))
+    fit_idx, test_idx = decoder_split(ds, settings.decoder_data, settings.seed)
     run_dir.mkdir(parents=True, exist_ok=True)
     layers = pin_settings(run_dir, settings, dataset_spec, cfg.layers)
     atomic_write_json(run_dir / "source.json", source.to_dict(run_dir))
     device = resolve_device(cfg.device)
-    fill_store(ActivationStore(run_dir / "activations"), source, ds, cfg.layers, device=device,
-               progress=cfg.progress)
+    fill_store(ActivationStore(run_dir / "activations"), source, {"fit": ds.images[fit_idx],
+                                                                  "test": ds.images[test_idx]},
+               cfg.layers, levels=ds.levels, device=device, progress=cfg.progress)
 
-    refs, specs = reference_jobs(settings), plan_jobs(source, cfg.layers)
-    write_job_index(run_dir, refs + plan_jobs(source, layers))
-    runtime = cfg.runtime()
-    results: dict[str, dict] = {}
-    for ref in refs:  # one at a time, in this process: every other job starts from them
-        results.update(run_jobs(run_dir, [ref], runtime, jobs=1, retry_failed=cfg.retry_failed,
-                                desc="unconditional q(x)"))
-        if results[ref.key].get("status") != "ok":
-            break
-    else:
-        results.update(run_jobs(run_dir, specs, runtime, jobs=resolve_jobs(cfg.jobs, device),
-                                retry_failed=cfg.retry_failed))
-    rows = measure_jobs(run_dir, specs, settings, dataset_spec, results)
+    refs = reference_jobs(settings, labelled=len(np.unique(ds.labels[fit_idx])) > 1)
+    specs = plan_jobs(source, cfg.layers)
+    write_job_index(run_dir, [j.again(r) for r in range(cfg.repeats) for j in refs + plan_jobs(source, layers)])
+    todo = [j.again(r) for r in range(cfg.repeats) for j in refs + specs]
+    runtime, jobs = cfg.runtime(), resolve_jobs(cfg.jobs, device)
+    starts = [j for j in todo if j.init]  # every other job of a repeat starts from its q0(x)
+    done = run_jobs(run_dir, starts, runtime, jobs=jobs, retry_failed=cfg.retry_failed, desc="q0(x)")
+    if all(r and r.get("status") == "ok" for r in done.values()):
+        run_jobs(run_dir, [j for j in todo if not j.init], runtime, jobs=jobs, retry_failed=cfg.retry_failed)
+    rows, change_rows = measure_jobs(run_dir, specs, settings, repeats=cfg.repeats,
+                                     chain=list(cfg.chain) or default_chain(source, cfg.layers))
     write_mi_csv(run_dir / "analysis" / "mi.csv", rows)
+    write_changes_csv(run_dir / "analysis" / "changes.csv", change_rows)
     return rows
 
 
@@ -83,8 +86,9 @@ def regime_dirs(out_dir: str | os.PathLike, preset: Preset, regimes=None) -> dic
 def preset_configs(preset: str | Preset, regime: str, *, data_root: str | None = None, download: bool = False,
                    seed: int = 0, train_overrides: dict | None = None, layers=None, decoder: dict | None = None,
                    fit: dict | None = None, device: str = "auto", jobs: int = 0, progress: bool = True,
-                   probe: bool = True, retry_failed: bool = False,
-                   keep_fit_state: bool = False) -> tuple[TrainConfig, AnalysisConfig]:
+                   probe: bool = True, retry_failed: bool = False, keep_fit_state: bool = False,
+                   decoder_data: str = "auto", reference: str = "best", mixture_codes: int = 16,
+                   repeats: int = 1) -> tuple[TrainConfig, AnalysisConfig]:
     """The TrainConfig and AnalysisConfig of one regime of a preset, with the user's overrides."""
     p = get_preset(preset) if isinstance(preset, str) else preset
     tkw = dict(p.train, regime=regime, seed=seed)
@@ -98,7 +102,8 @@ def preset_configs(preset: str | Preset, regime: str, *, data_root: str | None =
     acfg = AnalysisConfig(layers=tuple(layers or p.layers[regime]), decoder={**p.decoder, **(decoder or {})},
                           fit={**p.fit, **(fit or {})}, init_epochs=p.init_epochs, device=device, jobs=jobs,
                           seed=seed, probe=probe, retry_failed=retry_failed, progress=progress,
-                          keep_fit_state=keep_fit_state)
+                          keep_fit_state=keep_fit_state, decoder_data=decoder_data, reference=reference,
+                          mixture_codes=mixture_codes, repeats=repeats)
     return tcfg, acfg
 
 
@@ -114,7 +119,8 @@ def run_preset(preset: str | Preset, out_dir: str | os.PathLike, *, regimes=None
     for regime, run_dir in dirs.items():
         tcfg, acfg = preset_configs(p, regime, **overrides)
         ds = load_dataset(**tcfg.dataset_spec(), download=True) if tcfg.download else dataset(tcfg.dataset_spec())
-        plans[regime] = (run_dir, tcfg, acfg, acfg.settings(ds.image_shape, ds.levels))
+        plans[regime] = (run_dir, tcfg, acfg, acfg.settings(ds.image_shape, ds.levels,
+                                                            resolve_side(ds, acfg.decoder_data)))
     results = {}
     for regime, (run_dir, tcfg, acfg, settings) in plans.items():
         if acfg.progress:

@@ -18,9 +18,10 @@ import numpy as np
 
 from decoders import DecoderError, check_images
 from ibprobe.capture import capture, check_layers
-from ibprobe.checkpoints import list_checkpoints, load_run_config, load_run_model, load_weights, resolve_checkpoints
+from ibprobe.checkpoints import (build_run_model, list_checkpoints, load_run_checkpoint, load_run_config, load_run_model,
+                                 load_weights, resolve_checkpoints)
 from ibprobe.config import AnalysisConfig, Settings
-from ibprobe.data import Dataset, describe_sizes, load_dataset
+from ibprobe.data import Dataset, describe_sizes, load_dataset, stratified_split
 from ibprobe.errors import ConfigError, DataError, UserError
 from ibprobe.fsutil import jsonable, read_json, sanitize_name
 from ibprobe.models import build_model
@@ -67,6 +68,13 @@ class ModelSource:
             raise ConfigError(f"unknown model source kind {self.kind!r}")
         return model.eval()
 
+    def build(self):
+        """The network this source describes, untrained (for its layer names and structure)."""
+        if self.kind == "run":
+            return build_run_model(load_run_checkpoint(self.checkpoints[0][1])["config"])
+        return build_model(self.model, in_shape=tuple(self.in_shape), num_classes=self.num_classes,
+                           **dict(self.model_args))
+
     def to_dict(self, root: Path | None = None) -> dict:
         d = asdict(self)
         d["checkpoints"] = [[int(e), _relative(p, root)] for e, p in self.checkpoints]
@@ -93,6 +101,13 @@ def _relative(p: str | os.PathLike, root: Path | None) -> str:
 def _absolute(p: str, root: Path | None) -> str:
     q = Path(p)
     return str(q if q.is_absolute() or root is None else (Path(root) / q))
+
+
+def default_chain(source: ModelSource, layers) -> list[str]:
+    """The analysed layers that lie on the network's main path, in forward order (each a function of the one
+    before), for the data-processing self-check; [] for a network that does not say (give --chain)."""
+    names = getattr(source.build(), "chain_names", None)
+    return [l for l in names() if l in set(layers)] if names else []
 
 
 def relative_to_run(path: str | os.PathLike | None, run_dir: Path) -> str | None:
@@ -207,6 +222,42 @@ def parse_layers(layers) -> tuple[str, ...]:
     return out
 
 
+# ------------------------------------------------------------------------------------------------ data side
+SIDES = ("heldout", "train")
+HELDOUT_MIN = 5000  # held-out images that can carry the decoders alone (CIFAR-10 test: 10,000; digits: 359)
+DECODER_TEST_FRACTION = 0.2  # of the chosen side; the decoders hold out 10% of the rest for validation
+
+
+def resolve_side(ds: Dataset, requested: str = "auto") -> str:
+    """The side of the network's training split the decoders and the probe use: "heldout" (images the network
+    never saw) where it holds at least HELDOUT_MIN images, else "train". User arrays (`npy`) are one side as a
+    whole, held out unless said otherwise."""
+    if requested not in ("auto", *SIDES):
+        raise ConfigError(f"--decoder-data must be auto, heldout or train, got {requested!r}")
+    if requested != "auto":
+        return requested
+    return "heldout" if ds.name == "npy" or len(ds.test_idx) >= HELDOUT_MIN else "train"
+
+
+def side_indices(ds: Dataset, side: str) -> np.ndarray:
+    """The images of one side: the network's test split ("heldout") or its training split; all of a user's
+    arrays (they are one side, whichever the user says it is)."""
+    if ds.name == "npy":
+        return np.arange(len(ds.images), dtype=np.int64)
+    return np.asarray(ds.test_idx if side == "heldout" else ds.train_idx, dtype=np.int64)
+
+
+def decoder_split(ds: Dataset, side: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(fit, test) image indices, both from one side: the decoders and the probe are fitted on `fit` (which each
+    fit splits again into train and validation) and scored on `test`. Stratified by label, seeded."""
+    pool = side_indices(ds, side)
+    fit, test = stratified_split(ds.labels[pool], DECODER_TEST_FRACTION, seed)
+    if len(test) < 2 or len(fit) < 4:
+        raise DataError(f"the {side} side holds {len(pool)} images, too few to fit decoders on ({len(fit)}) and "
+                        f"test them ({len(test)}); need at least 4 and 2")
+    return pool[fit], pool[test]
+
+
 # ------------------------------------------------------------------------------------------------ sources
 @dataclass
 class Prepared:
@@ -243,7 +294,8 @@ def prepare_analysis(*, model: str, checkpoints, dataset_spec: dict, cfg: Analys
     check_dataset(ds)
     in_shape = ds.image_shape
     norm = normalize if normalize is None or isinstance(normalize, tuple) else parse_normalize(normalize, in_shape[0])
-    settings = cfg.settings(in_shape, ds.levels)
+    settings = cfg.settings(in_shape, ds.levels, resolve_side(ds, cfg.decoder_data))
+    decoder_split(ds, settings.decoder_data, settings.seed)  # enough images on that side?
     margs = dict(model_args or {})
     num_classes = int(margs.pop("num_classes", ds.num_classes))
     net = build_model(model, in_shape=in_shape, num_classes=num_classes, **margs)

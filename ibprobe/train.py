@@ -164,10 +164,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, *, device: str = "auto",
     else:
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
-    x_train, y_train = ds.split("train")
-    if cfg.max_train is not None and cfg.max_train < len(x_train):
-        keep = np.sort(np.random.default_rng(cfg.seed).permutation(len(x_train))[: cfg.max_train])
-        x_train, y_train = x_train[keep], y_train[keep]
+    x_train, y_train = ds.split("train")  # with max_train, the seeded subset load_dataset keeps
     x_test, y_test = ds.split("test")
     n = len(x_train)
     steps_per_epoch = math.ceil(n / cfg.batch_size)

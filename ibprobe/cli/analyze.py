@@ -46,6 +46,8 @@ def add_parser(sub) -> None:
                    "'M1,..,MC,S1,..,SC' per channel, or a preset: " + ", ".join(NORMALIZE_PRESETS))
     p.add_argument("--out", required=True, metavar="DIR", help="analysis folder (created; rerun to resume)")
     flags.add_analysis(p, jobs_default=1)
+    p.add_argument("--chain", metavar="A,B,C", help="layers each of which is a function of the one before, for the "
+                   "data-processing self-check (our models give theirs)")
     flags.add_device(p)
     flags.add_seed(p)
     flags.add_figures(p)

@@ -9,19 +9,23 @@ from ibprobe.checkpoints import build_run_model, load_run_config
 from ibprobe.cli import flags
 from ibprobe.config import resolve_device
 from ibprobe.errors import ConfigError
-from ibprobe.source import dataset, parse_layers, source_from_run
+from ibprobe.source import dataset, decoder_split, parse_layers, resolve_side, source_from_run
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "capture", help="store a run's layer activations at its checkpoints (float16 .npy)",
-        description="For each chosen checkpoint, run the model on the train and test splits and stream the chosen "
-        "layers to DIR/activations/epoch_XXXX/<layer>/<split>.npy, with a manifest.json per epoch. Already stored "
-        "entries are kept.")
+        description="For each chosen checkpoint, run the model on the analysis images (the decoders' fit and test "
+        "images, from one side of the network's training split, as `ibprobe run` chooses them) and stream the "
+        "chosen layers to DIR/activations/epoch_XXXX/<layer>/<split>.npy, with a manifest.json per epoch. Entries "
+        "already stored from the same images are kept.")
     p.add_argument("--run", required=True, metavar="DIR", help="training run folder")
     flags.add_layers(p, required=True)
     p.add_argument("--epochs", metavar="0,3", help="checkpoint epochs (default: all)")
-    p.add_argument("--splits", default="train,test", metavar="train,test", help="which splits (default both)")
+    p.add_argument("--splits", default="fit,test", metavar="fit,test", help="which image sets (default both)")
+    p.add_argument("--decoder-data", default="auto", choices=["auto", "heldout", "train"],
+                   help="the side of the network's training split the images come from (default auto)")
+    flags.add_seed(p, "seed of the split into fit and test images")
     p.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default 256)")
     p.add_argument("--overwrite", action="store_true", help="recompute entries already stored")
     flags.add_device(p)
@@ -34,7 +38,7 @@ def handler(args) -> int:
     layers = parse_layers(args.layers)
     splits = flags.parse_list(args.splits)
     if not splits or any(s not in SPLITS for s in splits):
-        raise ConfigError(f"--splits must list train and/or test, got {args.splits!r}")
+        raise ConfigError(f"--splits must list fit and/or test, got {args.splits!r}")
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     source, spec = source_from_run(run)
@@ -46,9 +50,12 @@ def handler(args) -> int:
         raise ConfigError(f"no checkpoint for epoch(s) {missing} in {run}; available: "
                           f"{[e for e, _ in source.checkpoints]}")
     check_layers(build_run_model(load_run_config(run)), layers)
+    ds = dataset(spec)
+    sets = dict(zip(SPLITS, decoder_split(ds, resolve_side(ds, args.decoder_data), args.seed)))
     store = ActivationStore(run / "activations")
-    fill_store(store, source, dataset(spec), layers, epochs=wanted, splits=splits, device=resolve_device(args.device),
-               batch_size=args.batch_size, overwrite=args.overwrite, progress=not args.quiet)
+    fill_store(store, source, {s: ds.images[sets[s]] for s in splits}, layers, levels=ds.levels, epochs=wanted,
+               device=resolve_device(args.device), batch_size=args.batch_size, overwrite=args.overwrite,
+               progress=not args.quiet)
     if not args.quiet:
         print(f"stored {len(layers)} layer(s) x {len(splits)} split(s) in {store.root}", file=sys.stderr)
     return 0

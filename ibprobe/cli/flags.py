@@ -66,6 +66,16 @@ def add_analysis(p, jobs_default: int) -> None:
     g.add_argument("--retry-failed", action="store_true", help="rerun jobs that failed before (e.g. NaN loss)")
     g.add_argument("--keep-fit-state", action="store_true",
                    help="keep each finished job's fit_state.pt (its optimizer state; about 3x the decoder)")
+    g.add_argument("--decoder-data", default="auto", choices=["auto", "heldout", "train"],
+                   help="the side of the network's training split whose images the decoders and probes are fitted "
+                   "and tested on (default auto: held out where it holds enough images)")
+    g.add_argument("--reference", default="best", choices=["best", "plain"],
+                   help="the reference for H(X): the best valid density on validation images (default), or the "
+                   "plain q(x) as in the paper")
+    g.add_argument("--mixture-codes", type=int, default=16, metavar="M",
+                   help="codes per code-mixture reference; costs M forward passes per scored image (0: none)")
+    g.add_argument("--repeats", type=int, default=1, metavar="K",
+                   help="fit every decoder with K seeds and report the spread (i_xh_seed_sd); K times the work")
 
 
 def add_train(p) -> None:
@@ -86,7 +96,9 @@ def analysis_config(args, layers=None) -> AnalysisConfig:
     return AnalysisConfig(layers=tuple(layers or ()), decoder=parse_kv(args.decoder, "--decoder"),
                           fit=parse_kv(args.fit, "--fit"), device=args.device, jobs=args.jobs, seed=args.seed,
                           probe=not args.no_probe, retry_failed=args.retry_failed, progress=not args.quiet,
-                          keep_fit_state=args.keep_fit_state)
+                          keep_fit_state=args.keep_fit_state, decoder_data=args.decoder_data,
+                          reference=args.reference, mixture_codes=args.mixture_codes, repeats=args.repeats,
+                          chain=tuple(parse_list(getattr(args, "chain", None)) or ()))
 
 
 def parse_value(text: str) -> Any:
@@ -144,8 +156,11 @@ def parse_list(text: str | None) -> list[str] | None:
 
 # ------------------------------------------------------------------------------------------------ output
 def print_summary(title: str, rows: list[dict], file=sys.stdout) -> None:
-    """A compact table of mi.csv rows."""
-    print(f"\n[{title}] I(X;H) and I(Y;H), bits per image (95% CI):", file=file)
+    """A compact table of mi.csv rows, then how many estimates a self-check flagged."""
+    ok = [r for r in rows if r.get("status") == "ok"]
+    side = ok[0].get("decoder_data") if ok else None
+    ref = f"; reference {ok[0].get('h_x_ref')}" if ok else ""
+    print(f"\n[{title}] I(X;H) and I(Y;H), bits per image (95% CI); decoders on the {side} images{ref}:", file=file)
     print(f"  {'layer':<18} {'epoch':>5} {'I(X;H)':>8} {'95% CI':>19} {'I(Y;H)':>7}", file=file)
     for r in rows:
         if r.get("status") != "ok":
@@ -153,7 +168,12 @@ def print_summary(title: str, rows: list[dict], file=sys.stdout) -> None:
             continue
         iy = "" if r.get("i_yh_bits") is None else f"{r['i_yh_bits']:.2f}"
         ci = f"[{r['i_xh_ci_low']:.1f}, {r['i_xh_ci_high']:.1f}]"
-        print(f"  {r['layer']:<18} {r['epoch']:>5} {r['i_xh_bits']:>8.1f} {ci:>19} {iy:>7}", file=file)
+        print(f"  {r['layer']:<18} {r['epoch']:>5} {r['i_xh_bits']:>8.1f} {ci:>19} {iy:>7}  {r.get('checks') or ''}",
+              file=file)
+    flagged = [r for r in ok if r.get("checks")]
+    kinds = sorted({c for r in flagged for c in r["checks"].split(";")})
+    print(f"  {len(flagged)} of {len(ok)} estimates flagged" + (f" ({', '.join(kinds)})" if kinds else "")
+          + "; see checks in analysis/mi.csv and README 'Self-checks'", file=file)
 
 
 def print_written(t0: float, written, rows: list[dict], where: str) -> int:

@@ -47,7 +47,8 @@ def handler(args) -> int:
         download=args.download, device=acfg.device, jobs=acfg.jobs, seed=acfg.seed,
         layers=parse_layers(args.layers) if args.layers else None, decoder=acfg.decoder, fit=acfg.fit,
         train_overrides=flags.parse_kv(args.train, "--train"), progress=acfg.progress, probe=acfg.probe,
-        retry_failed=acfg.retry_failed, keep_fit_state=acfg.keep_fit_state,
+        retry_failed=acfg.retry_failed, keep_fit_state=acfg.keep_fit_state, decoder_data=acfg.decoder_data,
+        reference=acfg.reference, mixture_codes=acfg.mixture_codes, repeats=acfg.repeats,
     )
     written = []
     for regime, run_dir in regime_dirs(out, preset, args.regime).items():

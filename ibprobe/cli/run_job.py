@@ -12,9 +12,9 @@ def add_parser(sub) -> None:
     p = sub.add_parser(
         "run-job", help="run one decoder job of an analysed folder by its id",
         description="Run one decoder job of an analysed folder: the engine-neutral unit of work for a cluster. "
-        "Job ids are in RUN_DIR/decoders/jobs.json. The references (_unconditional_init, then _unconditional) "
-        "must finish before the conditional jobs (layer@epoch); then rerun `ibprobe run` or `ibprobe analyze` "
-        "to measure and draw. Exit 0: done; 1: the job failed; 3: another process holds it.")
+        "Job ids are in RUN_DIR/decoders/jobs.json. With paired fitting, _unconditional_init (q0) must finish "
+        "before the others (_unconditional, _labels, layer@epoch; #r for repeat r); then rerun `ibprobe run` or "
+        "`ibprobe analyze` to measure and draw. Exit 0: done; 1: the job failed; 3: another process holds it.")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a folder prepared by `ibprobe run` or `ibprobe analyze`")
     p.add_argument("job_id", metavar="JOB_ID", help="e.g. _unconditional or layer2@10 (see RUN_DIR/decoders/jobs.json)")
     p.add_argument("--retry-failed", action="store_true", help="rerun the job if it failed before")

@@ -18,6 +18,8 @@ def add_parser(sub) -> None:
     which.add_argument("--hard", action="store_true",
                        help="only the families that are hard for a small convolutional decoder (expected to miss; "
                        "see ibprobe/validate.py)")
+    p.add_argument("--reference", default="best", choices=["best", "plain"],
+                   help="the reference for H(X): the best valid density on validation images (default) or plain q(x)")
     flags.add_device(p)
     flags.add_seed(p, "seed for the data, split and decoders")
     flags.add_quiet(p)
@@ -27,6 +29,6 @@ def add_parser(sub) -> None:
 def handler(args) -> int:
     log = None if args.quiet else (lambda s: print(s, file=sys.stderr))
     report = run_validation(quick=args.quick, hard=args.hard, device=args.device, seed=args.seed,
-                            progress=not args.quiet, log=log)
+                            progress=not args.quiet, log=log, reference=args.reference)
     print(format_table(report))
     return 0 if report.ok else 1

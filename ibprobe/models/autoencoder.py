@@ -120,11 +120,15 @@ class ResNetAutoencoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.output(self.decoder(self.encode(x)))  # (B, C, H, W)
 
-    def tap_names(self) -> list[str]:
-        names = ["encoder.stem"] + stage_tap_names(self.encoder.stages(), "encoder.")
+    def tap_names(self, branches: bool = True) -> list[str]:
+        names = ["encoder.stem"] + stage_tap_names(self.encoder.stages(), "encoder.", branches)
         names.append("bottleneck")
-        names += stage_tap_names(self.decoder.stages(), "decoder.")
+        names += stage_tap_names(self.decoder.stages(), "decoder.", branches)
         return names + ["decoder.head", "output"]
+
+    def chain_names(self) -> list[str]:
+        """The taps on the main path, in order: each is a function of the one before."""
+        return self.tap_names(branches=False)
 
 
 __all__ = ["ResNetAEConfig", "ResNetAutoencoder", "BasicBlock"]

@@ -163,14 +163,20 @@ class ResNet(nn.Module):
         """Module paths worth tapping, in forward order."""
         return ["stem"] + stage_tap_names(self.stages(), "") + ["pool", "fc"]
 
+    def chain_names(self) -> list[str]:
+        """The taps on the main path, in order: each is a function of the one before (a residual branch's inner
+        activations are not), so none can hold more information about the input than the one before."""
+        return ["stem"] + stage_tap_names(self.stages(), "", branches=False) + ["pool", "fc"]
 
-def stage_tap_names(stages: list[nn.Sequential], prefix: str) -> list[str]:
+
+def stage_tap_names(stages: list[nn.Sequential], prefix: str, branches: bool = True) -> list[str]:
+    """Block and stage outputs of `stages`, and with `branches` the activations inside each residual branch."""
     names = []
     for s, stage in enumerate(stages, start=1):
         for b, block in enumerate(stage):
             if isinstance(block, BasicBlock):
                 names.append(f"{prefix}layer{s}.{b}")
-                for i in range(1, block.depth):
+                for i in range(1, block.depth if branches else 1):
                     names.append(f"{prefix}layer{s}.{b}.relu{i}")
         names.append(f"{prefix}layer{s}")
     return names

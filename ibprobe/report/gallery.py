@@ -67,7 +67,8 @@ def find_decoders(run_dir: str | os.PathLike) -> dict[tuple[str | None, int | No
         return found
     for spec in read_job_index(run_dir):
         job = spec.job_dir(run_dir)
-        if not spec.init and job_state(job) == "done" and (job / "decoder.pt").is_file():
+        if spec.role in ("reference", "conditional") and not spec.repeat and job_state(job) == "done" \
+                and (job / "decoder.pt").is_file():
             found[(spec.layer, spec.epoch)] = job / "decoder.pt"
     return found
 

@@ -130,10 +130,14 @@ def info_plane(rows: list[dict], *, title: str | None = None):
         ax.errorbar(x, y, xerr=_asym_err(lr, "i_xh_bits", "i_xh_ci_low", "i_xh_ci_high"), fmt="none",
                     ecolor=colours[layer], elinewidth=0.9, capsize=2, alpha=0.8, zorder=1)
         ax.plot(x, y, "-", color=colours[layer], lw=1.4, alpha=0.85, zorder=2, label=layer, gid="trajectory")
-        ax.scatter(x, y, c=e + 1, cmap=cmap, norm=norm, marker=marker, s=42, edgecolors=colours[layer],
+        f = _flagged(lr)
+        ax.scatter(x[~f], y[~f], c=e[~f] + 1, cmap=cmap, norm=norm, marker=marker, s=42, edgecolors=colours[layer],
                    linewidths=1.2, zorder=3)
+        ax.scatter(x[f], y[f], facecolors="white", marker=marker, s=42, edgecolors=colours[layer], linewidths=1.2,
+                   zorder=3, gid="flagged")
         handles.append(Line2D([], [], color=colours[layer], marker=marker, markerfacecolor="white",
                               markeredgecolor=colours[layer], lw=1.4, label=layer))
+    handles += _flag_handles(drawn)
     ax.set_xlabel("I(X;H)  [bits per image]")
     ax.set_ylabel("I(Y;H)  [bits per image]")
     ax.grid(True, lw=0.4, alpha=0.4)
@@ -170,11 +174,29 @@ def _symlog_epochs(ax, epochs: list[int]) -> None:
         ax.set_xticklabels([str(e) for e in epochs])
 
 
-def mi_vs_epoch(rows: list[dict], *, title: str | None = None):
+def _flagged(rows: list[dict]) -> np.ndarray:
+    """Which rows a self-check flagged (their `checks` cell is not empty)."""
+    return np.array([bool(r.get("checks")) for r in rows], dtype=bool)
+
+
+def _flag_handles(rows: list[dict]) -> list:
+    from matplotlib.lines import Line2D
+
+    if not _flagged(rows).any():
+        return []
+    return [Line2D([], [], ls="none", marker="o", markerfacecolor="white", markeredgecolor="0.3",
+                   label="hollow: flagged by a self-check\n(the checks column of mi.csv)")]
+
+
+def mi_vs_epoch(rows: list[dict], *, changes: list[dict] | None = None, title: str | None = None):
     """I(X;H) (and I(Y;H) when present) against epoch, bits per image, one line per layer with 95% CI bands.
 
-    The epoch axis is symlog (linear below 1), so the initialisation at epoch 0 is shown.
+    The epoch axis is symlog (linear below 1), so the initialisation at epoch 0 is shown. Points a self-check
+    flagged are hollow. With `changes` (analysis/changes.csv), a star marks each step between checkpoints whose
+    change of I(X;H) is significant (its 95% CI excludes 0).
     """
+    from matplotlib.lines import Line2D
+
     drawn = _ok(rows, "i_xh_bits", "epoch")
     if not drawn:
         raise DataError("no finished rows with I(X;H) to draw against epoch")
@@ -192,13 +214,28 @@ def mi_vs_epoch(rows: list[dict], *, title: str | None = None):
         err = _asym_err(lr, "i_xh_bits", "i_xh_ci_low", "i_xh_ci_high")
         ax.fill_between(e, v - err[0], v + err[1], color=colours[layer], alpha=0.2, lw=0, gid="ci_band")
         ax.plot(e, v, "-", marker=_MARKERS[i % len(_MARKERS)], ms=4, color=colours[layer], lw=1.5, label=layer)
+        f = _flagged(lr)
+        if f.any():
+            ax.plot(e[f], v[f], ls="none", marker=_MARKERS[i % len(_MARKERS)], ms=4, mfc="white",
+                    mec=colours[layer], gid="flagged")
+        at = {r["epoch"]: r["i_xh_bits"] for r in lr}
+        for c in changes or []:
+            if c.get("kind") == "epoch" and c["layer"] == layer and str(c.get("significant")) == "True" \
+                    and c["epoch"] in at and c["epoch_to"] in at:
+                ax.plot(_mid(c["epoch"], c["epoch_to"]), (at[c["epoch"]] + at[c["epoch_to"]]) / 2, ls="none",
+                        marker="*", ms=7, color=colours[layer], gid="significant_change")
+    handles, labels = ax.get_legend_handles_labels()
+    extra = _flag_handles(drawn)
+    if any(str(c.get("significant")) == "True" and c.get("kind") == "epoch" for c in changes or []):
+        extra.append(Line2D([], [], ls="none", marker="*", color="0.3",
+                            label="star: significant change\nbetween checkpoints (95% CI)"))
     ax.set_xlabel("epoch (symlog axis)")
     ax.set_ylabel("I(X;H)  [bits per image]")
     ax.set_title("information about the input", fontsize=9)
     _symlog_epochs(ax, epochs)
     ax.grid(True, lw=0.4, alpha=0.4)
-    fig.legend(*ax.get_legend_handles_labels(), title="layer", fontsize=7, title_fontsize=8,
-               loc="outside right upper", frameon=False)
+    fig.legend(handles + extra, labels + [h.get_label() for h in extra], title="layer", fontsize=7,
+               title_fontsize=8, loc="outside right upper", frameon=False)
     if has_y:
         ay = axes[1]
         for i, (layer, lr) in enumerate(groups.items()):
@@ -216,6 +253,13 @@ def mi_vs_epoch(rows: list[dict], *, title: str | None = None):
         fig.suptitle(title, fontsize=10)
     _note_failed(fig, rows)
     return fig
+
+
+def _mid(a: float, b: float) -> float:
+    """The midpoint of two epochs on the symlog axis (linear below 1, logarithmic above)."""
+    f = lambda v: v if v <= 1 else 1 + math.log(v)  # noqa: E731
+    t = (f(a) + f(b)) / 2
+    return t if t <= 1 else math.exp(t - 1)
 
 
 _LOSS_LABELS = {
@@ -336,8 +380,10 @@ def plot_run(run_dir: str | os.PathLike) -> list[Path]:
     if plane_rows:
         written += save_figure(info_plane(rows, title=title), figdir / "info_plane", plane_rows)
     epoch_rows = _ok(rows, "i_xh_bits", "epoch")
+    changes_path = run_dir / "analysis" / "changes.csv"
+    changes = read_mi_csv(changes_path) if changes_path.is_file() else None
     if epoch_rows:
-        written += save_figure(mi_vs_epoch(rows, title=title), figdir / "mi_vs_epoch", epoch_rows)
+        written += save_figure(mi_vs_epoch(rows, changes=changes, title=title), figdir / "mi_vs_epoch", epoch_rows)
     metrics_path = run_dir / "metrics.jsonl"
     if metrics_path.is_file():
         metrics = read_metrics(metrics_path)

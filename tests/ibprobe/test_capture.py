@@ -130,7 +130,7 @@ def test_store_roundtrip_manifest_and_skip(tmp_path):
         assert store.has(3, layer, "test") and not store.has(3, layer, "train")
     assert paths["pool"] == tmp_path / "acts" / "epoch_0003" / "pool" / "test.npy"
     man = json.loads((tmp_path / "acts" / "epoch_0003" / "manifest.json").read_text())
-    assert man["layer1"]["splits"]["test"] == {"shape": [11, 4, 8, 8], "dtype": "float16", "n": 11,
+    assert man["layer1"]["splits"]["test"] == {"shape": [11, 4, 8, 8], "dtype": "float16", "n": 11, "key": None,
                                                "checkpoint": "ck.pt", "file": "layer1/test.npy"}
     stamp = paths["pool"].stat().st_mtime_ns
     capture_to_store(model, x, ["pool"], store, epoch=3, split="test", levels=17)
@@ -196,9 +196,32 @@ def test_cli_layers_and_capture(tmp_path, capsys):
     assert names[0] == "stem" and "layer2" in names and "pool" in names
     assert main(["capture", "--run", str(run), "--layers", "layer2,pool", "--epochs", "1", "--quiet"]) == 0
     store = ActivationStore(run / "activations")
-    assert store.has(1, "pool", "train") and store.has(1, "layer2", "test") and not store.has(0, "pool", "test")
+    assert store.has(1, "pool", "fit") and store.has(1, "layer2", "test") and not store.has(0, "pool", "test")
     assert store.read(1, "pool", "test").shape[1:] == (8,)
     assert main(["capture", "--run", str(run), "--layers", "nope", "--quiet"]) == 2
     assert "unknown layer" in capsys.readouterr().err
     assert main(["layers", "--model", "resnet_ae", "--dataset", "digits"]) == 0
     assert "bottleneck" in capsys.readouterr().out.split()
+
+
+def test_a_store_entry_from_other_images_is_never_read_as_this_one(tmp_path):
+    """Entries carry the digest of the images (and normalisation) they were captured from: fill_store captures
+    again when the images change, and a read under another digest is refused rather than served stale."""
+    from ibprobe.capture import fill_store, images_key
+    from ibprobe.source import ModelSource
+
+    torch.manual_seed(0)
+    model = build_model("resnet", in_shape=(1, 8, 8), widths=(4,), blocks=(1,))
+    ck = tmp_path / "m.pt"
+    torch.save(model.state_dict(), ck)
+    source = ModelSource(kind="spec", model="resnet", model_args={"widths": (4,), "blocks": (1,)},
+                         in_shape=(1, 8, 8), checkpoints=((0, str(ck)),))
+    store = ActivationStore(tmp_path / "acts")
+    a, b = (np.random.default_rng(s).integers(0, 17, (6, 1, 8, 8)).astype(np.uint8) for s in (1, 2))
+    keys = fill_store(store, source, {"test": a}, ["layer1"], levels=17, progress=False)
+    assert keys == {"test": images_key(a)} and store.has(0, "layer1", "test", keys["test"])
+    with pytest.raises(LayerError, match="captured from other images"):
+        store.read(0, "layer1", "test", images_key(b))
+    fill_store(store, source, {"test": b}, ["layer1"], levels=17, progress=False)
+    np.testing.assert_allclose(store.read(0, "layer1", "test", images_key(b)),
+                               capture(model, b, ["layer1"], levels=17)["layer1"].astype(np.float16))

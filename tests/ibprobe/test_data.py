@@ -168,7 +168,7 @@ def test_cinic10_tree(tmp_path):
     ds = load_dataset("cinic10", data_root=root)
     _check_invariants(ds)
     assert ds.images.shape == (2 * (2 + 3 + 4), 3, 4, 4)
-    assert len(ds.train_idx) == 2 * (2 + 3) and len(ds.test_idx) == 2 * 4  # train = train + valid
+    assert len(ds.train_idx) == 2 * 2 and len(ds.test_idx) == 2 * (3 + 4)  # valid and test are held out
     assert ds.classes == ["airplane", "bird"]
 
 
@@ -216,3 +216,13 @@ def test_torchvision_missing_says_where_and_how(tmp_path, name):
 def test_unknown_dataset_lists_names():
     with pytest.raises(ConfigError, match="digits"):
         load_dataset("imagenet")
+
+
+def test_max_train_keeps_a_seeded_subset_as_the_training_split():
+    """A quick run trains on a subset; the analysis then knows exactly which images the network saw."""
+    full, sub = load_dataset("digits"), load_dataset("digits", max_train=100)
+    assert len(sub.train_idx) == 100 and set(sub.train_idx) < set(full.train_idx)
+    assert np.array_equal(sub.test_idx, full.test_idx) and sub.spec["max_train"] == 100
+    keep = np.sort(np.random.default_rng(0).permutation(len(full.train_idx))[:100])
+    assert np.array_equal(sub.train_idx, full.train_idx[keep])
+    assert np.array_equal(load_dataset(**sub.spec).train_idx, sub.train_idx)

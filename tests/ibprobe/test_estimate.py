@@ -1,10 +1,12 @@
 """estimate_mi: split, paired CI, input validation, determinism, shared unconditional decoder."""
+import json
+
 import numpy as np
 import pytest
 
 from ibprobe.errors import ConfigError, DataError
 from ibprobe.estimate import MIEstimate, estimate_mi
-from ibprobe.measure import paired_mi
+from ibprobe.paired import paired_mi
 
 
 # ------------------------------------------------------------------------------------------------ split and CI
@@ -165,9 +167,51 @@ def test_paired_fitting_continues_q0_for_reference_and_codes(monkeypatch, tmp_pa
     x, t = _structured()
     e = _est(x, {"vec": np.eye(2, dtype=np.float32)[t]}, workdir=tmp_path, paired=True)["vec"]
     assert calls == [None, None, (2,)]  # q0(x), then q(x) and q(x|h) both from q0
-    lr, decay, epochs = TINY_FIT["lr"], 0.95, TINY_FIT["epochs"]  # default lr_decay of the 8x8 fit config
-    assert calls.lrs[0] == pytest.approx(lr) and calls.lrs[1:] == pytest.approx([lr * decay**epochs] * 2)
-    assert e.h_x_bits == pytest.approx(np.load(tmp_path / "_unconditional" / "test_nll_bits.npy").mean())
+    best = json.loads((tmp_path / "_unconditional_init" / "result.json").read_text())["best_epoch"]
+    lr, decay = TINY_FIT["lr"], 0.95  # default lr_decay of the 8x8 fit config
+    assert calls.lrs[0] == pytest.approx(lr) and calls.lrs[1:] == pytest.approx([lr * decay**best] * 2)
+    plain = np.load(tmp_path / "_unconditional" / "test_nll_bits.npy").mean()
+    assert e.h_x_plain_bits == pytest.approx(plain)
+    if e.h_x_ref == "plain":
+        assert e.h_x_bits == pytest.approx(plain)
+    else:
+        assert e.h_x_ref == "codes:vec" and e.h_x_bits == pytest.approx(
+            np.load(tmp_path / "vec" / "mix_test_nll_bits.npy").mean())
+
+
+def test_the_second_stage_continues_q0_from_its_best_epoch(monkeypatch):
+    """q(x) and q(x|h) start from q0's best weights, so their learning rate continues from that epoch, not from
+    the last one q0 ran."""
+    import decoders.fitting
+
+    lrs = []
+    real = decoders.fitting.fit
+
+    def best_at_one(model, images, codes=None, cfg=None, **kw):
+        lrs.append(cfg.lr)
+        res = real(model, images, codes, cfg, **kw)
+        res.best_epoch = 1  # as if q0's validation NLL was lowest after its first epoch
+        return res
+
+    monkeypatch.setattr(decoders.fitting, "fit", best_at_one)
+    x, t = _structured(n=30)
+    _est(x, t.astype(np.float32), paired=True, init_epochs=3, reference="plain")
+    assert lrs == pytest.approx([TINY_FIT["lr"]] + [TINY_FIT["lr"] * 0.95] * 2)
+
+
+def test_labels_and_codes_give_reference_candidates(tmp_path):
+    """With labels, a label decoder q(x|y) is fitted too; the reference is the best of the plain q(x), the label
+    mixture and the code mixtures on validation images, and `reference="plain"` keeps q(x)."""
+    x, t = _structured(80)
+    codes = {"id": np.eye(2, dtype=np.float32)[t], "noise": np.random.default_rng(0).normal(size=(80, 2))}
+    best = _est(x, codes, labels=t, workdir=tmp_path, mixture_codes=4)
+    names = {"plain", "labels", "codes:id", "codes:noise"}
+    val = {n: np.load(tmp_path / d / f).mean() for n, d, f in [
+        ("plain", "_unconditional", "val_nll_bits.npy"), ("labels", "_labels", "mix_val_nll_bits.npy"),
+        ("codes:id", "id", "mix_val_nll_bits.npy"), ("codes:noise", "noise", "mix_val_nll_bits.npy")]}
+    assert best["id"].h_x_ref == best["noise"].h_x_ref == min(val, key=val.get) and set(val) == names
+    plain = _est(x, codes, labels=t, reference="plain")
+    assert plain["id"].h_x_ref == "plain" and plain["id"].h_x_bits == plain["id"].h_x_plain_bits
 
 
 def test_init_epochs_sets_q0s_budget_only(monkeypatch):

@@ -34,7 +34,13 @@ TINY = Preset(
     fit=dict(epochs=1, batch_size=64, patience=1),
 )
 
-N_TEST = len(__import__("ibprobe.data", fromlist=["x"]).load_dataset("digits").test_idx)
+
+def _n_test() -> int:
+    """The decoders' test images of TINY: a fifth of the 400 training images (digits' held-out 359 are too few)."""
+    from ibprobe.data import load_dataset
+    from ibprobe.source import decoder_split
+
+    return len(decoder_split(load_dataset("digits", max_train=400), "train", 0)[1])
 
 TINY_FLAGS = [
     "--train", "epochs=1", "--train", "checkpoint_epochs=0,1", "--train", "max_train=400",
@@ -66,10 +72,11 @@ def test_mi_csv_schema_and_sane_values(tiny_run):
         assert r["i_xh_bits"] == pytest.approx(r["h_x_bits"] - r["h_x_given_h_bits"], abs=1e-3)
         assert r["bits_per_dim"] == pytest.approx(r["i_xh_bits"] / 64, rel=1e-3, abs=1e-6)
         assert r["i_yh_bits"] is not None and r["i_yh_bits"] <= math.log2(10) + 1e-9
-        assert r["n_test"] == N_TEST
+        assert r["n_test"] == _n_test() == 80 and r["decoder_data"] == "train"
+        assert r["h_x_plain_bits"] is not None and r["h_x_ref"] == table[0]["h_x_ref"]  # one reference per run
         assert r["decoder"].startswith("pcnn-1x8x2")
         assert r["checkpoint"] == f"checkpoints/epoch_{r['epoch']:04d}.pt"
-    # Every conditional job pairs against the same unconditional reference.
+    # Every conditional job pairs against the same reference, chosen on validation images.
     assert len({r["h_x_bits"] for r in table}) == 1
     for r in table:
         job = JobSpec(r["layer"], r["epoch"]).job_dir(out)
@@ -78,8 +85,12 @@ def test_mi_csv_schema_and_sane_values(tiny_run):
     # finished jobs keep their decoder and results, not their resume state (optimizer moments)
     assert not list((out / "decoders").rglob("fit_state.pt"))
     index = json.loads((out / "decoders" / "jobs.json").read_text())["jobs"]
-    assert [j["id"] for j in index] == ["_unconditional_init", "_unconditional", "layer1@0", "pool@0", "layer1@1",
-                                        "pool@1"]
+    assert [j["id"] for j in index] == ["_unconditional_init", "_unconditional", "_labels", "layer1@0", "pool@0",
+                                        "layer1@1", "pool@1"]
+    changes = read_mi_csv(out / "analysis" / "changes.csv")
+    assert [(c["kind"], c["layer"], c["epoch"], c["layer_to"], c["epoch_to"]) for c in changes] == [
+        ("epoch", "layer1", 0, "layer1", 1), ("epoch", "pool", 0, "pool", 1), ("layer", "layer1", 0, "pool", 0),
+        ("layer", "layer1", 1, "pool", 1)]
 
 
 def test_run_job_runs_one_job_by_id(tiny_run, capsys):
@@ -273,3 +284,61 @@ def test_hostile_layer_name_stays_inside_the_run(tmp_path):
     job = JobSpec("../../etc/passwd", 3).job_dir(tmp_path)
     assert tmp_path.resolve() in job.resolve().parents
     assert job.parent.parent == tmp_path / "decoders"
+
+
+def test_decoders_and_probe_use_one_side_of_the_training_split(tmp_path, monkeypatch):
+    """A memorising network's codes are 3x tighter on its training images than on others. Fitted and scored on one
+    side (either), the probe finds the same I(Y;H); fitted on the training side and scored on the held-out side,
+    as before, it is pushed down: the shift that can imitate compression in the information plane."""
+    import torch
+
+    from ibprobe.capture import capture
+    from ibprobe.config import AnalysisConfig
+    from ibprobe.data import load_dataset
+    from ibprobe.pipeline import run_analysis
+    from ibprobe.probe import probe_i_yh
+    from ibprobe.source import ModelSource
+
+    fixtures = Path(__file__).parent / "fixtures"
+    monkeypatch.chdir(fixtures)
+    monkeypatch.syspath_prepend(str(fixtures))
+    from memo_nets import Memorizer
+
+    ckpt = tmp_path / "memo.pt"
+    torch.save(Memorizer().state_dict(), ckpt)
+    source = ModelSource(kind="spec", model="memo_nets:Memorizer", in_shape=(1, 8, 8), num_classes=10,
+                         checkpoints=((0, str(ckpt)),))
+    got = {}
+    for side in ("train", "heldout"):
+        cfg = AnalysisConfig(layers=("code",), decoder=dict(nr_resnet=1, nr_filters=4, nr_mix=1, dropout=0.0),
+                             fit=dict(epochs=1, batch_size=256), reference="plain", progress=False,
+                             decoder_data=side)
+        row = run_analysis(tmp_path / side, source, {"name": "digits"}, cfg)[0]
+        assert row["status"] == "ok" and row["decoder_data"] == side
+        got[side] = row["i_yh_bits"]
+    ds = load_dataset("digits")
+    model = Memorizer()
+    seen, unseen = (capture(model, ds.images[idx], ["code"], levels=17)["code"] for idx in (ds.train_idx, ds.test_idx))
+    mixed = probe_i_yh(seen, ds.labels[ds.train_idx], unseen, ds.labels[ds.test_idx], num_classes=10)["i_yh_bits"]
+    assert abs(got["train"] - got["heldout"]) < 0.35, got
+    assert mixed < min(got.values()) - 0.5, (mixed, got)
+    sys.modules.pop("memo_nets", None)
+
+
+def test_repeats_refit_with_other_seeds_and_report_their_spread(tiny_run):
+    """--repeats 2 fits every decoder again with another seed, in decoders/_repeat1/; each row keeps its estimate
+    and per-image CI, and gains the spread between seeds (which the CI does not include)."""
+    out, rows = tiny_run
+    again = run_preset(TINY, out, jobs=1, progress=False, figures=False, repeats=2)["classify"]
+    assert [r["i_xh_bits"] for r in again] == [r["i_xh_bits"] for r in rows]
+    assert (out / "decoders" / "_repeat1" / "pool" / "epoch_0001" / "result.json").exists()
+    seeds = [json.loads((JobSpec("pool", 1, repeat=r).job_dir(out) / "fit_log.json").read_text())["fit_config"]["seed"]
+             for r in (0, 1)]
+    assert seeds[1] == seeds[0] + 1000
+    for r in again:
+        second = np.mean(np.load(JobSpec(None, repeat=1).job_dir(out) / "test_nll_bits.npy")
+                         - np.load(JobSpec(r["layer"], r["epoch"], repeat=1).job_dir(out) / "test_nll_bits.npy"))
+        if r["h_x_ref"] == "plain":
+            assert r["i_xh_seed_sd"] == pytest.approx(np.std([r["i_xh_bits"], second], ddof=1))
+        assert r["i_xh_seed_sd"] > 0
+    assert read_mi_csv(out / "analysis" / "mi.csv")[0]["i_xh_seed_sd"] == pytest.approx(again[0]["i_xh_seed_sd"])

@@ -109,11 +109,14 @@ def test_cli_exit_code_follows_the_report(monkeypatch, capsys):
     def fake(**kw):
         seen.update(kw)
         ok = V.Row("f", "id", 2.0, 2.1, 1.9, 2.3, 0.5, True)
-        return V.ValidationReport([ok], {"f": kw["seed"] == 0}, 0.1)
+        return V.ValidationReport([ok], {"f": kw["seed"] == 0}, 0.1, references=[V.Reference("f", 10.0, 10.4,
+                                                                                              "codes:id", 11.0)])
 
     monkeypatch.setattr("ibprobe.cli.validate.run_validation", fake)
     assert main(["validate", "--quick", "--device", "cpu", "--quiet"]) == 0
-    assert seen == {"quick": True, "hard": False, "device": "cpu", "seed": 0, "progress": False, "log": None}
-    assert "f: id" in capsys.readouterr().out
+    assert seen == {"quick": True, "hard": False, "device": "cpu", "seed": 0, "progress": False, "log": None,
+                    "reference": "best"}
+    out = capsys.readouterr().out
+    assert "f: id" in out and "reference f: H(X) = 10.00, chosen codes:id 10.40 (eps_X = +0.40)" in out
     assert main(["validate", "--quick", "--seed", "3", "--quiet"]) == 1
     assert main(["validate", "--hard", "--quiet"]) == 0 and seen["hard"] is True

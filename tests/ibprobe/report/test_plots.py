@@ -149,3 +149,24 @@ def test_plot_run_draws_each_regime_of_a_multi_regime_folder(tmp_path):
     assert (tmp_path / "both" / "classify" / "figures" / "info_plane.png") in written
     assert (tmp_path / "both" / "autoencode" / "figures" / "mi_vs_epoch.png") in written
     assert not (tmp_path / "both" / "autoencode" / "figures" / "info_plane.png").exists()
+
+
+def test_flagged_points_are_hollow_and_significant_changes_starred():
+    rows = [{"epoch": e, "layer": l, "i_xh_bits": v, "i_xh_ci_low": v - 1, "i_xh_ci_high": v + 1, "i_yh_bits": 1.0,
+             "status": "ok", "checks": "dpi" if (l, e) == ("pool", 3) else ""}
+            for (l, e, v) in [("layer1", 0, 50.0), ("layer1", 3, 40.0), ("pool", 0, 10.0), ("pool", 3, 9.5)]]
+    changes = [{"kind": "epoch", "layer": "layer1", "epoch": 0, "layer_to": "layer1", "epoch_to": 3,
+                "significant": "True"},
+               {"kind": "epoch", "layer": "pool", "epoch": 0, "layer_to": "pool", "epoch_to": 3,
+                "significant": "False"}]
+    fig = mi_vs_epoch(rows, changes=changes)
+    ax = fig.axes[0]
+    hollow = [l for l in ax.get_lines() if l.get_gid() == "flagged" and len(l.get_xdata())]
+    assert len(hollow) == 1 and list(hollow[0].get_xdata()) == [3.0]
+    stars = [l for l in ax.get_lines() if l.get_gid() == "significant_change"]
+    assert len(stars) == 1 and stars[0].get_ydata()[0] == pytest.approx(45.0)
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert any("flagged by a self-check" in t for t in labels) and any("significant change" in t for t in labels)
+    plane = info_plane(rows)
+    flagged = [c for c in plane.axes[0].collections if c.get_gid() == "flagged"]
+    assert sum(len(c.get_offsets()) for c in flagged) == 1
