@@ -5,7 +5,8 @@ width-d vectors, each unit a shortcut around k linear layers,
     F = (I + W_{n,k} ... W_{n,1}) ... (I + W_{1,k} ... W_{1,1}),     loss(F) = E ||y - F x||^2,
 at the zero initial point (every W = 0, so F = I). With M = E[x (x - y)^T] the Hessian there is
   - k = 1: the Gauss-Newton term of n units that all act alike plus unit-to-unit couplings; its largest
-    |eigenvalue| grows with n, so the condition number grows with depth;
+    |eigenvalue| grows linearly with n, so the condition number grows with depth (strictly when M = m I;
+    for a generic M the smallest nonzero |eigenvalue| wanders with n, see synthetic_problem);
   - k = 2: block diagonal, one identical block [[0, B], [B^T, 0]] per unit (B built from M), so its spectrum
     is the singular values of M, +/-, each n times: the condition number is cond(M) at every depth;
   - k >= 3: exactly zero (each unit's product is cubic in its weights): a high-order saddle.
@@ -99,15 +100,27 @@ class LinearProblem:
         return self.sxx - self.sxy
 
 
-def synthetic_problem(width: int = 4, seed: int = 0, spread: float = 4.0, target_scale: float = 0.5) -> LinearProblem:
+def synthetic_problem(width: int = 4, seed: int = 0, spread: float = 4.0, target_scale: float = 0.5,
+                      isotropic_residual: bool = False) -> LinearProblem:
     """A fixed input covariance (eigenvalues evenly spaced from 1/sqrt(spread) to sqrt(spread) in a random basis)
-    and a noise-free linear target y = T x with T = I + target_scale * G / sqrt(width), G standard normal."""
+    and a noise-free linear target y = T x.
+
+    By default T = I + target_scale * G / sqrt(width), G standard normal, so M = E[x (x - y)^T] is a generic
+    matrix. With isotropic_residual, T = I - m sxx^-1 with m = target_scale / sqrt(spread), so M = m I: then
+    with 1-layer shortcuts the units' couplings commute with their shared Gauss-Newton term and the Hessian's
+    condition number grows strictly with depth (2-layer shortcuts then give condition number 1). For a generic
+    M the couplings do not commute, some eigenvalues pass close to zero at some depths, and the condition
+    number trends up with depth (its largest |eigenvalue| grows linearly) without growing at every step.
+    """
     g = torch.Generator().manual_seed(int(seed))
     q, _ = torch.linalg.qr(torch.randn(width, width, generator=g, dtype=torch.float64))
     eig = torch.linspace(spread ** -0.5, spread ** 0.5, width, dtype=torch.float64)
     sxx = q @ torch.diag(eig) @ q.T
-    t = torch.eye(width, dtype=torch.float64) + target_scale * torch.randn(
-        width, width, generator=g, dtype=torch.float64) / width ** 0.5
+    eye = torch.eye(width, dtype=torch.float64)
+    if isotropic_residual:
+        t = eye - target_scale * spread ** -0.5 * torch.linalg.inv(sxx)
+    else:
+        t = eye + target_scale * torch.randn(width, width, generator=g, dtype=torch.float64) / width ** 0.5
     return LinearProblem(sxx=sxx, sxy=sxx @ t.T, syy=float(torch.trace(t @ sxx @ t.T)))
 
 
