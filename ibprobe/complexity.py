@@ -26,8 +26,10 @@ What is computed, per weight layer (Conv2d, ConvTranspose2d, Linear):
 A BatchNorm2d applied directly to a conv's output is folded into it (eval mode: per-channel scale
 gamma / sqrt(running_var + eps)), so the norms are those of the map conv+BN actually computes; a raw conv
 before BN is scale-free and its norm alone says nothing. Parameter-free layers (ReLU, pooling, upsampling,
-sigmoid) count as 1-Lipschitz. Residual units are recognised for our BasicBlock (ResNet, ResNet autoencoder);
-any other model is treated as a chain of its weight layers in forward order.
+sigmoid) count as 1-Lipschitz. Residual units are recognised for our BasicBlock (ResNet, ResNet autoencoder)
+and RiRBlock, where each generalized residual layer's four convolutions are ONE operator on the concatenated
+streams (row `layerS.B.conv{i}`, kernel [[rr, tr], [rt, tt]]); any other model is treated as a chain of its
+weight layers in forward order.
 """
 from __future__ import annotations
 
@@ -41,6 +43,7 @@ import torch.nn.functional as F
 
 from ibprobe.errors import ConfigError
 from ibprobe.models.resnet import BasicBlock
+from ibprobe.models.rir import RiRBlock
 
 WEIGHT_LAYERS = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
 
@@ -164,26 +167,68 @@ def _units(model: nn.Module) -> dict[str, tuple[str, str]]:
     """{weight layer name: (role, unit)} for the layers inside our residual blocks; role branch or shortcut."""
     out = {}
     for name, m in model.named_modules():
-        if isinstance(m, BasicBlock):
+        if isinstance(m, (BasicBlock, RiRBlock)):
             for i in range(1, m.depth + 1):
                 out[f"{name}.conv{i}"] = ("branch", name)
-            for sub, s in m.shortcut.named_modules():
+            for sub, s in (m.shortcut.named_modules() if m.shortcut is not None else []):
                 if isinstance(s, WEIGHT_LAYERS):
                     out[f"{name}.shortcut.{sub}"] = ("shortcut", name)
     return out
+
+
+def _bn_scale(bn: nn.Module, n: int) -> torch.Tensor:
+    """Per-channel factor of an eval-mode BatchNorm2d (ones for an Identity): gamma / sqrt(running_var + eps)."""
+    if not isinstance(bn, nn.BatchNorm2d):
+        return torch.ones(n, dtype=torch.float64)
+    gamma = bn.weight.detach().double() if bn.affine else torch.ones(n, dtype=torch.float64)
+    return gamma / torch.sqrt(bn.running_var.detach().double() + bn.eps)  # (C_out,)
 
 
 def _effective_weight(m: nn.Module, bn: nn.Module | None) -> torch.Tensor:
     w = m.weight.detach().double()
     if bn is None:
         return w
-    scale = (bn.weight.detach().double() if bn.affine else torch.ones_like(bn.running_var, dtype=torch.float64)) \
-        / torch.sqrt(bn.running_var.detach().double() + bn.eps)  # (C_out,)
+    scale = _bn_scale(bn, bn.num_features).to(w.device)
     if isinstance(m, nn.ConvTranspose2d):  # weight (C_in, C_out / groups, k, k), output channels in dim 1 per group
         c_in, c_g = w.shape[:2]
         wg = w.view(m.groups, c_in // m.groups, c_g, *w.shape[2:]) * scale.view(m.groups, 1, c_g, 1, 1)
         return wg.reshape(w.shape)
     return w * scale.view(-1, *([1] * (w.ndim - 1)))
+
+
+def _rir_layer(block: RiRBlock, i: int, hw: tuple, name: str) -> dict:
+    """Generalized residual layer i of an RiR block as ONE conv on the concatenated streams [r, t]: kernel
+    [[rr, tr], [rt, tt]], with bn{i}_r / bn{i}_t folded into its residual / transient output rows."""
+    c = {k: getattr(block, f"conv{i}_{k}") for k in ("rr", "tr", "rt", "tt")}
+    w = torch.cat([torch.cat([c["rr"].weight, c["tr"].weight], 1),
+                   torch.cat([c["rt"].weight, c["tt"].weight], 1)], 0).detach().double()  # (r+t, r_in+t_in, k, k)
+    bn_r, bn_t = getattr(block, f"bn{i}_r"), getattr(block, f"bn{i}_t")
+    scale = torch.cat([_bn_scale(bn_r, block.r_out), _bn_scale(bn_t, block.t_out)]).to(w.device)
+    c_in = block.r_in + block.t_in if i == 1 else block.r_out + block.t_out
+    return {"name": name, "module": c["rr"], "weight": w * scale.view(-1, 1, 1, 1),
+            "param_norm": float(sum(x.weight.detach().double().pow(2).sum() for x in c.values()).sqrt()),
+            "shape": (c_in, *hw), "bn_folded": isinstance(bn_r, nn.BatchNorm2d)}
+
+
+def _layer_specs(model: nn.Module, in_shape: Sequence[int]) -> list[dict]:
+    """Each weight operator in forward order: name, module (for its geometry), effective weight, raw
+    parameter norm, input shape, whether a BatchNorm was folded in."""
+    order, bn_of = _trace(model, in_shape)
+    rir = {name: m for name, m in model.named_modules() if isinstance(m, RiRBlock)}
+    specs, done = [], set()
+    for name, m, shape in order:
+        parent, _, leaf = name.rpartition(".")
+        if parent in rir and leaf.startswith("conv"):
+            i = int(leaf[4:].split("_")[0])
+            if (parent, i) not in done:
+                done.add((parent, i))
+                specs.append(_rir_layer(rir[parent], i, shape[1:], f"{parent}.conv{i}"))
+            continue
+        bn = bn_of.get(name)
+        specs.append({"name": name, "module": m, "weight": _effective_weight(m, bn),
+                      "param_norm": float(m.weight.detach().double().norm()), "shape": shape,
+                      "bn_folded": bn is not None})
+    return specs
 
 
 def layer_norms(model: nn.Module, in_shape: Sequence[int] | None = None, *, iters: int = 1000,
@@ -199,16 +244,13 @@ def layer_norms(model: nn.Module, in_shape: Sequence[int] | None = None, *, iter
         if not build:
             raise ConfigError("pass in_shape=(C, H, W): the model does not say what input it takes")
         in_shape = build["in_shape"]
-    order, bn_of = _trace(model, in_shape)
     units = _units(model)
     rows = []
-    for name, m, shape in order:
-        bn = bn_of.get(name)
-        w = _effective_weight(m, bn)
+    for spec in _layer_specs(model, in_shape):
+        name, m, w, shape = spec["name"], spec["module"], spec["weight"], spec["shape"]
         role, unit = units.get(name, ("main", ""))
         row = {"layer": name, "role": role, "unit": unit, "in_shape": "x".join(str(s) for s in shape),
-               "bn_folded": bn is not None, "frobenius": float(w.norm()),
-               "frobenius_param": float(m.weight.detach().double().norm())}
+               "bn_folded": spec["bn_folded"], "frobenius": float(w.norm()), "frobenius_param": spec["param_norm"]}
         if isinstance(m, nn.Linear):
             row.update(kind="linear", spectral=float(torch.linalg.matrix_norm(w, ord=2)),
                        l21=float(w.norm(dim=1).sum()))

@@ -48,7 +48,7 @@ def condition_number_vs_depth(rows: Sequence[dict], *, title: str | None = None)
     """
     from matplotlib import colormaps
 
-    fig = _new_figure(5.2, 3.6)
+    fig = _new_figure(7.0, 3.6)
     ax = fig.add_subplot()
     cmap = colormaps["tab10"]
     ks = sorted({int(r["shortcut_depth"]) for r in rows})
@@ -71,13 +71,17 @@ def condition_number_vs_depth(rows: Sequence[dict], *, title: str | None = None)
     ax.set_xlabel("depth (residual units)")
     ax.set_ylabel("condition number  (max |λ| / min nonzero |λ|)")
     ax.grid(True, which="both", lw=0.4, alpha=0.4)
-    ax.legend(fontsize=7, loc="best", framealpha=0.85)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), framealpha=0.85)
     ax.set_title(title or "Hessian at initialisation, deep linear residual network", fontsize=9)
     return fig
 
 
 def generalization_gap(metrics_rows: Sequence[dict]) -> list[tuple[int, float]]:
-    """[(epoch, train_acc - test_acc)] for the metrics.jsonl rows that have both accuracies."""
+    """[(epoch, train_acc - test_acc)] for the metrics.jsonl rows that have both accuracies.
+
+    train_acc in metrics.jsonl is the running accuracy over an epoch's batches (train mode, the weights still
+    moving), test_acc the end-of-epoch one, so early epochs can show a negative gap.
+    """
     out = []
     for r in metrics_rows:
         if _finite(r.get("train_acc")) and _finite(r.get("test_acc")):
@@ -118,7 +122,7 @@ def complexity_vs_epoch(runs: Mapping[str, tuple[Sequence[dict], Sequence[dict]]
     for ax in axes:
         ax.set_xlabel("epoch")
         ax.grid(True, which="both", lw=0.4, alpha=0.4)
-        ax.tick_params(labelsize=7)
+        ax.tick_params(which="both", labelsize=7)
     axes[-1].legend(fontsize=7, loc="best", framealpha=0.85)
     if title:
         fig.suptitle(title, fontsize=10)

@@ -141,3 +141,35 @@ def test_weight_decay_gives_smaller_norms():
     for key in ("param_norm_sq", "sum_frobenius_sq", "sum_l21", "lipschitz_residual", "bartlett",
                 "residual_complexity"):
         assert out[0.3][key] < 0.9 * out[0.0][key], key
+
+
+def test_rir_layers_are_one_operator_on_both_streams():
+    torch.manual_seed(0)
+    m = build_model("rir", in_shape=(1, 6, 6), num_classes=3, widths=(3, 4), transient_widths=(2, 2),
+                    blocks=(1, 1)).eval()
+    block = getattr(m.layer2, "0")
+    with torch.no_grad():
+        for bn in (block.bn1_r, block.bn1_t):
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.uniform_(0.5, 2.0)
+    rows = {r["layer"]: r for r in layer_norms(m, iters=5000)}
+    assert rows["layer2.0.conv1"]["role"] == "branch" and rows["layer2.0.shortcut.0"]["role"] == "shortcut"
+    assert rows["layer2.0.conv1"]["in_shape"] == "5x6x6" and rows["layer2.0.conv2"]["in_shape"] == "6x3x3"
+    assert not any(name.endswith("_rr") for name in rows)
+
+    def layer1(h):  # the block's first generalized layer: its linear part (BN shift removed, no ReLU)
+        r, t = h.split([3, 2], 1)
+        zr = block.bn1_r(block.conv1_rr(r) + block.conv1_tr(t)) - block.bn1_r.bias[:, None, None] \
+            + block.bn1_r.running_mean[:, None, None] * _bn(block.bn1_r)
+        zt = block.bn1_t(block.conv1_rt(r) + block.conv1_tt(t)) - block.bn1_t.bias[:, None, None] \
+            + block.bn1_t.running_mean[:, None, None] * _bn(block.bn1_t)
+        return torch.cat([zr, zt], 1)
+
+    with torch.no_grad():
+        a = _matrix(lambda h: layer1(h.float()).double(), (5, 6, 6))
+    assert rows["layer2.0.conv1"]["spectral"] == pytest.approx(float(torch.linalg.matrix_norm(a, ord=2)), rel=1e-4)
+    assert complexity_summary(list(rows.values()))["n_units"] == 2
+
+
+def _bn(bn):
+    return (bn.weight / torch.sqrt(bn.running_var + bn.eps))[:, None, None]
