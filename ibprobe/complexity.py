@@ -3,13 +3,14 @@
 Bartlett, Foster & Telgarsky ("Spectrally-normalized margin bounds for neural networks", 2017) bound a chain of
 weight layers A_1..A_L by its spectral complexity
     R = (prod_i s_i) * (sum_i (b_i / s_i)^(2/3))^(3/2),   s_i = ||A_i||_2 (spectral), b_i = ||A_i^T||_{2,1},
-with 1-Lipschitz activations and reference matrices 0; the bound scales as R / (margin * sqrt(n)).
+with 1-Lipschitz activations and reference matrices 0; the bound scales as R * rms input norm / (margin * sqrt(n)).
 He, Liu & Tao ("Why ResNet Works? Residuals Generalize", 2019) carry the same covering argument through residual
 units: an identity shortcut has no weights, so it adds nothing to the covering number, and a unit
 x -> x + branch(x) only multiplies the Lipschitz constant of the path by (1 + prod of its branch's s_i).
 We read their complexity term as Bartlett's with each layer's coefficient being the Lipschitz bound of the
 rest of the network around it:
-    R_res = (sum_j (c_j * b_j)^(2/3))^(3/2),  c_j = L / s_j on the main path,  c_j = (L / L_u) * prod_{i in u, i != j} s_i
+    R_res = (sum_j (c_j * b_j)^(2/3))^(3/2),
+    c_j = L / s_j on the main path,  c_j = (L / L_u) * prod_{i in u, i != j} s_i
 for a layer j in the branch of unit u, where L_u = s_shortcut + prod_{i in branch u} s_i (s_shortcut = 1 for an
 identity shortcut, the projection's norm otherwise) and L = prod_{main path} s_i * prod_units L_u. On a plain
 chain R_res equals Bartlett's R. `bartlett` below is Bartlett's R over every weight layer as if all were in
@@ -26,7 +27,8 @@ What is computed, per weight layer (Conv2d, ConvTranspose2d, Linear):
 A BatchNorm2d applied directly to a conv's output is folded into it (eval mode: per-channel scale
 gamma / sqrt(running_var + eps)), so the norms are those of the map conv+BN actually computes; a raw conv
 before BN is scale-free and its norm alone says nothing. Parameter-free layers (ReLU, pooling, upsampling,
-sigmoid) count as 1-Lipschitz. Residual units are recognised for our BasicBlock (ResNet, ResNet autoencoder)
+sigmoid) count as 1-Lipschitz (nearest upsampling by s in fact scales l2 norms by s: the autoencoder's
+products leave that constant factor out). Residual units are recognised for our BasicBlock (ResNet, ResNet autoencoder)
 and RiRBlock, where each generalized residual layer's four convolutions are ONE operator on the concatenated
 streams (row `layerS.B.conv{i}`, kernel [[rr, tr], [rt, tt]]); any other model is treated as a chain of its
 weight layers in forward order.

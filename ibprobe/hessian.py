@@ -88,7 +88,8 @@ class LinearProblem:
         x = torch.as_tensor(x, dtype=torch.float64)
         y = torch.as_tensor(y, dtype=torch.float64)
         if x.ndim != 2 or x.shape != y.shape:
-            raise ConfigError(f"x and y must both be (N, d) arrays of one shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+            raise ConfigError(f"x and y must both be (N, d) arrays of one shape, got {tuple(x.shape)} and "
+                              f"{tuple(y.shape)}")
         n = x.shape[0]
         return cls(sxx=x.T @ x / n, sxy=x.T @ y / n, syy=float((y * y).sum() / n))
 
@@ -96,7 +97,7 @@ class LinearProblem:
         return self.syy - 2 * torch.trace(f @ self.sxy) + torch.trace(f @ self.sxx @ f.T)
 
     def residual_moment(self) -> torch.Tensor:
-        """M = E[x (x - y)^T]: at F = I with 2-layer shortcuts, the Hessian's eigenvalues are +/- M's singular values."""
+        """M = E[x (x - y)^T]: at F = I with 2-layer shortcuts the Hessian's eigenvalues are +/- M's singular values."""
         return self.sxx - self.sxy
 
 
@@ -238,23 +239,23 @@ def lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], dim: int, steps: int
     Extreme Ritz values converge first; a residual well below the gaps around an eigenvalue means it is
     accurate to about residual^2 / gap. Stops early on an invariant subspace (then the values are exact).
     """
+    m = min(int(steps), dim)
     g = torch.Generator().manual_seed(int(seed))
+    basis = torch.empty(m, dim, dtype=dtype, device=device)  # (m, dim) orthonormal Lanczos vectors
     q = torch.randn(dim, generator=g, dtype=torch.float64).to(dtype=dtype, device=device)
-    q = q / q.norm()
-    basis, alphas, betas = [q], [], []
-    beta = 0.0
-    for j in range(min(int(steps), dim)):
-        w = matvec(basis[-1]).to(dtype)
-        alpha = float(w @ basis[-1])
-        alphas.append(alpha)
-        qs = torch.stack(basis)  # (j+1, dim)
+    basis[0] = q / q.norm()
+    alphas, betas, beta = [], [], 0.0
+    for j in range(m):
+        w = matvec(basis[j]).to(dtype)
+        alphas.append(float(w @ basis[j]))
+        qs = basis[: j + 1]
         for _ in range(2):
             w = w - qs.T @ (qs @ w)
         beta = float(w.norm())
-        if j == min(int(steps), dim) - 1 or beta <= 1e-10 * max(abs(a) for a in alphas):
+        if j == m - 1 or beta <= 1e-10 * max(abs(a) for a in alphas):
             break
         betas.append(beta)
-        basis.append(w / beta)
+        basis[j + 1] = w / beta
     t = np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1)
     theta, s = np.linalg.eigh(t)
     return theta, np.abs(beta * s[-1, :])
