@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ibprobe.hessian import (HessianOperator, LinearProblem, full_hessian, hessian_rows, lanczos,
+from ibprobe.hessian import (HessianOperator, LinearProblem, fixed_batch, full_hessian, hessian_rows, lanczos,
                              linear_resnet_hessian, linear_resnet_table, power_iteration, summarize_spectrum,
                              synthetic_problem, top_hessian_eigenvalues)
 from ibprobe.models import build_model
@@ -131,3 +131,13 @@ def test_hessian_operator_is_symmetric_and_autoencoder_loss_works():
     rows = hessian_rows([(0, ae), (3, ae)], x, x, "autoencode", k=2, steps=20)
     assert [r["epoch"] for r in rows] == [0, 3] and rows[0]["eig_1"] == rows[1]["eig_1"]
     assert abs(rows[0]["eig_1"]) >= abs(rows[0]["eig_2"])
+
+
+def test_fixed_batch_is_seeded_and_fits_the_regime():
+    images = np.random.default_rng(0).integers(0, 17, size=(40, 1, 4, 4)).astype(np.uint8)
+    labels = np.arange(40) % 3
+    x, y = fixed_batch(images, labels, 17, "classify", n=8, seed=3)
+    x2, y2 = fixed_batch(images, labels, 17, "classify", n=8, seed=3)
+    assert torch.equal(x, x2) and torch.equal(y, y2) and y.dtype == torch.long and x.shape == (8, 1, 4, 4)
+    xa, target = fixed_batch(images, labels, 17, "autoencode", n=8, seed=3, normalize=(0.5, 0.25))
+    assert torch.allclose(xa, (target - 0.5) / 0.25) and 0 <= target.min() and target.max() <= 1
