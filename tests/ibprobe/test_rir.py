@@ -10,11 +10,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ibprobe.capture import capture
+from ibprobe.config import TrainConfig
 from ibprobe.errors import ConfigError
 from ibprobe.models import BasicBlock, build_model
 from ibprobe.models.rir import RiRBlock
-from ibprobe.taps import capture
-from ibprobe.train import TrainConfig, train
+from ibprobe.train import train
 
 
 def _randomize_bn(block: nn.Module, seed: int) -> None:

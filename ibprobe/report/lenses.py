@@ -1,4 +1,4 @@
-"""Figures of the Hessian and complexity lenses: data in, matplotlib Figure out (no pyplot, Agg canvas).
+"""Figures of the Hessian and complexity lenses (-> DIR/figures/): data in, matplotlib Figure out (no pyplot).
 
 `condition_number_vs_depth` draws rows of ibprobe.hessian.linear_resnet_table; `complexity_vs_epoch` draws
 summary rows of ibprobe.complexity.complexity_rows beside the generalization gap from metrics.jsonl rows.
@@ -6,11 +6,10 @@ The caller saves each figure (PNG, PDF) with the rows it was drawn from (CSV).
 """
 from __future__ import annotations
 
-import math
 from typing import Mapping, Sequence
 
-_FIG_DPI = 200
-_MARKERS = "osD^vP*Xhp<>"
+from ibprobe.report.plots import _MARKERS, _finite, _new_figure
+
 _INIT_STYLE = {"zero": "-", "random": "--"}
 TERM_LABELS = {
     "spectral_product": "product of spectral norms",
@@ -22,22 +21,6 @@ TERM_LABELS = {
     "sum_frobenius_sq": "sum of squared Frobenius norms",
     "param_norm_sq": "squared parameter norm",
 }
-
-
-def _new_figure(width: float, height: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=_FIG_DPI, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _finite(v) -> bool:
-    try:
-        return math.isfinite(float(v))
-    except (TypeError, ValueError):
-        return False
 
 
 def condition_number_vs_depth(rows: Sequence[dict], *, title: str | None = None):

@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 
-from ibprobe.lens_plots import complexity_vs_epoch, condition_number_vs_depth, generalization_gap
+from ibprobe.report.lenses import complexity_vs_epoch, condition_number_vs_depth, generalization_gap
 
 
 def _table():
