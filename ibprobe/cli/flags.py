@@ -41,7 +41,7 @@ def add_data_source(p) -> None:
 
 def add_model(p, required: bool = False) -> None:
     p.add_argument("--model", required=required, metavar="SPEC",
-                   help="'resnet', 'resnet_ae' (ours), 'torchvision:NAME' or 'package.module:callable' (or "
+                   help="'resnet', 'resnet_ae', 'rir' (ours), 'torchvision:NAME' or 'package.module:callable' (or "
                    "file.py:callable), imported from the current folder")
     p.add_argument("--model-arg", action="extend", nargs="+", metavar="K=V",
                    help="keyword argument of the model constructor, e.g. widths=16,32,64 (repeatable)")
