@@ -10,7 +10,7 @@ at the zero initial point (every W = 0, so F = I). With M = E[x (x - y)^T] the H
   - k = 2: block diagonal, one identical block [[0, B], [B^T, 0]] per unit (B built from M), so its spectrum
     is the singular values of M, +/-, each n times: the condition number is cond(M) at every depth;
   - k >= 3: exactly zero (each unit's product is cubic in its weights): a high-order saddle.
-`linear_resnet_hessian` computes that Hessian exactly (float64, torch.func.hessian) at zero or small random
+`linear_resnet_hessian` computes that Hessian exactly (float64, reverse-over-reverse torch.func.jacrev) at zero or small random
 weights, and `linear_resnet_table` tabulates it over shortcut depths, depths and inits.
 
 For real networks (our ResNets, any nn.Module) on a fixed batch, `top_hessian_eigenvalues` finds the
@@ -159,7 +159,8 @@ def linear_resnet_hessian(depth: int, shortcut_depth: int, *, init: str = "zero"
     problem = problem if problem is not None else synthetic_problem(width, seed)
     d = problem.width
     theta = linear_resnet_init(depth, shortcut_depth, d, init, scale, seed)
-    h = torch.func.hessian(lambda t: problem.loss(linear_resnet_map(t, depth, shortcut_depth, d)))(theta)
+    loss = lambda t: problem.loss(linear_resnet_map(t, depth, shortcut_depth, d))  # noqa: E731
+    h = torch.func.jacrev(torch.func.jacrev(loss))(theta)  # reverse over reverse: no forward-mode decompositions
     return summarize_spectrum(torch.linalg.eigvalsh((h + h.T) / 2))
 
 
