@@ -64,6 +64,15 @@ def train_config(out_dir: str | os.PathLike, given: dict | None = None) -> Train
     return want
 
 
+def training_images(cfg: TrainConfig, ds) -> tuple[np.ndarray, np.ndarray]:
+    """(images, labels) the run trains on: the train split, or its seeded subset of cfg.max_train images."""
+    x, y = ds.split("train")
+    if cfg.max_train is not None and cfg.max_train < len(x):
+        keep = np.sort(np.random.default_rng(cfg.seed).permutation(len(x))[: cfg.max_train])
+        x, y = x[keep], y[keep]
+    return x, y
+
+
 def _run_config(cfg: TrainConfig, ds) -> dict:
     d = asdict(cfg)
     d.update(format=RUN_FORMAT, dataset_spec=cfg.dataset_spec(), levels=int(ds.levels),
@@ -164,10 +173,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, *, device: str = "auto",
     else:
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
-    x_train, y_train = ds.split("train")
-    if cfg.max_train is not None and cfg.max_train < len(x_train):
-        keep = np.sort(np.random.default_rng(cfg.seed).permutation(len(x_train))[: cfg.max_train])
-        x_train, y_train = x_train[keep], y_train[keep]
+    x_train, y_train = training_images(cfg, ds)
     x_test, y_test = ds.split("test")
     n = len(x_train)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
