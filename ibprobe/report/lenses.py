@@ -1,14 +1,16 @@
 """Figures of the Hessian and complexity lenses (-> DIR/figures/): data in, matplotlib Figure out (no pyplot).
 
-`condition_number_vs_depth` draws rows of ibprobe.hessian.linear_resnet_table; `complexity_vs_epoch` draws
-summary rows of ibprobe.complexity.complexity_rows beside the generalization gap from metrics.jsonl rows.
-The caller saves each figure (PNG, PDF) with the rows it was drawn from (CSV).
+`condition_number_vs_depth` draws rows of ibprobe.hessian.linear_resnet_table; `hessian_vs_epoch` rows of
+ibprobe.hessian.hessian_rows; `complexity_vs_epoch` summary rows of ibprobe.complexity.complexity_rows beside the
+generalization gap from metrics.jsonl rows. `save_complexity` saves that last one with the rows it shows.
 """
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Mapping, Sequence
 
-from ibprobe.report.plots import _MARKERS, _finite, _new_figure
+from ibprobe.report.plots import _MARKERS, _finite, _new_figure, save_figure
 
 _INIT_STYLE = {"zero": "-", "random": "--"}
 TERM_LABELS = {
@@ -59,6 +61,47 @@ def condition_number_vs_depth(rows: Sequence[dict], *, title: str | None = None)
     return fig
 
 
+def hessian_vs_epoch(rows: Sequence[dict], *, title: str | None = None):
+    """The top of the loss Hessian's spectrum against epoch: lambda_max and every |eig_i| of the top k (log y,
+    negative ones marked), and the top-k condition estimate |eig_1| / |eig_k| (log y), one point per checkpoint."""
+    rows = sorted(rows, key=lambda r: int(r["epoch"]))
+    fig = _new_figure(8.0, 3.2)
+    ax, ac = fig.subplots(1, 2)
+    k = max((int(r.get("k") or 0) for r in rows), default=0)
+    for i in range(1, k + 1):
+        pts = [(int(r["epoch"]), float(r[f"eig_{i}"])) for r in rows if _finite(r.get(f"eig_{i}"))]
+        pos = [(e, abs(v)) for e, v in pts if v != 0]
+        if pos:
+            ax.plot(*zip(*pos), color="0.6", lw=0.6, label="|λ_i|, top k" if i == 1 else None)
+        neg = [(e, -v) for e, v in pts if v < 0]
+        if neg:
+            ax.plot(*zip(*neg), ls="none", marker="v", ms=4, color="tab:red",
+                    label="negative λ (|λ| shown)" if not any(l.get_label().startswith("negative")
+                                                             for l in ax.get_lines()) else None)
+    top = [(int(r["epoch"]), float(r["lambda_max"])) for r in rows
+           if _finite(r.get("lambda_max")) and float(r["lambda_max"]) > 0]
+    if top:
+        ax.plot(*zip(*top), marker="o", ms=4, lw=1.5, color="tab:blue", label="λ_max")
+    cond = [(int(r["epoch"]), float(r["cond_estimate"])) for r in rows if _finite(r.get("cond_estimate"))]
+    if cond:
+        ac.plot(*zip(*cond), marker="s", ms=4, lw=1.5, color="tab:green")
+    ax.set_ylabel("eigenvalue  [nats per weight²]", fontsize=8)
+    ax.set_title("top of the Hessian spectrum", fontsize=8)
+    ac.set_ylabel(f"|λ_1| / |λ_{k}|", fontsize=8)
+    ac.set_title(f"top-{k} condition estimate (a lower bound)", fontsize=8)
+    for a in (ax, ac):
+        if a.get_lines():
+            a.set_yscale("log")
+        a.set_xlabel("epoch")
+        a.grid(True, which="both", lw=0.4, alpha=0.4)
+        a.tick_params(which="both", labelsize=7)
+    if ax.get_lines():
+        ax.legend(fontsize=7, loc="best", framealpha=0.85)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
 def generalization_gap(metrics_rows: Sequence[dict]) -> list[tuple[int, float]]:
     """[(epoch, train_acc - test_acc)] for the metrics.jsonl rows that have both accuracies.
 
@@ -96,9 +139,13 @@ def complexity_vs_epoch(runs: Mapping[str, tuple[Sequence[dict], Sequence[dict]]
         if gap:
             axes[-1].plot(*zip(*gap), **style)
     for ax, term in zip(axes, terms):
-        ax.set_yscale("log")
         ax.set_title(TERM_LABELS.get(term, term), fontsize=8)
         ax.set_ylabel(term, fontsize=8)
+        if ax.get_lines():
+            ax.set_yscale("log")
+        else:
+            why = "\n(margin ≤ 0: too many training errors)" if term.endswith("margin") else ""
+            ax.text(0.5, 0.5, "no finite value" + why, ha="center", va="center", fontsize=7, transform=ax.transAxes)
     axes[-1].set_title("generalization gap", fontsize=8)
     axes[-1].set_ylabel("train acc − test acc", fontsize=8)
     axes[-1].axhline(0.0, color="0.5", lw=0.6)
@@ -110,3 +157,20 @@ def complexity_vs_epoch(runs: Mapping[str, tuple[Sequence[dict], Sequence[dict]]
     if title:
         fig.suptitle(title, fontsize=10)
     return fig
+
+
+def save_complexity(runs: Mapping[str, tuple[Sequence[dict], Sequence[dict]]], path_stem: str | os.PathLike, *,
+                    title: str | None = None) -> list[Path]:
+    """complexity_vs_epoch of `runs` as <stem>.png/.pdf, and <stem>.csv: each run's summary rows with its `run`
+    label and the generalization `gap` (train_acc - test_acc of metrics.jsonl, empty when not logged) at that epoch.
+
+    Terms a run lacks (margins of an autoencoder) are left out of the panels.
+    """
+    terms = [t for t in ("lipschitz_residual", "residual_complexity", "residual_margin")
+             if any(t in r for summary, _ in runs.values() for r in summary)]
+    fig = complexity_vs_epoch(runs, terms, title=title)
+    table = []
+    for label, (summary, metrics) in runs.items():
+        gap = dict(generalization_gap(metrics))
+        table += [{"run": label, **r, "gap": gap.get(int(r["epoch"]))} for r in summary]
+    return save_figure(fig, path_stem, table)
