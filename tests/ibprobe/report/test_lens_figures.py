@@ -5,7 +5,9 @@ import math
 
 import numpy as np
 
-from ibprobe.report.lenses import complexity_vs_epoch, condition_number_vs_depth, generalization_gap
+from ibprobe.lenses import read_rows
+from ibprobe.report.lenses import (complexity_vs_epoch, condition_number_vs_depth, generalization_gap,
+                                    hessian_vs_epoch, save_complexity)
 
 
 def _table():
@@ -44,3 +46,24 @@ def test_complexity_figure_draws_terms_and_the_gap_per_run():
     gap = axes[3].get_lines()[0]
     assert np.allclose(gap.get_ydata(), [0.05 * e for e in range(5)])
     assert generalization_gap(metrics)[-1] == (4, 0.5 + 0.4 - 0.7)
+
+
+def test_hessian_figure_marks_negative_eigenvalues_and_draws_the_condition_estimate():
+    rows = [dict(epoch=e, k=3, lambda_max=4.0 / (e + 1), cond_estimate=2.0 + e, eig_1=4.0 / (e + 1), eig_2=-1.0,
+                 eig_3=0.5) for e in (3, 0, 1)]
+    ax, ac = hessian_vs_epoch(rows).axes
+    lines = {l.get_label(): l for l in ax.get_lines()}
+    assert np.allclose(lines["λ_max"].get_ydata(), [4.0, 2.0, 1.0])  # sorted by epoch
+    assert np.allclose(lines["negative λ (|λ| shown)"].get_ydata(), [1.0, 1.0, 1.0])
+    assert np.allclose(ac.get_lines()[0].get_ydata(), [2.0, 3.0, 5.0]) and ac.get_yscale() == "log"
+
+
+def test_saved_complexity_table_has_the_run_and_its_gap(tmp_path):
+    summary = [dict(epoch=e, lipschitz_residual=10.0 + e, residual_complexity=1e3 + e) for e in (0, 2)]
+    metrics = [dict(epoch=e, train_acc=0.5 + 0.2 * e, test_acc=0.5 + 0.1 * e) for e in range(3)]
+    written = save_complexity({"true": (summary, metrics), "mine": (summary, [])}, tmp_path / "c")
+    assert [p.name for p in written] == ["c.png", "c.pdf", "c.csv"]
+    rows = read_rows(tmp_path / "c.csv")
+    assert [(r["run"], r["epoch"], r["gap"]) for r in rows] == [("true", 0, 0.0), ("true", 2, 0.5 + 0.4 - 0.7),
+                                                               ("mine", 0, None), ("mine", 2, None)]
+    assert "residual_margin" not in rows[0]
