@@ -153,7 +153,12 @@ def complexity_vs_epoch(runs: Mapping[str, tuple[Sequence[dict], Sequence[dict]]
         ax.set_xlabel("epoch")
         ax.grid(True, which="both", lw=0.4, alpha=0.4)
         ax.tick_params(which="both", labelsize=7)
-    axes[-1].legend(fontsize=7, loc="best", framealpha=0.85)
+    if not axes[-1].get_lines()[1:]:  # only the zero line: no run logged both accuracies
+        axes[-1].text(0.5, 0.5, "no train and test accuracy\nin metrics.jsonl", ha="center", va="center", fontsize=7,
+                      transform=axes[-1].transAxes)
+    legend_ax = next((ax for ax in axes[::-1] if any(not l.get_label().startswith("_") for l in ax.get_lines())), None)
+    if legend_ax is not None:
+        legend_ax.legend(fontsize=7, loc="best", framealpha=0.85)
     if title:
         fig.suptitle(title, fontsize=10)
     return fig
