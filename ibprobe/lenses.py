@@ -32,7 +32,7 @@ from ibprobe.config import config_from_dict, resolve_device
 from ibprobe.data import load_dataset, to_model_input
 from ibprobe.errors import CheckpointError, ConfigError, DataError
 from ibprobe.fsutil import atomic_write_text
-from ibprobe.hessian import LINEAR_INITS, fixed_batch, hessian_rows, linear_resnet_table
+from ibprobe.hessian import LINEAR_INITS, fixed_batch, hessian_rows, linear_resnet_table, synthetic_problem
 from ibprobe.models import build_model
 from ibprobe.report.lenses import condition_number_vs_depth, hessian_vs_epoch, save_complexity
 from ibprobe.report.plots import read_metrics, save_figure
@@ -208,9 +208,13 @@ def compare_complexity(runs: dict[str, str | os.PathLike], out_dir: str | os.Pat
 
 def hessian_linear(out_dir: str | os.PathLike, *, shortcut_depths: Sequence[int] = (1, 2, 3),
                    depths: Sequence[int] = tuple(range(1, 9)), inits: Sequence[str] = LINEAR_INITS, width: int = 4,
-                   scale: float = 0.05, seed: int = 0) -> tuple[list[dict], list[Path]]:
+                   scale: float = 0.05, seed: int = 0, isotropic: bool = False) -> tuple[list[dict], list[Path]]:
     """Li et al.'s table (ibprobe.hessian.linear_resnet_table, one fixed problem of the given width) written as
-    analysis/hessian_linear.csv and drawn as figures/hessian_linear; returns (rows, files written)."""
+    analysis/hessian_linear.csv and drawn as figures/hessian_linear; returns (rows, files written).
+
+    The problem is ibprobe.hessian.synthetic_problem(width, seed): a generic residual moment M = E[x (x - y)^T]
+    by default, where 1-layer shortcuts' condition number trends up with depth without growing at every step;
+    `isotropic` makes M = m I, where it grows strictly (as 9n - 1 for the default spread)."""
     bad = [v for v in (*shortcut_depths, *depths, width) if int(v) < 1]
     if bad or not shortcut_depths or not depths:
         raise ConfigError("shortcut depths, depths and the width must be non-empty lists of positive integers")
@@ -220,10 +224,12 @@ def hessian_linear(out_dir: str | os.PathLike, *, shortcut_depths: Sequence[int]
     if max(depths) * max(shortcut_depths) * width ** 2 > 4096:
         raise ConfigError("the exact Hessian has (depth x shortcut depth x width^2)^2 entries: keep that product "
                           "<= 4096 weights (e.g. width 4, depth <= 16 with 3-layer shortcuts)")
-    rows = linear_resnet_table(shortcut_depths, depths, inits, width=width, scale=scale, seed=seed)
+    problem = synthetic_problem(width, seed, isotropic_residual=isotropic)
+    rows = linear_resnet_table(shortcut_depths, depths, inits, width=width, scale=scale, seed=seed, problem=problem)
     out = Path(out_dir)
     written = [write_rows(out / "analysis" / "hessian_linear.csv", rows)]
-    fig = condition_number_vs_depth(rows, title=f"Hessian at initialisation, deep linear residual net, width {width}")
+    fig = condition_number_vs_depth(rows, title=f"Hessian at initialisation, deep linear residual net, width {width}, "
+                                    f"{'isotropic' if isotropic else 'generic'} residual moment")
     return rows, written + save_figure(fig, out / "figures" / "hessian_linear", rows)
 
 

@@ -32,6 +32,8 @@ def add_parser(sub) -> None:
     g.add_argument("--depths", default="1..8", metavar="A..B", help="residual units, A..B or A,B,.. (default 1..8)")
     g.add_argument("--init", default="zero,random", metavar="I,..", help="zero and/or random (default both)")
     g.add_argument("--width", type=int, default=4, help="width of every layer (default 4)")
+    g.add_argument("--problem", choices=("generic", "isotropic"), default="generic",
+                   help="the data's residual moment E[x (x - y)^T]: generic, or a multiple of I (default generic)")
     flags.add_lens_source(p)
     p.add_argument("--k", type=int, default=10, help="eigenvalues per checkpoint (default 10)")
     p.add_argument("--batch", type=int, default=256, metavar="N", help="training images in the batch (default 256)")
@@ -53,9 +55,10 @@ def handler(args) -> int:
         ks = flags.parse_ints(args.shortcut_depths, "--shortcut-depths")
         depths = flags.parse_ints(args.depths, "--depths")
         rows, written = hessian_linear(args.out, shortcut_depths=ks, depths=depths, inits=flags.parse_list(args.init),
-                                       width=args.width, seed=args.seed)
+                                       width=args.width, seed=args.seed, isotropic=args.problem == "isotropic")
         print(f"condition number of the loss Hessian at initialisation (max |eigenvalue| / min nonzero |eigenvalue|),"
-              f" deep linear residual network of width {args.width}; k = layers per shortcut; H = 0: zero Hessian")
+              f" deep linear residual network of width {args.width}, {args.problem} residual moment; k = layers per "
+              "shortcut; H = 0: zero Hessian")
         print(linear_table_text(rows))
     else:
         written = []
