@@ -91,7 +91,7 @@ class TrainConfig:
             object.__setattr__(self, "augment", "crop_flip" if self.augment else "none")
         if self.regime not in REGIMES:
             raise ConfigError(f"regime must be one of {', '.join(REGIMES)}, got {self.regime!r}")
-        if self.regime == "autoencode" and self.model == "resnet":
+        if self.regime == "autoencode" and self.model in ("resnet", "rir"):
             raise ConfigError("the autoencode regime needs an autoencoder: use --model resnet_ae")
         if self.regime == "classify" and self.model == "resnet_ae":
             raise ConfigError("resnet_ae is an autoencoder: use --regime autoencode, or --model resnet to classify")

@@ -278,7 +278,10 @@ def source_from_run(run_dir: str | os.PathLike) -> tuple[ModelSource, dict]:
                          in_shape=tuple(conf.get("in_shape", ())), num_classes=int(conf.get("num_classes", 10)),
                          checkpoints=tuple((e, str(p)) for e, p in list_checkpoints(run_dir)),
                          normalize=conf.get("normalize"))
-    return source, dict(conf.get("dataset_spec") or {"name": conf.get("dataset", "digits")})
+    spec = dict(conf.get("dataset_spec") or {"name": conf.get("dataset", "digits")})
+    if conf.get("max_train") is not None:  # runs from before the spec carried it
+        spec.setdefault("max_train", int(conf["max_train"]))
+    return source, spec
 
 
 def prepare_analysis(*, model: str, checkpoints, dataset_spec: dict, cfg: AnalysisConfig,

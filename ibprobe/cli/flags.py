@@ -1,6 +1,6 @@
 """The flag vocabulary shared by every command, declared once: device, quiet, data source, model, layers, decoder
-and fit overrides, training settings, jobs, seed. Also the parsers of `K=V` values and lists, and the two things
-every command prints: a table of mi.csv rows and the files it wrote."""
+and fit overrides, training settings, jobs, seed, what a checkpoint lens looks at. Also the parsers of `K=V` values
+and lists, and the two things every command prints: a table of mi.csv rows and the files it wrote."""
 from __future__ import annotations
 
 import sys
@@ -10,6 +10,8 @@ from typing import Any, Iterable
 from ibprobe.config import AnalysisConfig
 from ibprobe.data import DATASET_NAMES
 from ibprobe.errors import ConfigError
+from ibprobe.lenses import LensTarget, target_from_run, target_from_spec
+from ibprobe.source import NORMALIZE_PRESETS, dataset_spec
 
 
 # ------------------------------------------------------------------------------------------------ groups
@@ -41,7 +43,7 @@ def add_data_source(p) -> None:
 
 def add_model(p, required: bool = False) -> None:
     p.add_argument("--model", required=required, metavar="SPEC",
-                   help="'resnet', 'resnet_ae' (ours), 'torchvision:NAME' or 'package.module:callable' (or "
+                   help="'resnet', 'resnet_ae', 'rir' (ours), 'torchvision:NAME' or 'package.module:callable' (or "
                    "file.py:callable), imported from the current folder")
     p.add_argument("--model-arg", action="extend", nargs="+", metavar="K=V",
                    help="keyword argument of the model constructor, e.g. widths=16,32,64 (repeatable)")
@@ -82,6 +84,43 @@ def add_train(p) -> None:
     p.add_argument("--train", action="extend", nargs="+", metavar="K=V",
                    help="TrainConfig fields, e.g. epochs=8 checkpoint_epochs=0,1,3,8 lr=3e-3 regime=autoencode "
                    "(repeatable)")
+
+
+def add_lens_source(p, several_runs: bool = False) -> None:
+    """What a checkpoint lens (hessian, complexity) looks at: a training run, or a model spec with checkpoints."""
+    g = p.add_argument_group("checkpoints: --run DIR, or --model SPEC --checkpoints GLOB with --dataset/--images")
+    g.add_argument("--run", nargs="+" if several_runs else None, metavar="DIR",
+                   help="training run folder(s) written by `ibprobe train`/`ibprobe run`: their checkpoints and the "
+                   "images they trained on; outputs go into the run folder")
+    g.add_argument("--checkpoints", nargs="+", metavar="GLOB", help="with --model: checkpoint files or quoted globs")
+    g.add_argument("--epochs", metavar="E,..", help="only these checkpoint epochs (default all)")
+    g.add_argument("--normalize", metavar="MEAN,STD",
+                   help="with --model: per-channel normalisation after scaling to [0, 1] (or " +
+                   ", ".join(NORMALIZE_PRESETS) + ")")
+    add_model(p)
+    add_data_source(p)
+
+
+def lens_targets(args) -> list[tuple[LensTarget, str]]:
+    """[(LensTarget, output folder)] of the add_lens_source flags: one per --run (its own folder, or --out for a
+    single run), or the --model spec's (into --out)."""
+    runs = [args.run] if isinstance(args.run, str) else list(args.run or [])
+    if runs and (args.model or args.checkpoints or args.dataset or args.images or args.normalize):
+        raise ConfigError("--run DIR brings its own model, checkpoints and data: drop --model, --checkpoints, "
+                          "--dataset, --images and --normalize, or drop --run")
+    if runs:
+        return [(target_from_run(r), args.out if args.out and len(runs) == 1 else r) for r in runs]
+    if not args.model or not args.checkpoints:
+        raise ConfigError("say which checkpoints to look at: --run DIR (one of our training runs), or --model SPEC "
+                          "--checkpoints GLOB with --dataset NAME or --images X.npy")
+    if not args.out:
+        raise ConfigError("--model needs --out DIR, the folder for analysis/ and figures/")
+    spec = dataset_spec(args.dataset, data_root=args.data_root, images=args.images, labels=args.labels,
+                        levels=args.levels)
+    target = target_from_spec(model=args.model, checkpoints=args.checkpoints, dataset_spec=spec,
+                              model_args=parse_kv(args.model_arg, "--model-arg"), normalize=args.normalize,
+                              download=args.download)
+    return [(target, args.out)]
 
 
 def add_figures(p) -> None:
@@ -147,6 +186,20 @@ def parse_epochs(text: str | None) -> list[int] | None:
     if any(v < 0 for v in vals):
         raise ConfigError(f"epochs must be >= 0, got {vals}")
     return sorted(set(vals))
+
+
+def parse_ints(text: str, what: str) -> list[int]:
+    """'1..8' (inclusive) or '1,2,4' (or both: '1..3,8') -> a sorted list of distinct integers."""
+    out: set[int] = set()
+    try:
+        for part in (p.strip() for p in text.split(",") if p.strip()):
+            lo, _, hi = part.partition("..")
+            out.update(range(int(lo), int(hi) + 1) if hi else [int(lo)])
+    except ValueError:
+        raise ConfigError(f"{what} {text!r} must be integers: A..B or A,B,C") from None
+    if not out:
+        raise ConfigError(f"{what} is empty")
+    return sorted(out)
 
 
 def parse_list(text: str | None) -> list[str] | None:

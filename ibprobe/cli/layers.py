@@ -18,7 +18,7 @@ def add_parser(sub) -> None:
         description="Print one module path per line: the names --layers accepts in capture, run and analyze.")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--run", metavar="DIR", help="a training run folder (reads DIR/config.json)")
-    src.add_argument("--model", metavar="SPEC", help="resnet, resnet_ae, torchvision:NAME or pkg.module:callable")
+    src.add_argument("--model", metavar="SPEC", help="resnet, resnet_ae, rir, torchvision:NAME or pkg.module:callable")
     p.add_argument("--model-arg", action="extend", nargs="+", metavar="K=V", help="model option (repeatable)")
     p.add_argument("--dataset", default="digits", help="gives the input shape and classes (default digits)")
     p.add_argument("--in-shape", metavar="C,H,W", help="input shape, instead of --dataset")

@@ -2,6 +2,7 @@
 from ibprobe.models.autoencoder import ResNetAEConfig, ResNetAutoencoder
 from ibprobe.models.registry import MODEL_NAMES, build_model, model_arg_names
 from ibprobe.models.resnet import BasicBlock, ResNet, ResNetConfig
+from ibprobe.models.rir import RiR, RiRConfig
 
 __all__ = ["build_model", "MODEL_NAMES", "model_arg_names", "ResNet", "ResNetConfig", "ResNetAutoencoder",
-           "ResNetAEConfig", "BasicBlock"]
+           "ResNetAEConfig", "BasicBlock", "RiR", "RiRConfig"]

@@ -17,10 +17,15 @@ from ibprobe.fsutil import jsonable
 from ibprobe.models.autoencoder import ResNetAEConfig, ResNetAutoencoder
 from ibprobe.models.external import build_external
 from ibprobe.models.resnet import ResNet, ResNetConfig
+from ibprobe.models.rir import RiR, RiRConfig
 
 
 def _build_resnet(in_shape, num_classes, **args) -> nn.Module:
     return ResNet(ResNetConfig(in_channels=in_shape[0], image_size=in_shape[1], num_classes=num_classes, **args))
+
+
+def _build_rir(in_shape, num_classes, **args) -> nn.Module:
+    return RiR(RiRConfig(in_channels=in_shape[0], image_size=in_shape[1], num_classes=num_classes, **args))
 
 
 def _build_resnet_ae(in_shape, num_classes, **args) -> nn.Module:
@@ -31,6 +36,7 @@ def _build_resnet_ae(in_shape, num_classes, **args) -> nn.Module:
 _REGISTRY: dict[str, tuple[Callable[..., nn.Module], type, tuple[str, ...]]] = {
     "resnet": (_build_resnet, ResNetConfig, ("in_channels", "image_size", "num_classes")),
     "resnet_ae": (_build_resnet_ae, ResNetAEConfig, ("in_channels", "image_size")),
+    "rir": (_build_rir, RiRConfig, ("in_channels", "image_size", "num_classes")),
 }
 MODEL_NAMES = tuple(_REGISTRY)
 

@@ -156,6 +156,8 @@ def test_regime_and_model_must_agree():
 
     with pytest.raises(ConfigError, match="resnet_ae"):
         TrainConfig(model="resnet", regime="autoencode")
+    with pytest.raises(ConfigError, match="resnet_ae"):
+        TrainConfig(model="rir", regime="autoencode")
     with pytest.raises(ConfigError, match="autoencoder"):
         TrainConfig(model="resnet_ae", regime="classify")
     assert TrainConfig(model="resnet_ae", regime="autoencode").model == "resnet_ae"

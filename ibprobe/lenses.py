@@ -1,0 +1,274 @@
+"""Two more lenses on a network's checkpoints, beside the information plane (-> DIR/analysis/, DIR/figures/).
+
+  hessian_lens      the top-k eigenvalues of the training loss's Hessian on one fixed, seeded batch, per
+                    checkpoint (ibprobe.hessian) -> analysis/hessian.csv, figures/hessian.{png,pdf,csv}
+  complexity_lens   per-layer operator norms and the margin bounds' complexity terms, per checkpoint
+                    (ibprobe.complexity) -> analysis/complexity_layers.csv, analysis/complexity.csv,
+                    figures/complexity.{png,pdf,csv} beside the generalization gap of metrics.jsonl
+  hessian_linear    Li et al.'s deep linear residual networks at initialisation, exactly (no checkpoints)
+                    -> analysis/hessian_linear.csv, figures/hessian_linear.{png,pdf,csv}
+
+What a lens looks at is a LensTarget: the checkpoints (a ModelSource) and the training images they are measured
+on, checked up front so that a mistake costs one line: `target_from_run` for one of our training runs (the images
+it trained on, its regime, its metrics.jsonl), `target_from_spec` for a model spec and your checkpoints (the
+data set's train split). Every checkpoint sees the same seeded images.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from decoders.progress import progress as progress_report
+from ibprobe.checkpoints import list_checkpoints, load_run_config, load_weights, resolve_checkpoints
+from ibprobe.complexity import margins, model_complexity
+from ibprobe.config import config_from_dict, resolve_device
+from ibprobe.data import load_dataset, to_model_input
+from ibprobe.errors import CheckpointError, ConfigError, DataError
+from ibprobe.fsutil import atomic_write_text
+from ibprobe.hessian import LINEAR_INITS, fixed_batch, hessian_rows, linear_resnet_table, synthetic_problem
+from ibprobe.models import build_model
+from ibprobe.report.lenses import condition_number_vs_depth, hessian_vs_epoch, save_complexity
+from ibprobe.report.plots import read_metrics, save_figure
+from ibprobe.source import ModelSource, check_dataset, dataset, parse_normalize, relative_to_run, source_from_run
+
+
+@dataclass(frozen=True)
+class LensTarget:
+    """Checkpoints to look at and the training images to look at them on."""
+
+    source: ModelSource
+    regime: str  # classify | autoencode: the loss whose Hessian is taken; margins only when classifying
+    images: np.ndarray  # uint8 (N, C, H, W): the training images
+    labels: np.ndarray  # (N,)
+    levels: int
+    metrics_path: Path | None  # a training run's metrics.jsonl (train and test accuracy per epoch), else None
+    label: str  # the run folder's name or the model spec: a legend entry
+    title: str
+
+    def batch(self, n: int, seed: int, regime: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(model input, target) of a seeded subset of n training images (n <= 0: all of them)."""
+        n = len(self.images) if n <= 0 else n
+        return fixed_batch(self.images, self.labels, self.levels, regime or self.regime, n=n, seed=seed,
+                           normalize=self.source.normalize)
+
+    def checkpoints(self, epochs: Iterable[int] | None = None) -> list[tuple[int, str]]:
+        """[(epoch, path)] of the asked epochs (None: all); ConfigError naming the missing ones."""
+        have = [(int(e), str(p)) for e, p in self.source.checkpoints]
+        if epochs is None:
+            return have
+        want = sorted(set(int(e) for e in epochs))
+        missing = [e for e in want if e not in {e for e, _ in have}]
+        if missing:
+            raise ConfigError(f"no checkpoint for epoch(s) {missing}; there are epochs "
+                              f"{', '.join(str(e) for e, _ in have)}")
+        return [(e, p) for e, p in have if e in want]
+
+
+def target_from_run(run_dir: str | os.PathLike) -> LensTarget:
+    """The LensTarget of one of our training runs: its checkpoints, the images it trained on, its regime."""
+    run_dir = Path(run_dir)
+    conf = load_run_config(run_dir)
+    if not list_checkpoints(run_dir):
+        raise CheckpointError(f"{run_dir} has no checkpoints yet; finish it with `ibprobe train --out {run_dir}`")
+    source, spec = source_from_run(run_dir)
+    cfg = config_from_dict(conf)
+    ds = dataset(spec)
+    x, y = ds.split("train")  # the images it trained on (a max_train run: its subset)
+    metrics = run_dir / "metrics.jsonl"
+    return LensTarget(source=source, regime=cfg.regime, images=x, labels=y, levels=ds.levels,
+                      metrics_path=metrics if metrics.is_file() else None, label=run_dir.resolve().name,
+                      title=f"{run_dir.resolve().name}: {cfg.dataset}, {cfg.model}, {cfg.regime}")
+
+
+def target_from_spec(*, model: str, checkpoints, dataset_spec: dict, model_args: dict | None = None,
+                     normalize: str | tuple | None = None, download: bool = False) -> LensTarget:
+    """The LensTarget of a model spec and your checkpoints, on the data set's train split; checks that the data
+    load, every checkpoint loads safely and fits the model, and the model takes two images and gives outputs
+    that fit its regime (autoencode for resnet_ae, classify otherwise)."""
+    ds = load_dataset(**dataset_spec, download=True) if download else dataset(dataset_spec)
+    check_dataset(ds)
+    norm = parse_normalize(normalize, ds.image_shape[0]) if isinstance(normalize, str) else normalize
+    margs = dict(model_args or {})
+    num_classes = int(margs.pop("num_classes", ds.num_classes))
+    net = build_model(model, in_shape=ds.image_shape, num_classes=num_classes, **margs)
+    ckpts = resolve_checkpoints(checkpoints)
+    for _, path in ckpts:
+        load_weights(net, path)
+    regime = "autoencode" if model == "resnet_ae" else "classify"
+    _check_outputs(net.eval(), to_model_input(ds.images[ds.train_idx[:2]], ds.levels, norm), regime, num_classes,
+                   int(ds.labels.max()))
+    source = ModelSource(kind="spec", model=str(model), model_args=margs, in_shape=tuple(ds.image_shape),
+                         num_classes=num_classes, normalize=norm,
+                         checkpoints=tuple((int(e), str(Path(p).resolve())) for e, p in ckpts))
+    x, y = ds.split("train")
+    return LensTarget(source=source, regime=regime, images=x, labels=y, levels=ds.levels, metrics_path=None,
+                      label=str(model), title=f"{model} on {ds.name}, {len(ckpts)} checkpoint(s)")
+
+
+def _check_outputs(net, x: torch.Tensor, regime: str, num_classes: int, max_label: int) -> None:
+    try:
+        with torch.no_grad():
+            out = net(x)
+    except Exception as e:  # noqa: BLE001 - the user's model cannot take these images: say so in one line
+        msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise ConfigError(f"the model failed on images of shape {tuple(x.shape[1:])}: {type(e).__name__}: {msg}") \
+            from None
+    if regime == "autoencode" and tuple(out.shape) != tuple(x.shape):
+        raise ConfigError(f"an autoencoder must return images of its input's shape {tuple(x.shape)}, got "
+                          f"{tuple(out.shape)}")
+    if regime == "classify" and (out.ndim != 2 or out.shape[1] != num_classes or max_label >= num_classes):
+        raise ConfigError(f"the model returns {tuple(out.shape)} for {len(x)} images, but the loss needs logits "
+                          f"(N, classes) covering labels 0..{max_label}; check --model-arg num_classes")
+
+
+# ------------------------------------------------------------------------------------------------ lenses
+def hessian_lens(target: LensTarget, out_dir: str | os.PathLike, *, k: int = 10, n: int = 256,
+                 method: str = "lanczos", steps: int | None = None, iters: int = 200, seed: int = 0,
+                 epochs: Iterable[int] | None = None, device: str = "auto",
+                 progress: bool = True) -> tuple[list[dict], list[Path]]:
+    """Top-k Hessian eigenvalues (by |value|) of the training loss on one seeded batch of n training images, per
+    checkpoint, BatchNorm in eval mode (ibprobe.hessian.top_hessian_eigenvalues). Returns (rows, files written).
+
+    Rows (analysis/hessian.csv): epoch, loss (nats: per example for classify, per pixel for autoencode),
+    lambda_max, cond_estimate (|eig_1| / |eig_k|, a lower bound on the condition number), method, k,
+    eig_1..eig_k, n_images, checkpoint. Lanczos keeps steps x (number of weights) float64 numbers in memory.
+    """
+    if k < 1 or n < 1:
+        raise ConfigError(f"k and n must be at least 1, got k={k}, n={n}")
+    out, dev = Path(out_dir), resolve_device(device)
+    ckpts = target.checkpoints(epochs)
+    x, t = (v.to(dev) for v in target.batch(n, seed))
+    rows = []
+    for epoch, path in progress_report(ckpts, enabled=progress, desc="hessian", unit="checkpoint"):
+        model = target.source.load_model(path, device=str(dev))
+        row = hessian_rows([(epoch, model)], x, t, target.regime, k=k, method=method, steps=steps, iters=iters,
+                           seed=seed)[0]
+        rows.append({**row, "n_images": len(x), "checkpoint": relative_to_run(path, out)})
+    written = [write_rows(out / "analysis" / "hessian.csv", rows)]
+    written += save_figure(hessian_vs_epoch(rows, title=target.title), out / "figures" / "hessian", rows)
+    return rows, written
+
+
+def complexity_lens(target: LensTarget, out_dir: str | os.PathLike, *, n: int = 1000, margin_quantile: float = 0.1,
+                    iters: int = 1000, seed: int = 0, epochs: Iterable[int] | None = None, device: str = "auto",
+                    progress: bool = True) -> tuple[list[dict], list[Path]]:
+    """Operator norms of every weight layer and the complexity terms of ibprobe.complexity, per checkpoint; when
+    classifying, the margins on a seeded subset of n training images (n <= 0: all). Returns (summary rows, files).
+
+    analysis/complexity_layers.csv: one row per (epoch, layer) (ibprobe.complexity.layer_norms columns).
+    analysis/complexity.csv: one row per epoch (complexity_summary keys, margin terms, and train_acc_eval: the
+    accuracy on those images in eval mode, so runs can be compared at equal training accuracy).
+    """
+    if not 0.0 < margin_quantile < 1.0 or n < 0:
+        raise ConfigError(f"the margin quantile must be in (0, 1) and n >= 0 (0: all images), got {margin_quantile} "
+                          f"and {n}")
+    out, dev = Path(out_dir), resolve_device(device)
+    ckpts = target.checkpoints(epochs)
+    x = y = None
+    if target.regime == "classify":
+        x, y = (v.to(dev) for v in target.batch(n, seed, "classify"))
+    layers, summaries = [], []
+    for epoch, path in progress_report(ckpts, enabled=progress, desc="complexity", unit="checkpoint"):
+        model = target.source.load_model(path, device=str(dev))
+        rows, summary = model_complexity(model, x, y, in_shape=target.source.in_shape,
+                                         margin_quantile=margin_quantile, iters=iters, seed=seed)
+        layers += [{"epoch": epoch, **r} for r in rows]
+        if x is not None:
+            summary["train_acc_eval"] = float((margins(model, x, y) > 0).mean())
+            summary["n_images"] = len(x)
+        summaries.append({"epoch": epoch, **summary})
+    written = [write_rows(out / "analysis" / "complexity_layers.csv", layers),
+               write_rows(out / "analysis" / "complexity.csv", summaries)]
+    metrics = read_metrics(target.metrics_path) if target.metrics_path else []
+    written += save_complexity({target.label: (summaries, metrics)}, out / "figures" / "complexity",
+                               title=target.title)
+    return summaries, written
+
+
+def compare_complexity(runs: dict[str, str | os.PathLike], out_dir: str | os.PathLike) -> list[Path]:
+    """One complexity figure of several analysed folders ({label: folder}, each with analysis/complexity.csv and,
+    for a training run, metrics.jsonl) -> out_dir/figures/complexity.{png,pdf,csv}, e.g. true against random labels."""
+    drawn = {}
+    for label, folder in runs.items():
+        path = Path(folder) / "analysis" / "complexity.csv"
+        if not path.is_file():
+            raise DataError(f"{path} not found; run `ibprobe complexity --run {folder}` first")
+        metrics = Path(folder) / "metrics.jsonl"
+        drawn[label] = (read_rows(path), read_metrics(metrics) if metrics.is_file() else [])
+    return save_complexity(drawn, Path(out_dir) / "figures" / "complexity", title=" vs ".join(drawn))
+
+
+def hessian_linear(out_dir: str | os.PathLike, *, shortcut_depths: Sequence[int] = (1, 2, 3),
+                   depths: Sequence[int] = tuple(range(1, 9)), inits: Sequence[str] = LINEAR_INITS, width: int = 4,
+                   scale: float = 0.05, seed: int = 0, isotropic: bool = False) -> tuple[list[dict], list[Path]]:
+    """Li et al.'s table (ibprobe.hessian.linear_resnet_table, one fixed problem of the given width) written as
+    analysis/hessian_linear.csv and drawn as figures/hessian_linear; returns (rows, files written).
+
+    The problem is ibprobe.hessian.synthetic_problem(width, seed): a generic residual moment M = E[x (x - y)^T]
+    by default, where 1-layer shortcuts' condition number trends up with depth without growing at every step;
+    `isotropic` makes M = m I, where it grows strictly (as 9n - 1 for the default spread)."""
+    bad = [v for v in (*shortcut_depths, *depths, width) if int(v) < 1]
+    if bad or not shortcut_depths or not depths:
+        raise ConfigError("shortcut depths, depths and the width must be non-empty lists of positive integers")
+    unknown = [i for i in inits if i not in LINEAR_INITS]
+    if unknown or not inits:
+        raise ConfigError(f"--init takes {', '.join(LINEAR_INITS)}, got {', '.join(unknown) or 'nothing'}")
+    if max(depths) * max(shortcut_depths) * width ** 2 > 4096:
+        raise ConfigError("the exact Hessian has (depth x shortcut depth x width^2)^2 entries: keep that product "
+                          "<= 4096 weights (e.g. width 4, depth <= 16 with 3-layer shortcuts)")
+    problem = synthetic_problem(width, seed, isotropic_residual=isotropic)
+    rows = linear_resnet_table(shortcut_depths, depths, inits, width=width, scale=scale, seed=seed, problem=problem)
+    out = Path(out_dir)
+    written = [write_rows(out / "analysis" / "hessian_linear.csv", rows)]
+    fig = condition_number_vs_depth(rows, title=f"Hessian at initialisation, deep linear residual net, width {width}, "
+                                    f"{'isotropic' if isotropic else 'generic'} residual moment")
+    return rows, written + save_figure(fig, out / "figures" / "hessian_linear", rows)
+
+
+def linear_table_text(rows: Sequence[dict]) -> str:
+    """The condition number per depth (rows) and (shortcut depth, init) (columns); 'H = 0' marks a zero Hessian."""
+    cols = list(dict.fromkeys((int(r["shortcut_depth"]), r["init"]) for r in rows))
+    by = {(int(r["shortcut_depth"]), r["init"], int(r["depth"])): r["condition_number"] for r in rows}
+    head = ["depth"] + [f"k={k} {init}" for k, init in cols]
+    lines = ["  ".join(f"{h:>12}" for h in head)]
+    for d in sorted({int(r["depth"]) for r in rows}):
+        cells = [by.get((k, init, d)) for k, init in cols]
+        lines.append("  ".join([f"{d:>12}"] + [f"{'' if c is None else 'H = 0' if np.isnan(c) else f'{c:.6g}':>12}"
+                                             for c in cells]))
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------ tables
+def write_rows(path: str | os.PathLike, rows: Sequence[dict]) -> Path:
+    """A CSV of dict rows (columns in first-seen order; floats round-trip exactly; None -> empty), atomically."""
+    cols: list[str] = list(dict.fromkeys(k for r in rows for k in r))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: "" if r.get(k) is None else repr(r[k]) if isinstance(r[k], float) else r[k] for k in cols})
+    return atomic_write_text(path, buf.getvalue())
+
+
+def read_rows(path: str | os.PathLike) -> list[dict]:
+    """A CSV written by write_rows, numbers parsed (int, then float), empty cells None, other text kept."""
+    with open(path, newline="", encoding="utf-8") as f:
+        return [{k: _number(v) for k, v in r.items()} for r in csv.DictReader(f)]
+
+
+def _number(text: str | None) -> Any:
+    if text is None or text == "":
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
