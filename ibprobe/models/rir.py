@@ -175,6 +175,14 @@ class RiR(nn.Module):
             names += [f"layer{s}.residual", f"layer{s}.transient", f"layer{s}"]
         return names + ["pool", "fc"]
 
+    def chain_names(self) -> list[str]:
+        """The taps on the main path, in order, each a function of the one before: block and stage outputs (both
+        streams together). A stream alone is not: the next block reads both."""
+        names = ["stem"]
+        for s, stage in enumerate(self.stages(), start=1):
+            names += [f"layer{s}.{b}" for b in range(stage.n_blocks)] + [f"layer{s}"]
+        return names + ["pool", "fc"]
+
 
 def _zero_init(model: nn.Module) -> None:
     """Each block's residual-stream update starts at zero: last bn_r gamma 0 (or, without BN, the last r-side

@@ -135,3 +135,12 @@ def test_four_stage_default_strides_and_autoencoder_mirror():
     assert z.shape == (2, 3, 2, 2)
     with pytest.raises(ConfigError, match="divisible"):
         build_model("resnet_ae", in_shape=(1, 6, 6), widths=(4, 8, 8))
+
+
+@pytest.mark.parametrize("name", ["resnet", "resnet_ae", "rir"])
+def test_chain_names_are_taps_in_forward_order_without_branches(name):
+    """The data-processing self-check walks these: each must be a tap, in the taps' order, off every branch."""
+    model = build_model(name, in_shape=(1, 8, 8), widths=(4, 8))
+    taps, chain = model.tap_names(), model.chain_names()
+    assert chain == [t for t in taps if t in set(chain)] and len(chain) >= 4
+    assert not any(t.rsplit(".", 1)[-1].startswith("relu") or t.endswith(("residual", "transient")) for t in chain)
