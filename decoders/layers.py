@@ -6,18 +6,119 @@ only: a down-shifted conv sees its own row and the rows above, a down-right-shif
 columns to its left; `down_shift`/`right_shift` then exclude the current pixel. No weight masks, so cuDNN
 and channels_last work unchanged. (Symmetric conv padding with the surplus rows cut off avoids the padded
 copy but computes up to (H+1)(W+1)/HW more outputs; on CPU at 8x8 it measured ~20% slower.)
+
+Every convolution goes through `conv2d`/`conv_transpose2d_s2`, so that `exact_kernels()` can pin the CPU
+arithmetic while sampling. oneDNN's kernels, PyTorch's small-input fallbacks and MKL's sgemm all sum in an order
+that depends on the size of the input (how many pixels, how many rows), so the same output pixel computed on the
+whole image or on a 2x2 window can differ in the last bit. Inside `exact_kernels()` a convolution computes every
+output pixel as its own (B, K) x (K, C') product, all pixels in one single-threaded `torch.bmm`: the batch of
+products runs each product with the same kernel whatever their number, so a pixel's value no longer depends on
+how much of the image is computed with it. That is what lets the cached sampler (decoders/sampling.py) draw
+exactly what the naive one does.
 """
 from __future__ import annotations
+
+import contextlib
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
+_EXACT = False  # set by exact_kernels(); read by conv2d and conv_transpose2d_s2
+
+
+@contextlib.contextmanager
+def exact_kernels(enabled: bool = True) -> Iterator[None]:
+    """Within the block, CPU float32 convolutions give each output pixel a value that does not depend on the
+    input's size (one product per pixel in a batched matmul); on other devices and dtypes a no-op.
+
+    Sets torch's CPU thread count to 1 for the block: with more, MKL splits one small product over threads
+    with other kernels, but not a batch of them.
+    """
+    global _EXACT
+    old, old_threads = _EXACT, torch.get_num_threads()
+    _EXACT = bool(enabled)
+    if enabled:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        _EXACT = old
+        torch.set_num_threads(old_threads)
+
+
+def _exact_here(x: torch.Tensor) -> bool:
+    return _EXACT and x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+
+
+def _conv_rows(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int) -> torch.Tensor:
+    """conv2d as one (B, K) x (K, C') product per output pixel: im2col rows grouped by pixel, one bmm."""
+    b, cin, h, w = x.shape
+    cout, _, kh, kw = weight.shape
+    ho, wo, k = (h - kh) // stride + 1, (w - kw) // stride + 1, cin * kh * kw
+    if ho == wo == 1:
+        rows = x[:, :, :kh, :kw].reshape(1, b, k)  # K ordered (C, kh, kw), as unfold orders it
+    elif kh == kw == 1 and stride == 1:
+        rows = x.permute(2, 3, 0, 1).reshape(h * w, b, cin)
+    else:
+        rows = F.unfold(x, (kh, kw), stride=stride).permute(2, 0, 1)  # (Ho*Wo, B, K)
+    rows = rows.contiguous()
+    y = torch.bmm(rows, weight.reshape(cout, k).t().expand(rows.shape[0], k, cout))  # (Ho*Wo, B, C')
+    if bias is not None:
+        y = y + bias
+    return y.permute(1, 2, 0).view(b, cout, ho, wo)
+
+
+def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int = 1) -> torch.Tensor:
+    """Unpadded convolution (B, C, H, W) -> (B, C', H', W'); size-independent per pixel inside exact_kernels()."""
+    if _exact_here(x):
+        return _conv_rows(x, weight, bias, stride)
+    return F.conv2d(x, weight, bias, stride)
+
+
+def conv_transpose2d_s2(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, left: int) -> torch.Tensor:
+    """Stride-2 transposed conv (weight (C, C', 2, kw)), output cropped to (B, C', 2H, 2W) from column `left`.
+
+    Output rows 2p, 2p+1 come from input row p alone, so a row (or, for kw = 2, a pixel) can be computed alone.
+    Inside exact_kernels() on CPU it is one size-independent 1x1 conv to the C'*2*kw taps plus a fixed sum.
+    """
+    b, _, h, w = x.shape
+    cin, cout, kh, kw = weight.shape
+    if not _exact_here(x):
+        y = F.conv_transpose2d(x, weight, bias, stride=2, output_padding=1)  # (B, C', 2H+kh-1, 2W+kw-1)
+        return y[:, :, :2 * h, left:left + 2 * w]
+    taps = _conv_rows(x, weight.permute(1, 2, 3, 0).reshape(cout * kh * kw, cin, 1, 1), None, 1)
+    taps = taps.reshape(b, cout, kh, kw, h, w)  # uncropped output (2p + a, 2q + k) gets taps[:, :, a, k, p, q]
+    if kw == 2 and left == 0:
+        cols = taps.permute(0, 1, 4, 2, 5, 3)  # (B, C', H, 2, W, 2): column 2q + k, k < 2
+    elif kw == 3 and left == 1:  # cropped column 2m = tap 1 at q = m; 2m + 1 = tap 2 at q = m plus tap 0 at q = m+1
+        odd = taps[:, :, :, 2] + F.pad(taps[:, :, :, 0, :, 1:], (0, 1))
+        cols = torch.stack((taps[:, :, :, 1], odd), dim=-1).permute(0, 1, 3, 2, 4, 5)  # (B, C', H, 2, W, 2)
+    else:
+        raise ValueError(f"conv_transpose2d_s2: unsupported kernel width {kw} with crop {left}")
+    return cols.reshape(b, cout, 2 * h, 2 * w) + bias[:, None, None]
+
+
+def elu(x: torch.Tensor) -> torch.Tensor:
+    """F.elu; inside exact_kernels() on CPU through expm1, which (unlike elu's own kernel, whose scalar and
+    vector loops round differently) gives an element the same value whatever the tensor's size and layout."""
+    if _exact_here(x):
+        return torch.where(x > 0, x, torch.expm1(x))
+    return F.elu(x)
+
+
+def sigmoid(x: torch.Tensor) -> torch.Tensor:
+    """torch.sigmoid; inside exact_kernels() on CPU 1 / (1 + exp(-x)), layout-independent like `elu`."""
+    if _exact_here(x):
+        return torch.exp(-x).add_(1.0).reciprocal_()
+    return torch.sigmoid(x)
+
 
 def concat_elu(x: torch.Tensor) -> torch.Tensor:
     """ELU of [x, -x] along channels: (B, C, H, W) -> (B, 2C, H, W)."""
-    return F.elu(torch.cat((x, -x), dim=1))
+    return elu(torch.cat((x, -x), dim=1))
 
 
 def down_shift(x: torch.Tensor) -> torch.Tensor:
@@ -30,6 +131,16 @@ def right_shift(x: torch.Tensor) -> torch.Tensor:
     return F.pad(x, (1, 0, 0, 0))[:, :, :, :-1]  # (B, C, H, W)
 
 
+def gate(x: torch.Tensor, y: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+    """x + a * sigmoid(b) with [a, b] = y + c (c broadcast; None adds nothing)."""
+    if c is not None:
+        # in place: y keeps its memory layout (CPU kernels round differently on other layouts), so a zero
+        # projection leaves the result bit-identical to the unconditional block
+        y = y.add_(c)
+    a, b = y.chunk(2, dim=1)
+    return x + a * sigmoid(b)
+
+
 class Nin(nn.Module):
     """Weight-normalised 1x1 convolution ("network in network")."""
 
@@ -38,7 +149,7 @@ class Nin(nn.Module):
         self.conv = weight_norm(nn.Conv2d(cin, cout, 1), dim=0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)
+        return conv2d(x, self.conv.weight, self.conv.bias)
 
 
 class DownShiftedConv2d(nn.Module):
@@ -51,10 +162,11 @@ class DownShiftedConv2d(nn.Module):
         super().__init__()
         kh, kw = kernel
         self.pad = ((kw - 1) // 2, (kw - 1) // 2, kh - 1, 0)  # (left, right, top, bottom)
+        self.stride = stride[0]
         self.conv = weight_norm(nn.Conv2d(cin, cout, kernel, stride=stride), dim=0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.pad(x, self.pad))  # (B, C', H/stride, W/stride)
+        return conv2d(F.pad(x, self.pad), self.conv.weight, self.conv.bias, self.stride)  # (B, C', H/s, W/s)
 
 
 class DownRightShiftedConv2d(nn.Module):
@@ -64,10 +176,11 @@ class DownRightShiftedConv2d(nn.Module):
         super().__init__()
         kh, kw = kernel
         self.pad = (kw - 1, 0, kh - 1, 0)  # (left, right, top, bottom)
+        self.stride = stride[0]
         self.conv = weight_norm(nn.Conv2d(cin, cout, kernel, stride=stride), dim=0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.pad(x, self.pad))  # (B, C', H/stride, W/stride)
+        return conv2d(F.pad(x, self.pad), self.conv.weight, self.conv.bias, self.stride)  # (B, C', H/s, W/s)
 
 
 class DownShiftedDeconv2d(nn.Module):
@@ -79,9 +192,8 @@ class DownShiftedDeconv2d(nn.Module):
         self.deconv = weight_norm(nn.ConvTranspose2d(cin, cout, kernel, stride=2, output_padding=1), dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        kh, kw = self.kernel
-        y = self.deconv(x)  # (B, C, 2H+kh-1, 2W+kw-1)
-        return y[:, :, :y.shape[2] - kh + 1, (kw - 1) // 2:y.shape[3] - (kw - 1) // 2]  # (B, C, 2H, 2W)
+        left = (self.kernel[1] - 1) // 2
+        return conv_transpose2d_s2(x, self.deconv.weight, self.deconv.bias, left)  # (B, C, 2H, 2W)
 
 
 class DownRightShiftedDeconv2d(nn.Module):
@@ -93,9 +205,7 @@ class DownRightShiftedDeconv2d(nn.Module):
         self.deconv = weight_norm(nn.ConvTranspose2d(cin, cout, kernel, stride=2, output_padding=1), dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        kh, kw = self.kernel
-        y = self.deconv(x)  # (B, C, 2H+kh-1, 2W+kw-1)
-        return y[:, :, :y.shape[2] - kh + 1, :y.shape[3] - kw + 1]  # (B, C, 2H, 2W)
+        return conv_transpose2d_s2(x, self.deconv.weight, self.deconv.bias, 0)  # (B, C, 2H, 2W)
 
 
 class GatedResnet(nn.Module):
@@ -125,15 +235,18 @@ class GatedResnet(nn.Module):
             nn.init.zeros_(self.cond.weight)
             nn.init.zeros_(self.cond.bias)
 
+    def cond_term(self, h: torch.Tensor | None) -> torch.Tensor | None:
+        """The conditioning term added before the gate: (B, 2F, 1, 1) for a vector h (B, D), (B, 2F, H, W) for
+        spatial features h (B, C', H, W), None without conditioning."""
+        if self.cond is None or h is None:
+            return None
+        if h.dim() == 2:
+            return self.cond(h)[:, :, None, None]
+        return conv2d(h, self.cond.weight, self.cond.bias)
+
     def forward(self, x: torch.Tensor, a: torch.Tensor | None = None, h: torch.Tensor | None = None) -> torch.Tensor:
         y = self.conv_input(concat_elu(x))  # (B, F, H, W)
         if a is not None:
             y = y + self.nin_skip(concat_elu(a))
         y = self.conv_out(self.dropout(concat_elu(y)))  # (B, 2F, H, W)
-        if self.cond is not None and h is not None:
-            c = self.cond(h)
-            # in place: y keeps its memory layout (CPU kernels round differently on other layouts), so a zero
-            # projection leaves the result bit-identical to the unconditional block
-            y = y.add_(c[:, :, None, None] if c.dim() == 2 else c)  # (B, 2F, 1|H, 1|W) broadcast
-        a_, b_ = y.chunk(2, dim=1)
-        return x + a_ * torch.sigmoid(b_)
+        return gate(x, y, self.cond_term(h))
