@@ -22,10 +22,12 @@ from torch.nn.utils import parametrize
 from decoders import mixture
 from decoders.config import DecoderConfig
 from decoders.layers import (DownRightShiftedConv2d, DownRightShiftedDeconv2d, DownShiftedConv2d,
-                             DownShiftedDeconv2d, GatedResnet, Nin, down_shift, right_shift)
+                             DownShiftedDeconv2d, GatedResnet, Nin, down_shift, elu, exact_kernels, right_shift)
+from decoders.sampling import CachedSampler
 
 _LN2 = math.log(2.0)
 _STATS_CHUNK_ELEMENTS = 2**22  # code values per float64 chunk in set_code_stats
+SAMPLE_METHODS = ("cached", "naive")
 
 
 class ConditioningNet(nn.Module):
@@ -203,7 +205,7 @@ class PixelCNNPP(nn.Module):
             if level > 0:
                 u = self.upsize_u[i](u)  # (B, F, 2H, 2W)
                 ul = self.upsize_ul[i](ul)
-        return self.nin_out(F.elu(ul))  # (B, P, H, W)
+        return self.nin_out(elu(ul))  # (B, P, H, W)
 
     def forward(self, x: torch.Tensor, code=None) -> torch.Tensor:
         """Raw mixture parameters (B, P, H, W) for integer images x (B, C, H, W)."""
@@ -224,14 +226,18 @@ class PixelCNNPP(nn.Module):
 
     # ------------------------------------------------------------------------------------------ sampling
     @torch.no_grad()
-    def sample(self, code=None, n: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(self, code=None, n: int | None = None, generator: torch.Generator | None = None,
+               method: str = "cached") -> torch.Tensor:
         """Draw n images, uint8 (n, C, H, W) in [0, L-1], exactly from the model, in eval mode.
 
         With a code of batch B, n defaults to B (and must equal it); without a code n is required.
-        The same generator state gives the same samples.
+        The same generator state gives the same samples. method "cached" (decoders/sampling.py) computes each
+        layer once per position; "naive" runs the network on the image so far for every pixel, the reference.
+        On CPU both draw the same integers from the same generator state (bit-identical mixture parameters).
         """
         cfg = self.cfg
-        c, h, w = cfg.image_shape
+        if method not in SAMPLE_METHODS:
+            raise ValueError(f"sample: method must be one of {', '.join(SAMPLE_METHODS)}, got {method!r}")
         if code is not None and cfg.code_shape is None:
             raise ValueError("sample: this decoder is unconditional (code_shape=None) but a code was given")
         if code is not None:
@@ -243,18 +249,35 @@ class PixelCNNPP(nn.Module):
             raise ValueError("sample: give n (the number of images) when there is no code")
         if n < 1:
             raise ValueError(f"sample: n must be >= 1, got {n}")
-        device = self._device()
+        return self._sample(code, n, generator, method)
+
+    @torch.no_grad()
+    def _sample(self, code, n: int, generator: torch.Generator | None, method: str, rows: int | None = None,
+                exact: bool = True) -> torch.Tensor:
+        """sample() after its checks; the benchmark also times a prefix of `rows` image rows, and the naive
+        sampler with PyTorch's own kernel choice (exact=False: the sampler as it was before the cached one)."""
+        c, h, w = self.cfg.image_shape
+        rows = h if rows is None else rows
         was_training = self.training
         self.eval()
         try:
-            cond = self._condition(code, n)
-            x = torch.zeros(n, c, h, w, dtype=torch.long, device=device)
-            with parametrize.cached():
-                for i in range(h):
-                    rows = min(h, (i // 4 + 1) * 4)  # outputs of rows <= i only see rows <= i: crop the rest
-                    for j in range(w):
-                        params = self._network(x[:, :, :rows], cond)[:, :, i, j]  # (n, P)
-                        x[:, :, i, j] = mixture.sample(params, cfg.levels, cfg.nr_mix, c, generator)
+            with parametrize.cached(), exact_kernels(exact):
+                cond = self._condition(code, n)
+                x = torch.zeros(n, c, h, w, dtype=torch.long, device=self._device())
+                if method == "cached":
+                    CachedSampler(self, cond).run(x, generator, rows)
+                else:
+                    self._sample_naive(x, cond, generator, rows)
         finally:
             self.train(was_training)
         return x.to(torch.uint8)
+
+    def _sample_naive(self, x: torch.Tensor, cond, generator: torch.Generator | None, rows: int) -> None:
+        """The reference: for every pixel, the network on the image so far (rows below the current 4 cropped)."""
+        cfg = self.cfg
+        h, w = cfg.image_shape[1:]
+        for i in range(rows):
+            crop = min(h, (i // 4 + 1) * 4)  # outputs of rows <= i only see rows <= i: crop the rest
+            for j in range(w):
+                params = self._network(x[:, :, :crop], cond)[:, :, i, j].contiguous()  # (n, P)
+                x[:, :, i, j] = mixture.sample(params, cfg.levels, cfg.nr_mix, cfg.channels, generator)
