@@ -1,8 +1,14 @@
 """Decoder benchmark: `python -m decoders.bench [flags]` (also `ibprobe bench decoder [flags]`).
 
 Prints, for one decoder config, device and batch, one figure per line:
-train_images_per_s, eval_images_per_s, samples_per_s and peak_memory_mib (CUDA: max allocated;
-CPU: the process's max resident set size). With --compare-cpu-cuda it also prints the max |NLL
+train_images_per_s, eval_images_per_s, samples_per_s (the default, cached sampler, whole images) and
+peak_memory_mib (CUDA: max allocated; CPU: the process's max resident set size). Side by side it times the
+naive sampler (the network on the image so far for every pixel, with PyTorch's own kernels and threads, as
+sampling ran before the cached sampler) and the cached one on the same first --sample-naive-rows image rows,
+the same images and generator state: naive_sample_s, cached_sample_s and cached_vs_naive (their ratio; the
+naive sampler's cost per row grows down the image, the cached one's does not, so a ratio over the first rows
+understates the whole image's). --sample-check also draws those rows with the naive sampler under the cached
+one's exact kernels and prints same_integers. With --compare-cpu-cuda it also prints the max |NLL
 difference| in bits per image between CPU float32 and CUDA (float32, and bf16 autocast + channels_last)
 on the same weights and batch. Data are random images, so the figures measure speed, not quality.
 """
@@ -49,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=10, help="timed training/eval steps")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     p.add_argument("--sample-n", type=int, default=None, help="images to sample (default min(batch, 8); 0 skips)")
+    p.add_argument("--sample-naive-rows", type=int, default=4,
+                   help="image rows both samplers draw for the side-by-side timing (default 4; 0 skips the naive one)")
+    p.add_argument("--sample-check", action="store_true",
+                   help="also draw those rows with the naive sampler on exact kernels and compare the integers")
     p.add_argument("--compare-cpu-cuda", action="store_true",
                    help="also print the max |NLL difference| (bits/image) between CPU and CUDA")
     p.add_argument("--threads", type=int, default=None, help="CPU intra-op threads (default: torch's choice)")
@@ -134,18 +144,45 @@ def run_bench(args: argparse.Namespace, out=None) -> dict[str, float]:
 
         n = min(args.batch, 8) if args.sample_n is None else args.sample_n
         if n > 0:
-            code = None if c is None else c[:n]
-            gen = torch.Generator(device=setup.device).manual_seed(args.seed)
             with autocast(setup, enabled=args.eval_bf16):
-                dt = _timed(lambda: model.sample(code=code, n=n, generator=gen), 1, setup.device)
-            figures["samples_per_s"] = n / dt
+                figures.update(_bench_sampling(model, None if c is None else c[:n], n, args, setup.device, say))
     figures["peak_memory_mib"] = peak_memory_mib(setup.device)
-    for key in ("train_images_per_s", "eval_images_per_s", "samples_per_s", "peak_memory_mib"):
+    for key in ("train_images_per_s", "eval_images_per_s", "samples_per_s", "naive_sample_s", "cached_sample_s",
+                "cached_vs_naive", "peak_memory_mib"):
         if key in figures:
             print(f"{key}: {figures[key]:.4g}", file=out, flush=True)
     for key, val in figures.items():
         if key.startswith("max_abs_nll_diff"):
             print(f"{key}: {val:.4g}", file=out, flush=True)
+    if "same_integers" in figures:
+        print(f"same_integers: {bool(figures['same_integers'])}", file=out, flush=True)
+    return figures
+
+
+def _bench_sampling(model, code, n: int, args: argparse.Namespace, device: torch.device, say) -> dict[str, float]:
+    """Whole images with the cached sampler; naive and cached side by side on the first rows (see module doc)."""
+    h = model.cfg.image_shape[1]
+    threads = torch.get_num_threads()
+
+    def draw(method: str, rows: int | None, exact: bool = True) -> tuple[float, torch.Tensor]:
+        gen = torch.Generator(device=device).manual_seed(args.seed)
+        got = []
+        dt = _timed(lambda: got.append(model._sample(code, n, gen, method, rows, exact)), 1, device)
+        return dt, got[0]
+
+    figures = {"samples_per_s": n / draw("cached", None)[0]}
+    rows = min(args.sample_naive_rows, h)
+    if rows > 0:
+        exact_threads = 1 if device.type == "cpu" else threads
+        t_naive, _ = draw("naive", rows, exact=False)
+        t_cached, x_cached = draw("cached", rows)
+        figures.update(naive_sample_s=t_naive, cached_sample_s=t_cached, cached_vs_naive=t_naive / t_cached)
+        say(f"sampling side by side: image rows 0-{rows - 1} of {h}, {n} images; naive with PyTorch's kernels on "
+            f"{threads} threads, cached on exact kernels ({exact_threads} thread{'s' * (exact_threads > 1)})")
+        if args.sample_check:
+            t_exact, x_exact = draw("naive", rows)
+            figures["same_integers"] = float(torch.equal(x_exact[:, :, :rows], x_cached[:, :, :rows]))
+            say(f"naive on exact kernels: {t_exact:.4g} s for the same rows")
     return figures
 
 
