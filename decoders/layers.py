@@ -49,31 +49,41 @@ def exact_kernels(enabled: bool = True) -> Iterator[None]:
         torch.set_num_threads(old_threads)
 
 
-def _exact_here(x: torch.Tensor) -> bool:
+def exact_here(x: torch.Tensor) -> bool:
+    """Whether exact_kernels() is in effect for tensors like x (CPU float32, no CPU autocast)."""
     return _EXACT and x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
 
 
+def im2col_rows(x_hwc: torch.Tensor, kh: int, kw: int, stride: int = 1) -> torch.Tensor:
+    """Conv input (B, H, W, C) (any strides) -> (Ho*Wo, B, K) rows, K ordered (kh, kw, C), one per output pixel."""
+    b = x_hwc.shape[0]
+    patches = x_hwc.unfold(1, kh, stride).unfold(2, kw, stride)  # (B, Ho, Wo, C, kh, kw)
+    ho, wo, c = patches.shape[1:4]
+    return patches.permute(1, 2, 0, 4, 5, 3).reshape(ho * wo, b, kh * kw * c)
+
+
+def weight_rows(weight: torch.Tensor) -> torch.Tensor:
+    """Conv weight (C', C, kh, kw) -> (K, C'), K ordered (kh, kw, C) like im2col_rows."""
+    return weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1).t()
+
+
+def pixel_products(rows: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """The exact kernels' conv arithmetic: rows (L, B, K), weight_t (K, C') -> (L, B, C') (+ bias)."""
+    y = torch.bmm(rows.contiguous(), weight_t.expand(rows.shape[0], *weight_t.shape))
+    return y + bias if bias is not None else y
+
+
 def _conv_rows(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int) -> torch.Tensor:
-    """conv2d as one (B, K) x (K, C') product per output pixel: im2col rows grouped by pixel, one bmm."""
-    b, cin, h, w = x.shape
-    cout, _, kh, kw = weight.shape
-    ho, wo, k = (h - kh) // stride + 1, (w - kw) // stride + 1, cin * kh * kw
-    if ho == wo == 1:
-        rows = x[:, :, :kh, :kw].reshape(1, b, k)  # K ordered (C, kh, kw), as unfold orders it
-    elif kh == kw == 1 and stride == 1:
-        rows = x.permute(2, 3, 0, 1).reshape(h * w, b, cin)
-    else:
-        rows = F.unfold(x, (kh, kw), stride=stride).permute(2, 0, 1)  # (Ho*Wo, B, K)
-    rows = rows.contiguous()
-    y = torch.bmm(rows, weight.reshape(cout, k).t().expand(rows.shape[0], k, cout))  # (Ho*Wo, B, C')
-    if bias is not None:
-        y = y + bias
-    return y.permute(1, 2, 0).view(b, cout, ho, wo)
+    """conv2d as one (B, K) x (K, C') product per output pixel, all pixels in one bmm."""
+    b, cout, (kh, kw) = x.shape[0], weight.shape[0], weight.shape[2:]
+    ho, wo = (x.shape[2] - kh) // stride + 1, (x.shape[3] - kw) // stride + 1
+    y = pixel_products(im2col_rows(x.permute(0, 2, 3, 1), kh, kw, stride), weight_rows(weight), bias)
+    return y.permute(1, 2, 0).view(b, cout, ho, wo)  # (B, C', Ho, Wo)
 
 
 def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int = 1) -> torch.Tensor:
     """Unpadded convolution (B, C, H, W) -> (B, C', H', W'); size-independent per pixel inside exact_kernels()."""
-    if _exact_here(x):
+    if exact_here(x):
         return _conv_rows(x, weight, bias, stride)
     return F.conv2d(x, weight, bias, stride)
 
@@ -86,7 +96,7 @@ def conv_transpose2d_s2(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
     """
     b, _, h, w = x.shape
     cin, cout, kh, kw = weight.shape
-    if not _exact_here(x):
+    if not exact_here(x):
         y = F.conv_transpose2d(x, weight, bias, stride=2, output_padding=1)  # (B, C', 2H+kh-1, 2W+kw-1)
         return y[:, :, :2 * h, left:left + 2 * w]
     taps = _conv_rows(x, weight.permute(1, 2, 3, 0).reshape(cout * kh * kw, cin, 1, 1), None, 1)
@@ -104,14 +114,14 @@ def conv_transpose2d_s2(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
 def elu(x: torch.Tensor) -> torch.Tensor:
     """F.elu; inside exact_kernels() on CPU through expm1, which (unlike elu's own kernel, whose scalar and
     vector loops round differently) gives an element the same value whatever the tensor's size and layout."""
-    if _exact_here(x):
-        return torch.where(x > 0, x, torch.expm1(x))
+    if exact_here(x):
+        return torch.expm1(x.clamp(max=0.0)).add_(x.clamp(min=0.0))
     return F.elu(x)
 
 
 def sigmoid(x: torch.Tensor) -> torch.Tensor:
     """torch.sigmoid; inside exact_kernels() on CPU 1 / (1 + exp(-x)), layout-independent like `elu`."""
-    if _exact_here(x):
+    if exact_here(x):
         return torch.exp(-x).add_(1.0).reciprocal_()
     return torch.sigmoid(x)
 

@@ -9,6 +9,7 @@ sum to 1 over the L values to float precision for any mean and scale. Always flo
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -140,35 +141,45 @@ def _uniform(shape: tuple[int, ...], generator: torch.Generator | None, device: 
     return u.to(device)
 
 
+@functools.lru_cache(maxsize=32)
+def _pick_index(nr_mix: int, channels: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat parameter index of component 0's means | log-scales | coefficients, and its step per component."""
+    m, c = nr_mix, channels
+    k = c * (c - 1) // 2
+    base = torch.cat((torch.arange(c), m * c + torch.arange(c), 2 * m * c + torch.arange(k))) + m
+    step = torch.tensor([c] * (2 * c) + [k] * k)
+    return base.to(device), step.to(device)
+
+
 def sample(params: torch.Tensor, levels: int, nr_mix: int, channels: int,
            generator: torch.Generator | None = None) -> torch.Tensor:
     """Exact draw of one pixel per row from the mixture: params (N, P) -> int64 (N, C) in [0, L-1].
 
     Component by Gumbel-max on the logits, then each channel in order from its discretized logistic via the
     inverse CDF and the bin containing the draw, the coupling using the earlier channels' drawn bin centres.
+    Only the chosen component's parameters are transformed (the values split_params would give them).
     """
     with torch.autocast(device_type=params.device.type, enabled=False):
-        mp = split_params(params[:, :, None, None], channels, nr_mix)
-        n, dev = params.shape[0], params.device
+        p = params.float()
+        n, dev, c = p.shape[0], p.device, channels
+        if p.shape[1] != num_params(c, nr_mix):
+            raise ValueError(f"expected {num_params(c, nr_mix)} parameter channels for C={c}, M={nr_mix}, "
+                             f"got {p.shape[1]}")
         u = _uniform((n, nr_mix), generator, dev).clamp(1e-300, 1.0)
-        k = torch.argmax(mp.logits[:, :, 0, 0].double() - torch.log(-torch.log(u)), dim=1)  # (N,)
-        pick = k[:, None, None]
-        means = mp.means[:, :, :, 0, 0].gather(1, pick.expand(n, 1, channels))[:, 0].double()  # (N, C)
-        log_s = mp.log_scales[:, :, :, 0, 0].gather(1, pick.expand(n, 1, channels))[:, 0].double()
-        nk = channels * (channels - 1) // 2
-        coeffs = mp.coeffs[:, :, :, 0, 0].gather(1, pick.expand(n, 1, nk))[:, 0].double() if nk else None
-        scale = torch.exp(log_s.clamp(max=80.0))
-        logistic = torch.logit(_uniform((n, channels), generator, dev))  # (N, C); +-inf fall in the edge bins
-        out = torch.empty(n, channels, dtype=torch.long, device=dev)
-        xs = torch.empty(n, channels, dtype=torch.float64, device=dev)
-        idx = 0
-        for c in range(channels):
-            mean = means[:, c]
-            for j in range(c):
-                mean = mean + coeffs[:, idx] * xs[:, j]
+        k = torch.argmax(p[:, :nr_mix].double() - torch.log(-torch.log(u)), dim=1)  # (N,)
+        base, step = _pick_index(nr_mix, c, dev)
+        raw = p.gather(1, base + k[:, None] * step)  # (N, 2C + C(C-1)/2): means | log-scales | coefficients
+        chosen = torch.cat((raw[:, :c], bound_log_scales(raw[:, c:2 * c]), torch.tanh(raw[:, 2 * c:])), 1).double()
+        spread = torch.exp(chosen[:, c:2 * c]) * torch.logit(_uniform((n, c), generator, dev))  # (N, C); +-inf ok
+        values, xs = [], []
+        idx = 2 * c
+        for ch in range(c):
+            mean = chosen[:, ch]
+            for j in range(ch):
+                mean = mean + chosen[:, idx] * xs[j]
                 idx += 1
-            y = mean + scale[:, c] * logistic[:, c]
-            v = torch.round((y + 1.0) * ((levels - 1) / 2.0)).nan_to_num(0.0).clamp(0, levels - 1)
-            out[:, c] = v.long()
-            xs[:, c] = v * (2.0 / (levels - 1)) - 1.0
-        return out
+            v = torch.round((mean + spread[:, ch] + 1.0) * ((levels - 1) / 2.0)).nan_to_num_(0.0).clamp_(0, levels - 1)
+            values.append(v)
+            if ch + 1 < c:
+                xs.append(v * (2.0 / (levels - 1)) - 1.0)
+        return torch.stack(values, 1).long()

@@ -24,32 +24,44 @@ import torch
 import torch.nn.functional as F
 
 from decoders import mixture
-from decoders.layers import GatedResnet, concat_elu, conv2d, conv_transpose2d_s2, elu, gate
+from decoders.layers import (GatedResnet, concat_elu, conv2d, conv_transpose2d_s2, elu, exact_here, gate, im2col_rows,
+                             pixel_products, weight_rows)
 
 Tensor = torch.Tensor
 
 
 class _Rows:
-    """The last kh rows of one conv's input at one resolution, zero-padded as the conv pads: (B, C, kh, L+W+R)."""
+    """The last kh rows of one conv's input at one resolution, zero-padded as the conv pads, channels last:
+    (B, kh, L+W+R, C), so that a conv's window is a few contiguous runs per image."""
 
     def __init__(self, kh: int, left: int, right: int, width: int):
         self.kh, self.left, self.right, self.width = kh, left, right, width
         self.buf: Tensor | None = None  # allocated at the first write, in the values' dtype and device
+        self.cols: list[Tensor] = []  # views (B, C) of the last row, one per column
+        self.windows: dict[tuple[int, int], Tensor] = {}  # views buf[:, :, start:start + size]
 
     def _alloc(self, v: Tensor) -> Tensor:
         if self.buf is None:
-            self.buf = v.new_zeros(v.shape[0], v.shape[1], self.kh, self.left + self.width + self.right)
+            self.buf = v.new_zeros(v.shape[0], self.kh, self.left + self.width + self.right, v.shape[1])
+            self.cols = [self.buf[:, -1, self.left + q] for q in range(self.width)]
         return self.buf
 
     def next_row(self) -> None:
         if self.buf is not None and self.kh == 2:
-            self.buf[:, :, 0].copy_(self.buf[:, :, 1])
+            self.buf[:, 0].copy_(self.buf[:, 1])
 
     def put_row(self, v: Tensor) -> None:  # v (B, C, 1, W)
-        self._alloc(v)[:, :, -1, self.left:self.left + self.width] = v[:, :, 0]
+        self._alloc(v)[:, -1, self.left:self.left + self.width] = v[:, :, 0].transpose(1, 2)
 
     def put(self, q: int, v: Tensor) -> None:  # v (B, C, 1, 1) at column q
-        self._alloc(v)[:, :, -1, self.left + q] = v[:, :, 0, 0]
+        self._alloc(v)
+        self.cols[q].copy_(v.view(v.shape[:2]))
+
+    def window(self, start: int, size: int) -> Tensor:  # (B, kh, size, C), padded columns start..start+size-1
+        key = (start, size)
+        if key not in self.windows:
+            self.windows[key] = self.buf[:, :, start:start + size]
+        return self.windows[key]
 
 
 def _rows_for(conv: torch.nn.Module, width: int) -> _Rows:
@@ -57,10 +69,27 @@ def _rows_for(conv: torch.nn.Module, width: int) -> _Rows:
     return _Rows(top + 1, left, right, width)
 
 
-def _conv(mod: torch.nn.Module) -> Callable[[Tensor], Tensor]:
-    """A conv module as a function of its already padded input, weight-norm computed once."""
-    w, b, s = mod.conv.weight, mod.conv.bias, getattr(mod, "stride", 1)
-    return lambda xp: conv2d(xp, w, b, s)
+class _Conv:
+    """A conv module applied to cached (B, kh, W, C) input rows, weight norm computed once: `row` gives an output
+    row, `at` one output pixel, on exact kernels with the arithmetic `layers.conv2d` uses there."""
+
+    def __init__(self, mod: torch.nn.Module):
+        self.w, self.b, self.stride = mod.conv.weight, mod.conv.bias, getattr(mod, "stride", 1)
+        self.kh, self.kw = self.w.shape[2:]
+        self.wt = weight_rows(self.w) if exact_here(self.w) else None  # (K, C')
+
+    def row(self, buf: Tensor) -> Tensor:  # (B, kh, W', C) -> (B, C', 1, W_out)
+        if self.wt is None:
+            return conv2d(buf.permute(0, 3, 1, 2), self.w, self.b, self.stride)
+        y = pixel_products(im2col_rows(buf, self.kh, self.kw, self.stride), self.wt, self.b)  # (W_out, B, C')
+        return y.permute(1, 2, 0).unsqueeze(2)
+
+    def at(self, window: Tensor) -> Tensor:  # (B, kh, kw, C) -> (B, C', 1, 1); also (B, C, 1, 1) for a 1x1 conv
+        if self.wt is None:
+            return conv2d(window if window.shape[1:] == (self.w.shape[1], 1, 1) else window.permute(0, 3, 1, 2),
+                          self.w, self.b, self.stride)
+        b = window.shape[0]
+        return pixel_products(window.reshape(1, b, self.wt.shape[0]), self.wt, self.b).view(b, -1, 1, 1)
 
 
 def _deconv(mod: torch.nn.Module) -> Callable[[Tensor], Tensor]:
@@ -73,8 +102,8 @@ class _Block:
 
     def __init__(self, blk: GatedResnet, width: int):
         self.blk = blk
-        self.conv_input, self.conv_out = _conv(blk.conv_input), _conv(blk.conv_out)
-        self.nin = _conv(blk.nin_skip) if blk.nin_skip is not None else None
+        self.conv_input, self.conv_out = _Conv(blk.conv_input), _Conv(blk.conv_out)
+        self.nin = _Conv(blk.nin_skip) if blk.nin_skip is not None else None
         self.inp, self.mid = _rows_for(blk.conv_input, width), _rows_for(blk.conv_out, width)
         self.kw = blk.conv_input.conv.weight.shape[-1]
         self.c: Tensor | None = None  # conditioning term: (B, 2F, 1, 1) vector or the current row's (B, 2F, 1, W)
@@ -85,20 +114,20 @@ class _Block:
 
     def row(self, x: Tensor, a: Tensor | None) -> Tensor:  # (B, F, 1, W) -> (B, F, 1, W)
         self.inp.put_row(concat_elu(x))
-        y = self.conv_input(self.inp.buf)
+        y = self.conv_input.row(self.inp.buf)
         if a is not None:
-            y = y + self.nin(concat_elu(a))
+            y = y + conv2d(concat_elu(a), self.nin.w, self.nin.b)
         self.mid.put_row(concat_elu(y))
-        return gate(x, self.conv_out(self.mid.buf), self.c)
+        return gate(x, self.conv_out.row(self.mid.buf), self.c)
 
     def at(self, q: int, x: Tensor, a: Tensor | None) -> Tensor:  # (B, F, 1, 1) at column q -> (B, F, 1, 1)
         self.inp.put(q, concat_elu(x))
-        y = self.conv_input(self.inp.buf[:, :, :, q:q + self.kw])
+        y = self.conv_input.at(self.inp.window(q, self.kw))
         if a is not None:
-            y = y + self.nin(concat_elu(a))
+            y = y + self.nin.at(concat_elu(a))
         self.mid.put(q, concat_elu(y))
         c = self.c if self.c is None or self.c.shape[-1] == 1 else self.c[:, :, :, q:q + 1]
-        return gate(x, self.conv_out(self.mid.buf[:, :, :, q:q + self.kw]), c)
+        return gate(x, self.conv_out.at(self.mid.window(q, self.kw)), c)
 
 
 class CachedSampler:
@@ -112,18 +141,18 @@ class CachedSampler:
         self.up_ul = [[_Block(b, widths[lv]) for b in model.up_ul[lv]] for lv in range(3)]
         self.down_u = [[_Block(b, widths[2 - i]) for b in model.down_u[i]] for i in range(3)][::-1]  # by level
         self.down_ul = [[_Block(b, widths[2 - i]) for b in model.down_ul[i]] for i in range(3)][::-1]
-        self.downsize_u = [_conv(m) for m in model.downsize_u]
-        self.downsize_ul = [_conv(m) for m in model.downsize_ul]
+        self.downsize_u = [_Conv(m) for m in model.downsize_u]
+        self.downsize_ul = [_Conv(m) for m in model.downsize_ul]
         self.upsize_u = [_deconv(m) for m in model.upsize_u][::-1]  # [level 1 -> 0, level 2 -> 1]
         self.upsize_ul = [_deconv(m) for m in model.upsize_ul][::-1]
         self.last_u = [_rows_for(model.downsize_u[lv], widths[lv]) for lv in range(2)]  # downsampling inputs
         self.last_ul = [_rows_for(model.downsize_ul[lv], widths[lv]) for lv in range(2)]
         self.u_init, self.ul_init_down, self.ul_init_right = (
-            _conv(model.u_init), _conv(model.ul_init_down), _conv(model.ul_init_right))
+            _Conv(model.u_init), _Conv(model.ul_init_down), _Conv(model.ul_init_right))
         self.xs_u = _rows_for(model.u_init, w)  # scaled image rows for the three input convs
         self.xs_down = _rows_for(model.ul_init_down, w)
         self.xs_right = _rows_for(model.ul_init_right, w)
-        self.nin_out = _conv(model.nin_out)
+        self.nin_out = _Conv(model.nin_out)
         self.levels = [self.up_u[lv] + self.up_ul[lv] + self.down_u[lv] + self.down_ul[lv] for lv in range(3)]
         if isinstance(cond, Tensor):  # a vector code: one term per block for the whole image
             for blocks in self.levels:
@@ -151,11 +180,11 @@ class CachedSampler:
             prev = self._xs(x[:, :, i - 1:i])  # (B, C+1, 1, W)
             self.xs_u.put_row(prev)
             self.xs_down.put_row(prev)
-            self.u0 = self.u_init(self.xs_u.buf)  # down_shift: row i of u holds row i-1 of the conv
-            self.ul0_down = self.ul_init_down(self.xs_down.buf)
+            self.u0 = self.u_init.row(self.xs_u.buf)  # down_shift: row i of u holds row i-1 of the conv
+            self.ul0_down = self.ul_init_down.row(self.xs_down.buf)
         else:  # row 0 of u and of the ul input's down term are down_shift's zero row
             blank = torch.zeros_like(self._xs(x[:, :, :1]))  # (B, C+1, 1, W)
-            self.u0 = torch.zeros_like(self.u_init(F.pad(blank, self.model.u_init.pad)))
+            self.u0 = torch.zeros_like(conv2d(F.pad(blank, self.model.u_init.pad), self.u_init.w, self.u_init.b))
             self.ul0_down = torch.zeros_like(self.u0)
         if not isinstance(self.cond, Tensor) and self.cond is not None:  # spatial features: this row's terms
             for lv in due:
@@ -163,7 +192,7 @@ class CachedSampler:
                 for b in self.levels[lv]:
                     b.c = b.blk.cond_term(h)
         for lv in due:
-            x_in = self.u0 if lv == 0 else self.downsize_u[lv - 1](self.last_u[lv - 1].buf)
+            x_in = self.u0 if lv == 0 else self.downsize_u[lv - 1].row(self.last_u[lv - 1].buf)
             ups = [x_in]
             for b in self.up_u[lv]:
                 ups.append(b.row(ups[-1], None))
@@ -184,11 +213,11 @@ class CachedSampler:
     # ----------------------------------------------------------------------------------- ul stream, positions
     def _ul_up(self, lv: int, q: int, j: int) -> list[Tensor]:
         if lv == 0:
-            right = (self.ul_init_right(self.xs_right.buf[:, :, :, j - 1:j]) if j > 0
+            right = (self.ul_init_right.at(self.xs_right.window(j - 1, 1)) if j > 0
                      else torch.zeros_like(self.ul0_down[:, :, :, :1]))
             x_in = self.ul0_down[:, :, :, j:j + 1] + right  # down_shift(...) + right_shift(...)
         else:
-            x_in = self.downsize_ul[lv - 1](self.last_ul[lv - 1].buf[:, :, :, 2 * q:2 * q + 2])
+            x_in = self.downsize_ul[lv - 1].at(self.last_ul[lv - 1].window(2 * q, 2))
         ups = [x_in]
         for k, b in enumerate(self.up_ul[lv]):
             ups.append(b.at(q, ups[-1], self.u_ups[lv][k + 1][:, :, :, q:q + 1]))
@@ -217,7 +246,7 @@ class CachedSampler:
                 self._ul_down(2, i // 4, j // 4, self._ul_up(2, j // 4, j))
             self._ul_down(1, i // 2, j // 2, ups1)
         ul = self._ul_down(0, i, j, ups0)
-        return self.nin_out(elu(ul))[:, :, 0, 0].contiguous()
+        return self.nin_out.at(elu(ul))[:, :, 0, 0].contiguous()
 
     def run(self, x: Tensor, generator: torch.Generator | None, rows: int | None = None) -> Tensor:
         """Fill x (B, C, H, W) int64 in raster order (the first `rows` rows), channels within a pixel; returns x."""
