@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from decoders import mixture
-from decoders.layers import (GatedResnet, concat_elu, conv2d, conv_transpose2d_s2, elu, exact_here, gate, im2col_rows,
-                             pixel_products, weight_rows)
+from decoders.layers import (GatedResnet, concat_elu, conv2d, conv_transpose2d_s2, elu, exact_here, gate,
+                             im2col_rows, pixel_products, weight_rows)
 
 Tensor = torch.Tensor
 
@@ -71,23 +71,22 @@ def _rows_for(conv: torch.nn.Module, width: int) -> _Rows:
 
 class _Conv:
     """A conv module applied to cached (B, kh, W, C) input rows, weight norm computed once: `row` gives an output
-    row, `at` one output pixel, on exact kernels with the arithmetic `layers.conv2d` uses there."""
+    row, `at` one output pixel as one (B, K) x (K, C') product, the arithmetic `layers.conv2d` uses on exact
+    kernels (and on a GPU fewer kernel launches than a convolution of a 2x2 window)."""
 
     def __init__(self, mod: torch.nn.Module):
         self.w, self.b, self.stride = mod.conv.weight, mod.conv.bias, getattr(mod, "stride", 1)
         self.kh, self.kw = self.w.shape[2:]
-        self.wt = weight_rows(self.w) if exact_here(self.w) else None  # (K, C')
+        self.wt = weight_rows(self.w)  # (K, C')
+        self.exact = exact_here(self.w)
 
     def row(self, buf: Tensor) -> Tensor:  # (B, kh, W', C) -> (B, C', 1, W_out)
-        if self.wt is None:
+        if not self.exact:
             return conv2d(buf.permute(0, 3, 1, 2), self.w, self.b, self.stride)
         y = pixel_products(im2col_rows(buf, self.kh, self.kw, self.stride), self.wt, self.b)  # (W_out, B, C')
         return y.permute(1, 2, 0).unsqueeze(2)
 
-    def at(self, window: Tensor) -> Tensor:  # (B, kh, kw, C) -> (B, C', 1, 1); also (B, C, 1, 1) for a 1x1 conv
-        if self.wt is None:
-            return conv2d(window if window.shape[1:] == (self.w.shape[1], 1, 1) else window.permute(0, 3, 1, 2),
-                          self.w, self.b, self.stride)
+    def at(self, window: Tensor) -> Tensor:  # (B, kh, kw, C), or (B, C, 1, 1) for a 1x1 conv -> (B, C', 1, 1)
         b = window.shape[0]
         return pixel_products(window.reshape(1, b, self.wt.shape[0]), self.wt, self.b).view(b, -1, 1, 1)
 
