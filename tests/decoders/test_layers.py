@@ -1,5 +1,5 @@
-"""Fast layers compute what the plain formulas do: concat_elu and its gradient, the decoder's NLL with the
-reference elu, dropout's keep rate and scale; exact kernels match torch's convolutions."""
+"""Fast layers compute what the plain formulas do: concat_elu, logsigmoid and their gradients, the decoder's NLL
+and gradients against torch's elu and logsigmoid, dropout's keep rate and scale."""
 from __future__ import annotations
 
 import pytest
@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import decoders.layers as layers
-from decoders import DecoderConfig, PixelCNNPP
+from decoders import DecoderConfig, PixelCNNPP, mixture
 from decoders.layers import Dropout, concat_elu
 
 
@@ -28,8 +28,16 @@ def test_concat_elu_and_its_gradient_match_the_plain_formula():
     assert torch.equal(concat_elu(zero), torch.zeros(1, 4, 1, 1))
 
 
+def test_logsigmoid_and_its_gradient_match_torch():
+    z = (torch.randn(1000, generator=torch.Generator().manual_seed(0)) * 20).requires_grad_()
+    z.data[:4] = torch.tensor([0.0, -1e30, 1e30, 88.0])
+    got, want = mixture.logsigmoid(z), F.logsigmoid(z)
+    torch.testing.assert_close(got, want, atol=1e-7, rtol=1e-6)
+    torch.testing.assert_close(torch.autograd.grad(got.sum(), z)[0], torch.autograd.grad(want.sum(), z)[0])
+
+
 @pytest.mark.parametrize("code_shape", [None, (6,), (4, 5, 5)])
-def test_decoder_nll_and_gradients_match_the_reference_elu(code_shape, monkeypatch):
+def test_decoder_nll_and_gradients_match_the_reference_elu_and_logsigmoid(code_shape, monkeypatch):
     torch.manual_seed(0)
     model = PixelCNNPP(DecoderConfig((3, 8, 8), levels=256, nr_resnet=1, nr_filters=8, nr_mix=3,
                                      code_shape=code_shape, cond_filters=8)).eval()
@@ -44,6 +52,7 @@ def test_decoder_nll_and_gradients_match_the_reference_elu(code_shape, monkeypat
 
     fast, fast_grads = nll_and_grads()
     monkeypatch.setattr(layers, "concat_elu", reference_concat_elu)
+    monkeypatch.setattr(mixture, "logsigmoid", F.logsigmoid)
     ref, ref_grads = nll_and_grads()
     torch.testing.assert_close(fast, ref, atol=1e-3, rtol=1e-6)  # bits per image, ~600 of them
     for a, b in zip(fast_grads, ref_grads):
