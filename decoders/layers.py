@@ -128,6 +128,12 @@ def sigmoid(x: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(x)
 
 
+def _concat_elu_parts(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    t = torch.cat((x, -x), dim=1)  # (B, 2C, H, W)
+    slope = torch.exp(t.clamp(max=0.0))
+    return t.clamp_(min=0.0).add_(slope - 1.0), slope
+
+
 class _ConcatElu(torch.autograd.Function):
     """elu(t) for t = [x, -x] as max(t, 0) + (exp(min(t, 0)) - 1), whose exp is also the slope. torch's elu
     evaluates expm1, which on CPU costs ten times an exp (and torch.where several times an add); exp(y) - 1
@@ -135,10 +141,9 @@ class _ConcatElu(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        t = torch.cat((x, -x), dim=1)  # (B, 2C, H, W)
-        slope = torch.exp(t.clamp(max=0.0))
+        out, slope = _concat_elu_parts(x)
         ctx.save_for_backward(slope)
-        return t.clamp_(min=0.0).add_(slope - 1.0)
+        return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
@@ -150,7 +155,9 @@ class _ConcatElu(torch.autograd.Function):
 def concat_elu(x: torch.Tensor) -> torch.Tensor:
     """ELU of [x, -x] along channels: (B, C, H, W) -> (B, 2C, H, W). Layout-independent per element (exp and
     exact operations only), so it serves exact_kernels() as it is."""
-    return _ConcatElu.apply(x)
+    if x.requires_grad and torch.is_grad_enabled():
+        return _ConcatElu.apply(x)
+    return _concat_elu_parts(x)[0]
 
 
 def down_shift(x: torch.Tensor) -> torch.Tensor:
