@@ -22,7 +22,8 @@ from torch.nn.utils import parametrize
 from decoders import mixture
 from decoders.config import DecoderConfig
 from decoders.layers import (DownRightShiftedConv2d, DownRightShiftedDeconv2d, DownShiftedConv2d,
-                             DownShiftedDeconv2d, GatedResnet, Nin, down_shift, elu, exact_kernels, right_shift)
+                             DownShiftedDeconv2d, GatedResnet, Nin, concat_elu, concat_elu_of_cat, down_shift, elu,
+                             exact_kernels, right_shift)
 from decoders.sampling import CachedSampler
 
 _LN2 = math.log(2.0)
@@ -53,9 +54,9 @@ class ConditioningNet(nn.Module):
         return h
 
     def forward(self, h: torch.Tensor) -> list[torch.Tensor]:
-        f0 = F.elu(self.body(F.elu(self.stem(self.resize(h)))))  # (B, F, H, W)
-        f1 = F.elu(self.down1(f0))  # (B, F, H/2, W/2)
-        f2 = F.elu(self.down2(f1))  # (B, F, H/4, W/4)
+        f0 = elu(self.body(elu(self.stem(self.resize(h)))))  # (B, F, H, W)
+        f1 = elu(self.down1(f0))  # (B, F, H/2, W/2)
+        f2 = elu(self.down2(f1))  # (B, F, H/4, W/4)
         return [f0, f1, f2]
 
 
@@ -184,27 +185,36 @@ class PixelCNNPP(nn.Module):
                 return cond  # None or a vector (B, D)
             return cond[level][:, :, :x.shape[2] >> level]  # spatial features, cropped like x
 
-        u_list = [down_shift(self.u_init(xs))]  # (B, F, H, W)
-        ul_list = [down_shift(self.ul_init_down(xs)) + right_shift(self.ul_init_right(xs))]
+        # every stream tensor travels with its concat_elu, computed once: it is the next block's input and a skip
+        u = down_shift(self.u_init(xs))  # (B, F, H, W)
+        ul = down_shift(self.ul_init_down(xs)) + right_shift(self.ul_init_right(xs))
+        u_list, ul_list = [(u, concat_elu(u))], [(ul, concat_elu(ul))]
         for level in range(3):
-            u, ul, h = u_list[-1], ul_list[-1], hs(level)
+            (u, ua), (ul, ula), h = u_list[-1], ul_list[-1], hs(level)
             for bu, bul in zip(self.up_u[level], self.up_ul[level]):
-                u = bu(u, h=h)
-                ul = bul(ul, a=u, h=h)
-                u_list.append(u)
-                ul_list.append(ul)
+                u = bu(u, h=h, x_act=ua)
+                ua = concat_elu(u)
+                ul = bul(ul, h=h, x_act=ula, a_act=ua)
+                ula = concat_elu(ul)
+                u_list.append((u, ua))
+                ul_list.append((ul, ula))
             if level < 2:
-                u_list.append(self.downsize_u[level](u))  # (B, F, H/2, W/2)
-                ul_list.append(self.downsize_ul[level](ul))
-        u, ul = u_list.pop(), ul_list.pop()
+                d_u, d_ul = self.downsize_u[level](u), self.downsize_ul[level](ul)  # (B, F, H/2, W/2)
+                u_list.append((d_u, concat_elu(d_u)))
+                ul_list.append((d_ul, concat_elu(d_ul)))
+        (u, ua), (ul, ula) = u_list.pop(), ul_list.pop()
         for i, level in enumerate((2, 1, 0)):
             h = hs(level)
-            for bu, bul in zip(self.down_u[i], self.down_ul[i]):
-                u = bu(u, a=u_list.pop(), h=h)
-                ul = bul(ul, a=torch.cat((u, ul_list.pop()), dim=1), h=h)
+            blocks = list(zip(self.down_u[i], self.down_ul[i]))
+            for k, (bu, bul) in enumerate(blocks):
+                u = bu(u, h=h, x_act=ua, a_act=u_list.pop()[1])
+                ua = concat_elu(u)
+                ul = bul(ul, h=h, x_act=ula, a_act=concat_elu_of_cat(ua, ul_list.pop()[1]))
+                if level > 0 or k + 1 < len(blocks):  # the last ul goes to the output through elu alone
+                    ula = concat_elu(ul)
             if level > 0:
-                u = self.upsize_u[i](u)  # (B, F, 2H, 2W)
-                ul = self.upsize_ul[i](ul)
+                u, ul = self.upsize_u[i](u), self.upsize_ul[i](ul)  # (B, F, 2H, 2W)
+                ua, ula = concat_elu(u), concat_elu(ul)
         return self.nin_out(elu(ul))  # (B, P, H, W)
 
     def forward(self, x: torch.Tensor, code=None) -> torch.Tensor:
