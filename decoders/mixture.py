@@ -102,8 +102,12 @@ def coupled_means(means: torch.Tensor, coeffs: torch.Tensor, xs: torch.Tensor) -
 
 
 def _log1mexp_of_log(log_d: torch.Tensor) -> torch.Tensor:
-    """log(1 - exp(-d)) given log d, exact for tiny d (where d itself would underflow) and NaN-free in grad."""
-    big = torch.log(-torch.expm1(-torch.exp(log_d.clamp(min=_LOG_D_SMALL))))
+    """log(1 - exp(-d)) given log d, exact for tiny d (where d itself would underflow) and NaN-free in grad.
+
+    1 - exp(-d) in float64 (exact to 1e-16 / d) instead of expm1, which runs a scalar loop on CPU.
+    """
+    d = torch.exp(log_d.clamp(min=_LOG_D_SMALL).double())
+    big = torch.log(1.0 - torch.exp(-d)).to(log_d.dtype)
     return torch.where(log_d < _LOG_D_SMALL, log_d, big)
 
 
