@@ -126,45 +126,63 @@ def conv_transpose2d_s2(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
     return cols.reshape(b, cout, 2 * h, 2 * w) + bias[:, None, None]
 
 
-def _elu_parts(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """elu(t) as max(t, 0) + (exp(min(t, 0)) - 1), and its slope exp(min(t, 0)); t is not modified."""
-    slope = torch.exp(t.clamp(max=0.0))
-    return t.clamp(min=0.0).add_(slope - 1.0), slope
+def _elu_parts(t: torch.Tensor, inplace: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """elu(t) as max(t, 0) + (exp(min(t, 0)) - 1), and its slope exp(min(t, 0)); t is overwritten if inplace."""
+    slope = t.clamp(max=0.0).exp_()
+    out = t.clamp_(min=0.0) if inplace else t.clamp(min=0.0)
+    return out.add_(slope - 1.0), slope
 
 
 class _Elu(torch.autograd.Function):
     """elu(t) (times a dropout mask `keep`, if given) with the exp saved as the slope for backward."""
 
     @staticmethod
-    def forward(ctx, t: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
-        out, slope = _elu_parts(t)
+    def forward(ctx, t: torch.Tensor, keep: torch.Tensor | None, inplace: bool) -> torch.Tensor:
+        out, slope = _elu_parts(t, inplace)
         if keep is not None:
             out.mul_(keep)
             slope.mul_(keep)
         ctx.save_for_backward(slope)
+        if inplace:
+            ctx.mark_dirty(out)
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         slope, = ctx.saved_tensors
-        return grad * slope, None
+        return grad * slope, None, None
 
 
-def elu(x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
-    """ELU (times `keep`, a scaled dropout mask, if given). Computed as max(x, 0) + (exp(min(x, 0)) - 1):
-    torch's elu evaluates expm1, which on CPU runs a scalar loop ten times slower than exp, and rounds
-    differently in its scalar and vector loops; exp(y) - 1 is within 6e-8 of expm1(y), and exp and the
-    exact operations give an element the same value whatever the tensor's size and layout, which the
-    samplers need (exact_kernels)."""
+def _eager_cpu(x: torch.Tensor) -> bool:
+    """The hand-written CPU paths; on GPUs and under torch.compile plain torch ops, which those fuse."""
+    return x.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
+def elu(x: torch.Tensor, keep: torch.Tensor | None = None, inplace: bool = False) -> torch.Tensor:
+    """ELU (times `keep`, a scaled dropout mask, if given). On CPU max(x, 0) + (exp(min(x, 0)) - 1): torch's
+    elu evaluates expm1, which there runs a scalar loop ten times slower than exp, and rounds differently in
+    its scalar and vector loops; exp(y) - 1 is within 6e-8 of expm1(y), and exp and the exact operations
+    give an element the same value whatever the tensor's size and layout, which the samplers need
+    (exact_kernels). inplace may overwrite x (a tensor the caller made for it)."""
+    if not _eager_cpu(x):
+        out = F.elu(x)
+        return out if keep is None else out * keep
     if torch.is_grad_enabled() and (x.requires_grad or (keep is not None and keep.requires_grad)):
-        return _Elu.apply(x, keep)
-    out = _elu_parts(x)[0]
+        return _Elu.apply(x, keep, inplace)
+    out = _elu_parts(x, inplace)[0]
     return out if keep is None else out.mul_(keep)
 
 
 def concat_elu(x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
     """ELU of [x, -x] along channels: (B, C, H, W) -> (B, 2C, H, W), times `keep` if given (see `elu`)."""
-    return elu(torch.cat((x, -x), dim=1), keep)
+    if not _eager_cpu(x) or (torch.is_grad_enabled() and x.requires_grad):
+        t = torch.cat((x, -x), dim=1)
+    else:
+        c = x.shape[1]
+        t = x.new_empty(x.shape[0], 2 * c, *x.shape[2:])
+        t[:, :c] = x
+        torch.neg(x, out=t[:, c:])
+    return elu(t, keep, inplace=True)
 
 
 def concat_elu_of_cat(act_a: torch.Tensor, act_b: torch.Tensor) -> torch.Tensor:
@@ -216,7 +234,7 @@ def gate(x: torch.Tensor, y: torch.Tensor, c: torch.Tensor | None) -> torch.Tens
         # in place: y keeps its memory layout (CPU kernels round differently on other layouts), so a zero
         # projection leaves the result bit-identical to the unconditional block
         y = y.add_(c)
-    if torch.is_grad_enabled() and (x.requires_grad or y.requires_grad) and not exact_here(y):
+    if torch.is_grad_enabled() and (x.requires_grad or y.requires_grad) and _eager_cpu(y) and not exact_here(y):
         return _Gate.apply(x, y)
     a, b = y.chunk(2, dim=1)
     return x + a * sigmoid(b)

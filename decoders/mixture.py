@@ -77,7 +77,8 @@ def logsigmoid(z: torch.Tensor) -> torch.Tensor:
     """log sigmoid(z). On CPU min(z, 0) - log(1 + exp(-|z|)): torch's log_sigmoid and log1p run a scalar loop
     there, ten times slower than exp and log (off log1p by at most 6e-8); the same value for an element whatever
     the tensor's layout, which the samplers need. F.logsigmoid elsewhere."""
-    return _LogSigmoid.apply(z) if z.device.type == "cpu" else F.logsigmoid(z)
+    cpu = z.device.type == "cpu" and not torch.compiler.is_compiling()
+    return _LogSigmoid.apply(z) if cpu else F.logsigmoid(z)
 
 
 def scale_values(x: torch.Tensor, levels: int) -> torch.Tensor:
