@@ -13,10 +13,14 @@ that depends on the size of the input (how many pixels, how many rows), so the s
 whole image or on a 2x2 window can differ in the last bit. Inside `exact_kernels()` a convolution computes every
 output pixel as its own (B, K) x (K, C') product, all pixels in one single-threaded `torch.bmm`: the batch of
 products runs each product with the same kernel whatever their number, so a pixel's value no longer depends on
-how much of the image is computed with it. elu and sigmoid, whose own CPU kernels round differently in their
-scalar and vector loops, go through exp/expm1 there (concat_elu does so always). That is what lets the cached
+how much of the image is computed with it. elu (always on CPU) and sigmoid (inside exact_kernels()), whose own
+CPU kernels round differently in their scalar and vector loops, go through exp. That is what lets the cached
 sampler (decoders/sampling.py) draw exactly what the naive one does. The switch is process-wide: do not train
 in one thread while another samples.
+
+The CPU training path also has hand-written pieces, each measured at 3x32x32, 1x32x10, batch 16 on one core
+(see the functions' docstrings): 1x1 convs as batched matmuls, elu from exp, dropout from random bits fused
+into the activation, the gate's backward written in place.
 """
 from __future__ import annotations
 
