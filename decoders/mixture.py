@@ -126,8 +126,11 @@ def log_bin_mass(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor, l
     log_d = math.log(2.0 * half) - log_scale
     first = logsigmoid(b)     # (-inf, upper edge]
     last = logsigmoid(-a)     # [lower edge, +inf)
-    interior = first + last + _log1mexp_of_log(log_d)
-    return torch.where(x == 0, first, torch.where(x == levels - 1, last, interior))
+    # first for x = 0, last for x = L-1, first + last + log(1 - exp(a - b)) between: 0/1 masks instead of torch.where
+    # (several times slower on CPU, forward and backward); the terms are finite for finite means and log-scales
+    below = (x < levels - 1).to(first.dtype)  # the bin has an upper edge
+    above = (x > 0).to(first.dtype)  # the bin has a lower edge
+    return first * below + last * above + _log1mexp_of_log(log_d) * (below * above)
 
 
 def component_log_probs(mp: MixtureParams, x: torch.Tensor, levels: int) -> torch.Tensor:
