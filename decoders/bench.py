@@ -1,10 +1,18 @@
 """Decoder benchmark: `python -m decoders.bench [flags]` (also `ibprobe bench decoder [flags]`).
 
 Prints, for one decoder config, device and batch, one figure per line:
-train_images_per_s, eval_images_per_s, samples_per_s and peak_memory_mib (CUDA: max allocated;
-CPU: the process's max resident set size). With --compare-cpu-cuda it also prints the max |NLL
+train_images_per_s, eval_images_per_s, samples_per_s (the default, cached sampler, whole images) and
+peak_memory_mib (CUDA: max allocated; CPU: the process's max resident set size). Side by side it times the
+naive sampler (the network on the image so far for every pixel, with PyTorch's own kernels and threads, as
+sampling ran before the cached sampler) and the cached one on the same first --sample-naive-rows image rows,
+the same images and generator state: naive_sample_s, cached_sample_s and cached_vs_naive (their ratio; the
+naive sampler's cost per row grows down the image, the cached one's does not, so a ratio over the first rows
+understates the whole image's). --sample-check also draws those rows with the naive sampler under the cached
+one's exact kernels and prints same_integers_fraction. With --compare-cpu-cuda it also prints the max |NLL
 difference| in bits per image between CPU float32 and CUDA (float32, and bf16 autocast + channels_last)
-on the same weights and batch. Data are random images, so the figures measure speed, not quality.
+on the same weights and batch; with --flops the model's training FLOPs per image (forward and backward, counted
+by torch.utils.flop_counter), the achieved TFLOP/s and the model FLOP utilisation against --peak-tflops (by
+default the dense bf16 peak of known GPUs). Data are random images, so the figures measure speed, not quality.
 """
 from __future__ import annotations
 
@@ -49,8 +57,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=10, help="timed training/eval steps")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     p.add_argument("--sample-n", type=int, default=None, help="images to sample (default min(batch, 8); 0 skips)")
+    p.add_argument("--sample-naive-rows", type=int, default=4,
+                   help="image rows both samplers draw for the side-by-side timing (default 4; 0 skips the naive one)")
+    p.add_argument("--sample-check", action="store_true",
+                   help="also draw those rows with the naive sampler on exact kernels and compare the integers")
     p.add_argument("--compare-cpu-cuda", action="store_true",
                    help="also print the max |NLL difference| (bits/image) between CPU and CUDA")
+    p.add_argument("--flops", action="store_true", help="count training FLOPs per image; print TFLOP/s and MFU")
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help="peak TFLOP/s of the device for MFU (default: dense bf16 peak of a known GPU)")
     p.add_argument("--threads", type=int, default=None, help="CPU intra-op threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="print the figures only")
@@ -116,14 +131,17 @@ def run_bench(args: argparse.Namespace, out=None) -> dict[str, float]:
     model.to(setup.device)
     to_channels_last(model, setup)
     x, c = _to(x_cpu, c_cpu, setup)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)  # as decoders.fitting
     step = make_train_step(model, optimizer, setup, grad_clip=100.0, bits_per_image_to_loss=1.0 / dims)
     model.train()
     losses: list[torch.Tensor] = []
     _timed(lambda: step(x, c), args.warmup, setup.device)
     dt = _timed(lambda: losses.append(step(x, c)[0]), args.steps, setup.device)
     figures["train_images_per_s"] = args.steps * args.batch / dt
+    figures["train_peak_memory_mib"] = peak_memory_mib(setup.device)
     say(f"train_bits_per_dim (random images, last step): {float(losses[-1]):.4f}")
+    if args.flops:
+        figures.update(_flop_figures(model, x, c, figures["train_images_per_s"], args.peak_tflops, setup.device, say))
 
     with eval_mode(model):
         def eval_step():
@@ -134,18 +152,79 @@ def run_bench(args: argparse.Namespace, out=None) -> dict[str, float]:
 
         n = min(args.batch, 8) if args.sample_n is None else args.sample_n
         if n > 0:
-            code = None if c is None else c[:n]
-            gen = torch.Generator(device=setup.device).manual_seed(args.seed)
             with autocast(setup, enabled=args.eval_bf16):
-                dt = _timed(lambda: model.sample(code=code, n=n, generator=gen), 1, setup.device)
-            figures["samples_per_s"] = n / dt
+                figures.update(bench_sampling(model, None if c is None else c[:n], n, args.sample_naive_rows,
+                                              args.sample_check, args.seed, setup.device, say))
     figures["peak_memory_mib"] = peak_memory_mib(setup.device)
-    for key in ("train_images_per_s", "eval_images_per_s", "samples_per_s", "peak_memory_mib"):
+    for key in ("train_images_per_s", "train_gflop_per_image", "train_tflops", "mfu", "eval_images_per_s",
+                "samples_per_s", "naive_sample_s", "cached_sample_s", "cached_vs_naive", "train_peak_memory_mib",
+                "peak_memory_mib"):
         if key in figures:
             print(f"{key}: {figures[key]:.4g}", file=out, flush=True)
     for key, val in figures.items():
         if key.startswith("max_abs_nll_diff"):
             print(f"{key}: {val:.4g}", file=out, flush=True)
+    if "same_integers_fraction" in figures:
+        print(f"same_integers_fraction: {figures['same_integers_fraction']:.6g}", file=out, flush=True)
+    return figures
+
+
+# dense bf16 tensor-core peaks (TFLOP/s) of GPUs the paper-scale runs use; matched against the device name
+_PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0}
+
+
+def _flop_figures(model, x, c, images_per_s: float, peak_tflops: float | None, device: torch.device,
+                  say) -> dict[str, float]:
+    """Training FLOPs per image (one forward and backward, counted in float32 eager), TFLOP/s and MFU."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model.zero_grad(set_to_none=True)
+    with FlopCounterMode(display=False) as counter:
+        model.nll_bits(x, c).float().mean().backward()
+    model.zero_grad(set_to_none=True)
+    per_image = counter.get_total_flops() / x.shape[0]
+    out = {"train_gflop_per_image": per_image / 1e9, "train_tflops": per_image * images_per_s / 1e12}
+    if peak_tflops is None and device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        peak_tflops = next((v for k, v in _PEAK_BF16_TFLOPS.items() if k in name), None)
+        say(f"mfu against {name}'s dense bf16 peak: {peak_tflops} TFLOP/s" if peak_tflops else
+            f"mfu: no peak known for {name}; give --peak-tflops")
+    if peak_tflops:
+        out["mfu"] = out["train_tflops"] / peak_tflops
+    return out
+
+
+def bench_sampling(model, code, n: int, naive_rows: int, check: bool, seed: int, device: torch.device,
+                   say) -> dict[str, float]:
+    """Whole images with the cached sampler; naive and cached side by side on the first rows (see module doc).
+
+    Returns samples_per_s, and with naive_rows > 0 naive_sample_s, cached_sample_s, cached_vs_naive; with check
+    also same_integers_fraction, the share of the drawn integers the naive sampler on exact kernels repeats
+    (1.0 on CPU; on CUDA, where kernels are not pinned, a last-bit difference can change a draw).
+    """
+    h = model.cfg.image_shape[1]
+    threads = torch.get_num_threads()
+
+    def draw(method: str, rows: int | None, exact: bool = True) -> tuple[float, torch.Tensor]:
+        gen = torch.Generator(device=device).manual_seed(seed)
+        got = []
+        dt = _timed(lambda: got.append(model._sample(code, n, gen, method, rows, exact)), 1, device)
+        return dt, got[0]
+
+    figures = {"samples_per_s": n / draw("cached", None)[0]}
+    rows = min(naive_rows, h)
+    if rows > 0:
+        exact_threads = 1 if device.type == "cpu" else threads
+        t_naive, _ = draw("naive", rows, exact=False)
+        t_cached, x_cached = draw("cached", rows)
+        figures.update(naive_sample_s=t_naive, cached_sample_s=t_cached, cached_vs_naive=t_naive / t_cached)
+        say(f"sampling side by side: image rows 0-{rows - 1} of {h}, {n} images; naive with PyTorch's kernels on "
+            f"{threads} threads, cached on exact kernels ({exact_threads} thread{'s' * (exact_threads > 1)})")
+        if check:
+            t_exact, x_exact = draw("naive", rows)
+            same = (x_exact[:, :, :rows] == x_cached[:, :, :rows]).double().mean().item()
+            figures["same_integers_fraction"] = same
+            say(f"naive on exact kernels: {t_exact:.4g} s for the same rows")
     return figures
 
 

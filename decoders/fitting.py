@@ -261,7 +261,7 @@ def fit(model: torch.nn.Module, images, codes=None, cfg: FitConfig = FitConfig()
     model.to(setup.device)
     to_channels_last(model, setup)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas)
+    optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, fused=True)  # one kernel per step
     gen = torch.Generator()  # data order
     dims = int(np.prod(mcfg.image_shape))
 

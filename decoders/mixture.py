@@ -9,6 +9,7 @@ sum to 1 over the L values to float precision for any mean and scale. Always flo
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -56,9 +57,29 @@ def bound_log_scales(raw: torch.Tensor) -> torch.Tensor:
     on the two edge levels (binary images) are fitted ever better by mean and scale growing together without
     bound (the tail bins take all the mass as the interior bins' share vanishes); the scale runs off to 1e7 and
     the means stop learning from the context. A logistic wider than half the value axis is never needed.
-    Below, the usual hard floor.
+    Below, the usual hard floor. (MAX - softplus(MAX - raw) = MAX + logsigmoid(raw - MAX).)
     """
-    return (MAX_LOG_SCALE - F.softplus(MAX_LOG_SCALE - raw)).clamp(min=MIN_LOG_SCALE)
+    return (logsigmoid(raw - MAX_LOG_SCALE) + MAX_LOG_SCALE).clamp(min=MIN_LOG_SCALE)
+
+
+class _LogSigmoid(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, z: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(z)
+        return z.clamp(max=0.0).sub_(torch.exp(-z.abs()).add_(1.0).log_())
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        z, = ctx.saved_tensors
+        return grad * torch.sigmoid(-z)
+
+
+def logsigmoid(z: torch.Tensor) -> torch.Tensor:
+    """log sigmoid(z). On CPU min(z, 0) - log(1 + exp(-|z|)): torch's log_sigmoid and log1p run a scalar loop
+    there, ten times slower than exp and log (off log1p by at most 6e-8); the same value for an element whatever
+    the tensor's layout, which the samplers need. F.logsigmoid elsewhere."""
+    cpu = z.device.type == "cpu" and not torch.compiler.is_compiling()
+    return _LogSigmoid.apply(z) if cpu else F.logsigmoid(z)
 
 
 def scale_values(x: torch.Tensor, levels: int) -> torch.Tensor:
@@ -83,8 +104,12 @@ def coupled_means(means: torch.Tensor, coeffs: torch.Tensor, xs: torch.Tensor) -
 
 
 def _log1mexp_of_log(log_d: torch.Tensor) -> torch.Tensor:
-    """log(1 - exp(-d)) given log d, exact for tiny d (where d itself would underflow) and NaN-free in grad."""
-    big = torch.log(-torch.expm1(-torch.exp(log_d.clamp(min=_LOG_D_SMALL))))
+    """log(1 - exp(-d)) given log d, exact for tiny d (where d itself would underflow) and NaN-free in grad.
+
+    1 - exp(-d) in float64 (exact to 1e-16 / d) instead of expm1, which runs a scalar loop on CPU.
+    """
+    d = torch.exp(log_d.clamp(min=_LOG_D_SMALL).double())
+    big = torch.log(1.0 - torch.exp(-d)).to(log_d.dtype)
     return torch.where(log_d < _LOG_D_SMALL, log_d, big)
 
 
@@ -100,10 +125,13 @@ def log_bin_mass(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor, l
     b = inv_s * (centred + half)  # upper edge
     # log(sigmoid(b) - sigmoid(a)) = logsigmoid(b) + logsigmoid(-a) + log(1 - exp(a - b)), b - a = 2 half / s
     log_d = math.log(2.0 * half) - log_scale
-    interior = F.logsigmoid(b) + F.logsigmoid(-a) + _log1mexp_of_log(log_d)
-    first = F.logsigmoid(b)     # (-inf, upper edge]
-    last = F.logsigmoid(-a)     # [lower edge, +inf)
-    return torch.where(x == 0, first, torch.where(x == levels - 1, last, interior))
+    first = logsigmoid(b)     # (-inf, upper edge]
+    last = logsigmoid(-a)     # [lower edge, +inf)
+    # first for x = 0, last for x = L-1, first + last + log(1 - exp(a - b)) between: 0/1 masks instead of torch.where
+    # (several times slower on CPU, forward and backward); the terms are finite for finite means and log-scales
+    below = (x < levels - 1).to(first.dtype)  # the bin has an upper edge
+    above = (x > 0).to(first.dtype)  # the bin has a lower edge
+    return first * below + last * above + _log1mexp_of_log(log_d) * (below * above)
 
 
 def component_log_probs(mp: MixtureParams, x: torch.Tensor, levels: int) -> torch.Tensor:
@@ -141,35 +169,45 @@ def _uniform(shape: tuple[int, ...], generator: torch.Generator | None, device: 
     return u.to(device)
 
 
+@functools.lru_cache(maxsize=32)
+def _pick_index(nr_mix: int, channels: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat parameter index of component 0's means | log-scales | coefficients, and its step per component."""
+    m, c = nr_mix, channels
+    k = c * (c - 1) // 2
+    base = torch.cat((torch.arange(c), m * c + torch.arange(c), 2 * m * c + torch.arange(k))) + m
+    step = torch.tensor([c] * (2 * c) + [k] * k)
+    return base.to(device), step.to(device)
+
+
 def sample(params: torch.Tensor, levels: int, nr_mix: int, channels: int,
            generator: torch.Generator | None = None) -> torch.Tensor:
     """Exact draw of one pixel per row from the mixture: params (N, P) -> int64 (N, C) in [0, L-1].
 
     Component by Gumbel-max on the logits, then each channel in order from its discretized logistic via the
     inverse CDF and the bin containing the draw, the coupling using the earlier channels' drawn bin centres.
+    Only the chosen component's parameters are transformed (the values split_params would give them).
     """
     with torch.autocast(device_type=params.device.type, enabled=False):
-        mp = split_params(params[:, :, None, None], channels, nr_mix)
-        n, dev = params.shape[0], params.device
+        p = params.float()
+        n, dev, c = p.shape[0], p.device, channels
+        if p.shape[1] != num_params(c, nr_mix):
+            raise ValueError(f"expected {num_params(c, nr_mix)} parameter channels for C={c}, M={nr_mix}, "
+                             f"got {p.shape[1]}")
         u = _uniform((n, nr_mix), generator, dev).clamp(1e-300, 1.0)
-        k = torch.argmax(mp.logits[:, :, 0, 0].double() - torch.log(-torch.log(u)), dim=1)  # (N,)
-        pick = k[:, None, None]
-        means = mp.means[:, :, :, 0, 0].gather(1, pick.expand(n, 1, channels))[:, 0].double()  # (N, C)
-        log_s = mp.log_scales[:, :, :, 0, 0].gather(1, pick.expand(n, 1, channels))[:, 0].double()
-        nk = channels * (channels - 1) // 2
-        coeffs = mp.coeffs[:, :, :, 0, 0].gather(1, pick.expand(n, 1, nk))[:, 0].double() if nk else None
-        scale = torch.exp(log_s.clamp(max=80.0))
-        logistic = torch.logit(_uniform((n, channels), generator, dev))  # (N, C); +-inf fall in the edge bins
-        out = torch.empty(n, channels, dtype=torch.long, device=dev)
-        xs = torch.empty(n, channels, dtype=torch.float64, device=dev)
-        idx = 0
-        for c in range(channels):
-            mean = means[:, c]
-            for j in range(c):
-                mean = mean + coeffs[:, idx] * xs[:, j]
+        k = torch.argmax(p[:, :nr_mix].double() - torch.log(-torch.log(u)), dim=1)  # (N,)
+        base, step = _pick_index(nr_mix, c, dev)
+        raw = p.gather(1, base + k[:, None] * step)  # (N, 2C + C(C-1)/2): means | log-scales | coefficients
+        chosen = torch.cat((raw[:, :c], bound_log_scales(raw[:, c:2 * c]), torch.tanh(raw[:, 2 * c:])), 1).double()
+        spread = torch.exp(chosen[:, c:2 * c]) * torch.logit(_uniform((n, c), generator, dev))  # (N, C); +-inf ok
+        values, xs = [], []
+        idx = 2 * c
+        for ch in range(c):
+            mean = chosen[:, ch]
+            for j in range(ch):
+                mean = mean + chosen[:, idx] * xs[j]
                 idx += 1
-            y = mean + scale[:, c] * logistic[:, c]
-            v = torch.round((y + 1.0) * ((levels - 1) / 2.0)).nan_to_num(0.0).clamp(0, levels - 1)
-            out[:, c] = v.long()
-            xs[:, c] = v * (2.0 / (levels - 1)) - 1.0
-        return out
+            v = torch.round((mean + spread[:, ch] + 1.0) * ((levels - 1) / 2.0)).nan_to_num_(0.0).clamp_(0, levels - 1)
+            values.append(v)
+            if ch + 1 < c:
+                xs.append(v * (2.0 / (levels - 1)) - 1.0)
+        return torch.stack(values, 1).long()

@@ -23,10 +23,13 @@ from decoders import mixture
 from decoders.config import DecoderConfig
 from decoders.errors import DecoderInputError, IncompatibleWeightsError
 from decoders.layers import (DownRightShiftedConv2d, DownRightShiftedDeconv2d, DownShiftedConv2d,
-                             DownShiftedDeconv2d, GatedResnet, Nin, down_shift, right_shift)
+                             DownShiftedDeconv2d, GatedResnet, Nin, concat_elu, concat_elu_of_cat, down_shift, elu,
+                             exact_kernels, right_shift)
+from decoders.sampling import CachedSampler
 
 _LN2 = math.log(2.0)
 _STATS_CHUNK_ELEMENTS = 2**22  # code values per float64 chunk in set_code_stats
+SAMPLE_METHODS = ("cached", "naive")
 
 
 class ConditioningNet(nn.Module):
@@ -52,9 +55,9 @@ class ConditioningNet(nn.Module):
         return h
 
     def forward(self, h: torch.Tensor) -> list[torch.Tensor]:
-        f0 = F.elu(self.body(F.elu(self.stem(self.resize(h)))))  # (B, F, H, W)
-        f1 = F.elu(self.down1(f0))  # (B, F, H/2, W/2)
-        f2 = F.elu(self.down2(f1))  # (B, F, H/4, W/4)
+        f0 = elu(self.body(elu(self.stem(self.resize(h)))))  # (B, F, H, W)
+        f1 = elu(self.down1(f0))  # (B, F, H/2, W/2)
+        f2 = elu(self.down2(f1))  # (B, F, H/4, W/4)
         return [f0, f1, f2]
 
 
@@ -221,28 +224,37 @@ class PixelCNNPP(nn.Module):
                 return cond  # None or a vector (B, D)
             return cond[level][:, :, :x.shape[2] >> level]  # spatial features, cropped like x
 
-        u_list = [down_shift(self.u_init(xs))]  # (B, F, H, W)
-        ul_list = [down_shift(self.ul_init_down(xs)) + right_shift(self.ul_init_right(xs))]
+        # every stream tensor travels with its concat_elu, computed once: it is the next block's input and a skip
+        u = down_shift(self.u_init(xs))  # (B, F, H, W)
+        ul = down_shift(self.ul_init_down(xs)) + right_shift(self.ul_init_right(xs))
+        u_list, ul_list = [(u, concat_elu(u))], [(ul, concat_elu(ul))]
         for level in range(3):
-            u, ul, h = u_list[-1], ul_list[-1], hs(level)
+            (u, ua), (ul, ula), h = u_list[-1], ul_list[-1], hs(level)
             for bu, bul in zip(self.up_u[level], self.up_ul[level]):
-                u = bu(u, h=h)
-                ul = bul(ul, a=u, h=h)
-                u_list.append(u)
-                ul_list.append(ul)
+                u = bu(u, h=h, x_act=ua)
+                ua = concat_elu(u)
+                ul = bul(ul, h=h, x_act=ula, a_act=ua)
+                ula = concat_elu(ul)
+                u_list.append((u, ua))
+                ul_list.append((ul, ula))
             if level < 2:
-                u_list.append(self.downsize_u[level](u))  # (B, F, H/2, W/2)
-                ul_list.append(self.downsize_ul[level](ul))
-        u, ul = u_list.pop(), ul_list.pop()
+                d_u, d_ul = self.downsize_u[level](u), self.downsize_ul[level](ul)  # (B, F, H/2, W/2)
+                u_list.append((d_u, concat_elu(d_u)))
+                ul_list.append((d_ul, concat_elu(d_ul)))
+        (u, ua), (ul, ula) = u_list.pop(), ul_list.pop()
         for i, level in enumerate((2, 1, 0)):
             h = hs(level)
-            for bu, bul in zip(self.down_u[i], self.down_ul[i]):
-                u = bu(u, a=u_list.pop(), h=h)
-                ul = bul(ul, a=torch.cat((u, ul_list.pop()), dim=1), h=h)
+            blocks = list(zip(self.down_u[i], self.down_ul[i]))
+            for k, (bu, bul) in enumerate(blocks):
+                u = bu(u, h=h, x_act=ua, a_act=u_list.pop()[1])
+                ua = concat_elu(u)
+                ul = bul(ul, h=h, x_act=ula, a_act=concat_elu_of_cat(ua, ul_list.pop()[1]))
+                if level > 0 or k + 1 < len(blocks):  # the last ul goes to the output through elu alone
+                    ula = concat_elu(ul)
             if level > 0:
-                u = self.upsize_u[i](u)  # (B, F, 2H, 2W)
-                ul = self.upsize_ul[i](ul)
-        return self.nin_out(F.elu(ul))  # (B, P, H, W)
+                u, ul = self.upsize_u[i](u), self.upsize_ul[i](ul)  # (B, F, 2H, 2W)
+                ua, ula = concat_elu(u), concat_elu(ul)
+        return self.nin_out(elu(ul))  # (B, P, H, W)
 
     def forward(self, x: torch.Tensor, code=None) -> torch.Tensor:
         """Raw mixture parameters (B, P, H, W) for integer images x (B, C, H, W)."""
@@ -263,14 +275,18 @@ class PixelCNNPP(nn.Module):
 
     # ------------------------------------------------------------------------------------------ sampling
     @torch.no_grad()
-    def sample(self, code=None, n: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(self, code=None, n: int | None = None, generator: torch.Generator | None = None,
+               method: str = "cached") -> torch.Tensor:
         """Draw n images, uint8 (n, C, H, W) in [0, L-1], exactly from the model, in eval mode.
 
         With a code of batch B, n defaults to B (and must equal it); without a code n is required.
-        The same generator state gives the same samples.
+        The same generator state gives the same samples. method "cached" (decoders/sampling.py) computes each
+        layer once per position; "naive" runs the network on the image so far for every pixel, the reference.
+        On CPU both draw the same integers from the same generator state (bit-identical mixture parameters).
         """
         cfg = self.cfg
-        c, h, w = cfg.image_shape
+        if method not in SAMPLE_METHODS:
+            raise DecoderInputError(f"sample: method must be one of {', '.join(SAMPLE_METHODS)}, got {method!r}")
         if code is not None and cfg.code_shape is None:
             raise DecoderInputError("sample: this decoder is unconditional (code_shape=None) but a code was given")
         if code is not None:
@@ -282,18 +298,35 @@ class PixelCNNPP(nn.Module):
             raise DecoderInputError("sample: give n (the number of images) when there is no code")
         if n < 1:
             raise DecoderInputError(f"sample: n must be >= 1, got {n}")
-        device = self._device()
+        return self._sample(code, n, generator, method)
+
+    @torch.no_grad()
+    def _sample(self, code, n: int, generator: torch.Generator | None, method: str, rows: int | None = None,
+                exact: bool = True) -> torch.Tensor:
+        """sample() after its checks; the benchmark also times a prefix of `rows` image rows, and the naive
+        sampler with PyTorch's own kernel choice (exact=False: the sampler as it was before the cached one)."""
+        c, h, w = self.cfg.image_shape
+        rows = h if rows is None else rows
         was_training = self.training
         self.eval()
         try:
-            cond = self._condition(code, n)
-            x = torch.zeros(n, c, h, w, dtype=torch.long, device=device)
-            with parametrize.cached():
-                for i in range(h):
-                    rows = min(h, (i // 4 + 1) * 4)  # outputs of rows <= i only see rows <= i: crop the rest
-                    for j in range(w):
-                        params = self._network(x[:, :, :rows], cond)[:, :, i, j]  # (n, P)
-                        x[:, :, i, j] = mixture.sample(params, cfg.levels, cfg.nr_mix, c, generator)
+            with parametrize.cached(), exact_kernels(exact):
+                cond = self._condition(code, n)
+                x = torch.zeros(n, c, h, w, dtype=torch.long, device=self._device())
+                if method == "cached":
+                    CachedSampler(self, cond).run(x, generator, rows)
+                else:
+                    self._sample_naive(x, cond, generator, rows)
         finally:
             self.train(was_training)
         return x.to(torch.uint8)
+
+    def _sample_naive(self, x: torch.Tensor, cond, generator: torch.Generator | None, rows: int) -> None:
+        """The reference: for every pixel, the network on the image so far (rows below the current 4 cropped)."""
+        cfg = self.cfg
+        h, w = cfg.image_shape[1:]
+        for i in range(rows):
+            crop = min(h, (i // 4 + 1) * 4)  # outputs of rows <= i only see rows <= i: crop the rest
+            for j in range(w):
+                params = self._network(x[:, :, :crop], cond)[:, :, i, j].contiguous()  # (n, P)
+                x[:, :, i, j] = mixture.sample(params, cfg.levels, cfg.nr_mix, cfg.channels, generator)

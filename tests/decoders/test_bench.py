@@ -47,6 +47,20 @@ def test_bench_with_vector_code_quiet(capsys):
     assert "config:" not in out
 
 
+def test_bench_times_naive_and_cached_sampling_side_by_side(capsys):
+    assert main(TINY + ["--sample-naive-rows", "2", "--sample-check"]) == 0
+    out = capsys.readouterr().out
+    figs = {}
+    for key in ("naive_sample_s", "cached_sample_s", "cached_vs_naive"):
+        m = re.search(rf"^{key}: ([0-9.eE+-]+)$", out, re.M)
+        assert m, f"no {key} line in:\n{out}"
+        figs[key] = float(m.group(1))
+    assert all(v > 0 for v in figs.values())
+    assert figs["cached_vs_naive"] == pytest.approx(figs["naive_sample_s"] / figs["cached_sample_s"], rel=2e-3)
+    assert re.search(r"^same_integers_fraction: 1$", out, re.M)
+    assert "image rows 0-1 of 4" in out
+
+
 def test_bench_bad_config_is_one_line_error(capsys):
     assert main(TINY + ["--steps", "0"]) == 2
     assert "error" in capsys.readouterr().err
