@@ -14,11 +14,12 @@ import os
 import sys
 from pathlib import Path
 
+from ibprobe.backends import Backend, LocalBackend
 from ibprobe.capture import ActivationStore, fill_store
 from ibprobe.config import AnalysisConfig, Settings, TrainConfig, apply_overrides, pin_settings, resolve_device
 from ibprobe.data import load_dataset
 from ibprobe.errors import ConfigError, DataError, UserError
-from ibprobe.fit import plan_jobs, reference_jobs, resolve_jobs, run_jobs, write_job_index
+from ibprobe.fit import plan_jobs, reference_jobs, resolve_jobs, write_job_index
 from ibprobe.fsutil import atomic_write_json
 from ibprobe.measure import measure_jobs, write_mi_csv
 from ibprobe.presets import Preset, get_preset
@@ -28,11 +29,12 @@ from ibprobe.train import train
 
 
 def run_analysis(out_dir: str | os.PathLike, source: ModelSource, dataset_spec: dict, cfg: AnalysisConfig,
-                 settings: Settings | None = None) -> list[dict]:
+                 settings: Settings | None = None, backend: Backend | None = None) -> list[dict]:
     """Capture, fit and measure every (checkpoint, layer) of `source`; write DIR/analysis/mi.csv, return its rows.
 
-    `settings` default to `cfg` resolved against the data. Resumable and idempotent: finished jobs are kept, killed
-    ones resume; a folder that holds results keeps the settings pinned in its analysis.json.
+    `settings` default to `cfg` resolved against the data; `backend` (ibprobe.backends) runs the decoder jobs,
+    default `cfg.jobs` processes on this machine. Resumable and idempotent: finished jobs are kept, killed ones
+    resume; a folder that holds results keeps the settings pinned in its analysis.json.
     """
     run_dir = Path(out_dir)
     if not source.checkpoints:
@@ -53,15 +55,14 @@ def run_analysis(out_dir: str | os.PathLike, source: ModelSource, dataset_spec: 
     refs, specs = reference_jobs(settings), plan_jobs(source, cfg.layers)
     write_job_index(run_dir, refs + plan_jobs(source, layers))
     runtime = cfg.runtime()
+    backend = backend or LocalBackend(workers=resolve_jobs(cfg.jobs, device))
     results: dict[str, dict] = {}
-    for ref in refs:  # one at a time, in this process: every other job starts from them
-        results.update(run_jobs(run_dir, [ref], runtime, jobs=1, retry_failed=cfg.retry_failed,
-                                desc="unconditional q(x)"))
+    for ref in refs:  # one at a time: every other job starts from them
+        results.update(backend.run(run_dir, [ref], runtime, retry_failed=cfg.retry_failed, desc="unconditional q(x)"))
         if results[ref.key].get("status") != "ok":
             break
     else:
-        results.update(run_jobs(run_dir, specs, runtime, jobs=resolve_jobs(cfg.jobs, device),
-                                retry_failed=cfg.retry_failed))
+        results.update(backend.run(run_dir, specs, runtime, retry_failed=cfg.retry_failed))
     rows = measure_jobs(run_dir, specs, settings, dataset_spec, results)
     write_mi_csv(run_dir / "analysis" / "mi.csv", rows)
     return rows
@@ -103,10 +104,11 @@ def preset_configs(preset: str | Preset, regime: str, *, data_root: str | None =
 
 
 def run_preset(preset: str | Preset, out_dir: str | os.PathLike, *, regimes=None, figures: bool = True,
-               **overrides) -> dict[str, list[dict]]:
+               backend: Backend | None = None, **overrides) -> dict[str, list[dict]]:
     """Train + analyse (+ draw) each regime of `preset`; returns {regime: mi.csv rows}.
 
-    `overrides`: the keywords of `preset_configs`. Every setting is resolved before any training starts.
+    `overrides`: the keywords of `preset_configs`; `backend`: who runs the decoder jobs (see run_analysis). Every
+    setting is resolved before any training starts.
     """
     p = get_preset(preset) if isinstance(preset, str) else preset
     dirs = regime_dirs(out_dir, p, regimes)
@@ -124,7 +126,7 @@ def run_preset(preset: str | Preset, out_dir: str | os.PathLike, *, regimes=None
         if acfg.progress:
             print(f"[{regime}] measuring {len(acfg.layers)} layers x {len(source.checkpoints)} checkpoints "
                   f"-> {run_dir}/analysis/mi.csv", file=sys.stderr)
-        results[regime] = run_analysis(run_dir, source, data_spec, acfg, settings)
+        results[regime] = run_analysis(run_dir, source, data_spec, acfg, settings, backend)
         if figures:
             draw_figures(run_dir, progress=acfg.progress, gallery_layers=p.gallery_layers,
                          gallery_epochs=p.gallery_epochs, device=acfg.device)
