@@ -62,9 +62,7 @@ class LocalBackend:
         if self.workers <= 1 or len(specs) <= 1:
             return run_jobs(run_dir, specs, here, jobs=1, retry_failed=retry_failed, desc=desc)
         out, todo = split_finished(run_dir, specs, retry_failed)
-        out.update(self._pool(run_dir, todo, runtime, retry_failed, desc))
-        held = [s for s in todo if out.get(s.key) is None]  # claimed by another process: wait for it
-        out.update(run_jobs(run_dir, held, here, jobs=1, retry_failed=False, desc=desc) if held else {})
+        out.update(self._pool(run_dir, todo, runtime, retry_failed, desc))  # a task waits for jobs others hold
         return out
 
     def _pool(self, run_dir: Path, todo: list, runtime: Runtime, retry_failed: bool, desc: str) -> dict:
