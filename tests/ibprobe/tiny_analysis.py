@@ -12,6 +12,7 @@ TRAIN = {"epochs": 1, "checkpoint_epochs": (0, 1), "test_fraction": 0.8}
 LAYERS = ("layer1", "pool")
 DECODER = {"nr_resnet": 1, "nr_filters": 4, "nr_mix": 2, "dropout": 0.0}
 FIT = {"epochs": 2, "patience": 2}
+FIT_3 = {"epochs": 3, "patience": 3}  # long enough to kill a worker mid-job: its fit_state.pt exists after epoch 1
 FLAGS = ["--train", "epochs=1", "checkpoint_epochs=0,1", "test_fraction=0.8", "--layers", ",".join(LAYERS),
          "--decoder", "nr_resnet=1", "nr_filters=4", "nr_mix=2", "dropout=0", "--fit", "epochs=2", "patience=2",
          "--device", "cpu", "--quiet", "--no-figures"]

@@ -1,0 +1,82 @@
+"""The plan before a long run: the jobs a preset would fit, list scheduling on K workers with start-up per worker or
+per task, the time of a job from its speeds, bench files that round-trip, and the command's table."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from decoders import DecoderConfig, FitConfig
+from ibprobe import plan
+from ibprobe.cli import main
+from ibprobe.errors import ConfigError
+
+
+def _job(key: str, role: str, regime: str = "classify") -> plan.PlannedJob:
+    return plan.PlannedJob(key, regime, role, DecoderConfig((1, 8, 8), 17, nr_resnet=1, nr_filters=8, nr_mix=2),
+                           FitConfig(epochs=3, batch_size=10), n_images=100, n_test=40)
+
+
+def test_digits_quick_jobs_are_what_run_would_fit():
+    jobs = plan.jobs_of_preset("digits-quick", device="cpu")
+    assert [j.key for j in jobs[:3]] == ["_unconditional_init", "_unconditional", "layer1@0"]
+    assert len(jobs) == 2 + 3 * 4
+    shapes = {j.key.split("@")[0]: j.decoder.code_shape for j in jobs}
+    assert shapes == {"_unconditional_init": None, "_unconditional": None, "layer1": (16, 8, 8),
+                      "layer2": (32, 4, 4), "pool": (64,)}
+    assert [j.fit.epochs for j in jobs[:3]] == [8, 4, 4]  # q0 runs init_epochs, the others the fit's budget
+    assert {(j.decoder.nr_resnet, j.decoder.nr_filters, j.decoder.nr_mix) for j in jobs} == {(1, 24, 3)}
+    assert {(j.n_images, j.n_test) for j in jobs} == {(1438, 359)}  # digits: 1797 images, a fifth held out
+
+
+def test_a_jobs_time_is_its_budget_at_the_measured_speeds():
+    job = _job("pool@0", "conditional")
+    assert (job.n_val, job.steps_per_epoch) == (10, 9)  # 90 training images in batches of 10
+    speed = plan.Speed(train_step_s=0.5, eval_image_s=0.01)
+    assert plan.job_seconds(job, speed) == pytest.approx(3 * (9 * 0.5 + 10 * 0.01) + 40 * 0.01)
+
+
+def test_wall_time_hands_tasks_to_the_first_free_worker_in_order():
+    jobs = [_job("_unconditional_init", "q0"), _job("_unconditional", "reference")] + \
+        [_job(f"pool@{e}", "conditional") for e in range(4)]
+    secs = {(j.key, j.regime): s for j, s in zip(jobs, [10, 5, 4, 4, 4, 8])}
+    assert plan.wall_seconds(jobs, secs, 1) == 15 + 20
+    assert plan.wall_seconds(jobs, secs, 2) == 15 + 12  # 4 | 4, then 4 -> worker 1, 8 -> worker 2
+    assert plan.wall_seconds(jobs, secs, 8) == 15 + 8
+    assert plan.wall_seconds(jobs, secs, 2, jobs_per_task=2) == 15 + 12
+    assert plan.wall_seconds(jobs, secs, 2, startup_s=1) == 15 + 1 + 12
+    assert plan.wall_seconds(jobs, secs, 2, startup_s=1, per_task_startup=True) == 15 + 2 + 14
+    two = jobs + [plan.PlannedJob(**{**j.__dict__, "regime": "autoencode"}) for j in jobs]
+    secs.update({(k, "autoencode"): s for (k, _), s in secs.items()})
+    assert plan.wall_seconds(two, secs, 2) == 2 * (15 + 12)  # regimes run one after the other
+
+
+def test_a_bench_file_round_trips_and_names_what_it_lacks(tmp_path):
+    jobs = [_job("_unconditional", "reference"), _job("pool@0", "conditional")]
+    speeds = {plan.speed_key(j.decoder, j.fit): plan.Speed(0.25, 0.001) for j in jobs}
+    path = plan.write_bench(tmp_path / "bench.json", jobs, speeds, startup_s=3.5, device="cuda")
+    assert json.loads(path.read_text())["format"] == plan.BENCH_FORMAT
+    assert plan.read_bench(path, jobs) == (speeds, 3.5, "cuda")
+    bigger = plan.PlannedJob(**{**jobs[1].__dict__, "key": "layer1@0",
+                                "decoder": DecoderConfig((1, 8, 8), 17, nr_resnet=1, nr_filters=16, nr_mix=2)})
+    with pytest.raises(ConfigError, match="no speed for the decoders of job.*layer1@0.*--write-bench"):
+        plan.read_bench(path, jobs + [bigger])
+
+
+def test_plan_command_measures_writes_a_bench_and_reads_it_back(tmp_path, capsys):
+    bench = tmp_path / "here.json"
+    threads = torch.get_num_threads()
+    assert main(["plan", "--preset", "digits-quick", "--device", "cpu", "--write-bench", str(bench), "--quiet"]) == 0
+    assert torch.get_num_threads() == threads  # timed with a worker's threads, then given back
+    assert len(json.loads(bench.read_text())["decoders"]) == 4  # q(x) and one code shape per layer
+    capsys.readouterr()
+    assert main(["plan", "--preset", "digits-quick", "--bench", str(bench), "--workers", "4",
+                 "--price-per-hour", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "pool@8" in out and "14 decoder jobs (12 conditional, 12 task(s) of 1)" in out
+    rows = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit() and len(line.split()) == 4]
+    walls = [sum(int(p) * f for p, f in zip(r[1].split(":"), (3600, 60, 1))) for r in rows]
+    assert [int(r[0]) for r in rows] == [1, 2, 4] and walls == sorted(walls, reverse=True)
+    assert all(math.isclose(float(r[3]), 2 * float(r[2]), abs_tol=0.011) for r in rows)  # cost = price x worker-h
