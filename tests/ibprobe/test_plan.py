@@ -65,18 +65,37 @@ def test_a_bench_file_round_trips_and_names_what_it_lacks(tmp_path):
         plan.read_bench(path, jobs + [bigger])
 
 
-def test_plan_command_measures_writes_a_bench_and_reads_it_back(tmp_path, capsys):
-    bench = tmp_path / "here.json"
+def test_measuring_times_each_distinct_decoder_once_and_gives_the_threads_back():
+    jobs = [_job("_unconditional_init", "q0"), _job("_unconditional", "reference"), _job("pool@0", "conditional"),
+            plan.PlannedJob(**{**_job("pool@1", "conditional").__dict__,
+                               "decoder": DecoderConfig((1, 8, 8), 17, nr_resnet=1, nr_filters=8, nr_mix=2,
+                                                        code_shape=(5,))})]
     threads = torch.get_num_threads()
-    assert main(["plan", "--preset", "digits-quick", "--device", "cpu", "--write-bench", str(bench), "--quiet"]) == 0
-    assert torch.get_num_threads() == threads  # timed with a worker's threads, then given back
-    assert len(json.loads(bench.read_text())["decoders"]) == 4  # q(x) and one code shape per layer
-    capsys.readouterr()
-    assert main(["plan", "--preset", "digits-quick", "--bench", str(bench), "--workers", "4",
+    speeds = plan.measure_speeds(jobs, device="cpu", threads=1, steps=1)
+    assert torch.get_num_threads() == threads
+    assert len(speeds) == 2 and all(v.train_step_s > 0 and v.eval_image_s > 0 for v in speeds.values())
+
+
+def test_plan_command_reads_a_bench_file_and_prices_the_workers(tmp_path, capsys):
+    jobs = plan.jobs_of_preset("digits-quick", device="cpu")
+    bench = plan.write_bench(tmp_path / "target.json", jobs, {plan.speed_key(j.decoder, j.fit): plan.Speed(0.1, 0.0)
+                                                               for j in jobs}, startup_s=2.0, device="cuda")
+    assert main(["plan", "--preset", "digits-quick", "--bench", str(bench), "--workers", "4", "--device", "cpu",
                  "--price-per-hour", "2"]) == 0
     out = capsys.readouterr().out
-    assert "pool@8" in out and "14 decoder jobs (12 conditional, 12 task(s) of 1)" in out
+    assert "pool@8" in out and "14 decoder jobs (12 conditional, 12 task(s) of 1)" in out and "(cuda)" in out
     rows = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit() and len(line.split()) == 4]
     walls = [sum(int(p) * f for p, f in zip(r[1].split(":"), (3600, 60, 1))) for r in rows]
-    assert [int(r[0]) for r in rows] == [1, 2, 4] and walls == sorted(walls, reverse=True)
+    refs, job = 8 * 21 * 0.1 + 4 * 21 * 0.1, 4 * 21 * 0.1  # q0 (8 epochs), q(x), then 12 jobs of 8.4 s
+    assert [int(r[0]) for r in rows] == [1, 2, 4]
+    assert walls == [round(refs + 2 + 12 * job), round(refs + 2 + 6 * job), round(refs + 2 + 3 * job)]
     assert all(math.isclose(float(r[3]), 2 * float(r[2]), abs_tol=0.011) for r in rows)  # cost = price x worker-h
+
+
+def test_plan_of_a_finished_folder_shows_what_each_fit_took(reference, capsys):
+    assert main(["plan", "--run", str(reference), "--workers", "2", "--device", "cpu", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    lines = {line.split()[0]: line.split() for line in out.splitlines() if "@" in line[:12] or line.startswith("_")}
+    assert set(lines) == {"_unconditional_init", "_unconditional", "layer1@0", "pool@0", "layer1@1", "pool@1"}
+    assert all(v[-1] == "done" and float(v[-2]) > 0 for v in lines.values())  # fit s, from each job's fit log
+    assert "wall, left" in out and " 0:00:00" in out  # nothing is left to fit
