@@ -30,7 +30,7 @@ def fit_devices(run_dir: Path) -> set[str]:
 
 
 def test_workers_with_their_devices_and_jobs_per_task_give_the_same_table(reference, tmp_path):
-    out = trained_copy(reference, tmp_path / "pool")
+    out = trained_copy(reference, tmp_path / "pool", refs_from=reference)  # the conditional jobs are left
     backend = make_backend("local", devices=["cpu", "cpu:0"], jobs_per_task=2)
     assert (backend.workers, backend.jobs_per_task) == (2, 2)
     mi = analyse(out, backend)
@@ -79,7 +79,7 @@ def _pool_workers(pid: int) -> list[int]:
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds the pool's workers through /proc")
 def test_a_worker_killed_mid_job_loses_its_jobs_and_a_rerun_recovers(reference, reference_3_epochs, tmp_path):
-    out = trained_copy(reference, tmp_path / "killed")
+    out = trained_copy(reference, tmp_path / "killed", refs_from=reference_3_epochs)
     cmd = [sys.executable, "-m", "ibprobe", "run", "--out", str(out), *FLAGS, "--jobs", "2", "--fit",
            *(f"{k}={v}" for k, v in FIT_3.items())]
     env = dict(os.environ, OMP_NUM_THREADS="1")

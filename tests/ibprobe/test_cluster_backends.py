@@ -65,7 +65,7 @@ def _task_processes() -> list[int]:
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds the array tasks through /proc")
 def test_a_slurm_task_killed_mid_job_is_recovered_by_a_rerun(reference, reference_3_epochs, tmp_path):
-    out = trained_copy(reference, tmp_path / "killed")
+    out = trained_copy(reference, tmp_path / "killed", refs_from=reference_3_epochs)
     backend = make_backend("slurm", jobs_per_task=2, slurm={"cluster": "local", "timeout_min": 10})
     fit = FIT_3
     killed: list[int] = []

@@ -25,10 +25,17 @@ def analyse(out: Path, backend=None, fit=FIT) -> Path:
     return out / "analysis" / "mi.csv"
 
 
-def trained_copy(reference: Path, out: Path) -> Path:
-    """A folder holding the trained network of `reference` and none of its analysis."""
+def trained_copy(reference: Path, out: Path, refs_from: Path | None = None) -> Path:
+    """A folder holding the trained network of `reference` and none of its analysis; with `refs_from`, also that
+    folder's activations, pinned settings and finished references, so that only the conditional jobs are left."""
     out.mkdir(parents=True)
     for name in ("config.json", "metrics.jsonl"):
         shutil.copy(reference / name, out / name)
     shutil.copytree(reference / "checkpoints", out / "checkpoints")
+    if refs_from is not None:
+        shutil.copy(refs_from / "analysis.json", out / "analysis.json")
+        shutil.copytree(refs_from / "activations", out / "activations")
+        for ref in ("_unconditional_init", "_unconditional"):
+            shutil.copytree(refs_from / "decoders" / ref, out / "decoders" / ref,
+                            ignore=shutil.ignore_patterns(".lock"))
     return out
