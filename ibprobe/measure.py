@@ -40,16 +40,17 @@ _TEXT_COLUMNS = {"checkpoint", "layer", "layer_to", "decoder", "status", "error"
 
 # ------------------------------------------------------------------------------------------------ a run folder
 def measure_jobs(run_dir: str | os.PathLike, specs: list[JobSpec], settings: Settings, *, repeats: int = 1,
-                 chain: list[str] | None = None) -> tuple[list[dict], list[dict]]:
+                 chain: list[str] | None = None, results: dict | None = None) -> tuple[list[dict], list[dict]]:
     """(mi.csv rows, changes.csv rows) of the conditional jobs `specs` (repeat 0; `repeats` seeds in all).
 
-    A job that failed (or whose reference failed) gives a failed row saying why.
+    A job that failed (or whose reference failed) gives a failed row saying why; `results` ({job id: result} from
+    the run) says why for jobs that left nothing on disk (e.g. their worker died).
     """
     run_dir = Path(run_dir)
     source, ds = open_source(run_dir)
     fit_idx, test_idx = decoder_split(ds, settings.decoder_data, settings.seed)
     dims = int(np.prod(ds.image_shape))
-    ref_res = read_result(JobSpec(None).job_dir(run_dir))
+    ref_res = read_result(JobSpec(None).job_dir(run_dir)) or (results or {}).get(JobSpec(None).key)
     if ref_res is None or ref_res.get("status") != "ok":
         reason = f"unconditional reference failed: {(ref_res or {}).get('error') or 'did not finish'}"
         rows = [failed_row(**_where(s, run_dir), error=reason) for s in specs]
@@ -62,7 +63,7 @@ def measure_jobs(run_dir: str | os.PathLike, specs: list[JobSpec], settings: Set
                                                                                     ("test", test_idx))}
     rows, nll, infos = [], {}, {}
     for s in specs:
-        res = read_result(s.job_dir(run_dir))
+        res = read_result(s.job_dir(run_dir)) or (results or {}).get(s.key)
         if res is None or res.get("status") != "ok":
             rows.append(failed_row(**_where(s, run_dir), error=(res or {}).get("error") or "did not finish"))
             continue

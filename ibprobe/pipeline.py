@@ -16,11 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ibprobe.backends import Backend, LocalBackend
 from ibprobe.capture import ActivationStore, fill_store
 from ibprobe.config import AnalysisConfig, Settings, TrainConfig, apply_overrides, resolve_device
 from ibprobe.data import load_dataset
 from ibprobe.errors import ConfigError, UserError
-from ibprobe.fit import plan_jobs, reference_jobs, resolve_jobs, run_jobs, write_job_index
+from ibprobe.fit import plan_jobs, reference_jobs, resolve_jobs, write_job_index
 from ibprobe.folder import pin_settings
 from ibprobe.fsutil import atomic_write_json
 from ibprobe.measure import measure_jobs, write_changes_csv, write_mi_csv
@@ -31,12 +32,13 @@ from ibprobe.train import train
 
 
 def run_analysis(out_dir: str | os.PathLike, source: ModelSource, dataset_spec: dict, cfg: AnalysisConfig,
-                 settings: Settings | None = None) -> list[dict]:
+                 settings: Settings | None = None, backend: Backend | None = None) -> list[dict]:
     """Capture, fit and measure every (checkpoint, layer) of `source`; write DIR/analysis/mi.csv and changes.csv,
     return the mi.csv rows.
 
-    `settings` default to `cfg` resolved against the data. Resumable and idempotent: finished jobs are kept, killed
-    ones resume; a folder that holds results keeps the settings pinned in its analysis.json.
+    `settings` default to `cfg` resolved against the data; `backend` (ibprobe.backends) runs the decoder jobs,
+    default `cfg.jobs` processes on this machine. Resumable and idempotent: finished jobs are kept, killed ones
+    resume; a folder that holds results keeps the settings pinned in its analysis.json.
     """
     run_dir = Path(out_dir)
     if not source.checkpoints:
@@ -58,12 +60,13 @@ def run_analysis(out_dir: str | os.PathLike, source: ModelSource, dataset_spec: 
     specs = plan_jobs(source, cfg.layers)
     write_job_index(run_dir, [j.again(r) for r in range(cfg.repeats) for j in refs + plan_jobs(source, layers)])
     todo = [j.again(r) for r in range(cfg.repeats) for j in refs + specs]
-    runtime, jobs = cfg.runtime(), resolve_jobs(cfg.jobs, device)
+    runtime = cfg.runtime()
+    backend = backend or LocalBackend(workers=resolve_jobs(cfg.jobs, device))
     starts = [j for j in todo if j.init]  # every other job of a repeat starts from its q0(x)
-    done = run_jobs(run_dir, starts, runtime, jobs=jobs, retry_failed=cfg.retry_failed, desc="q0(x)")
-    if all(r and r.get("status") == "ok" for r in done.values()):
-        run_jobs(run_dir, [j for j in todo if not j.init], runtime, jobs=jobs, retry_failed=cfg.retry_failed)
-    rows, change_rows = measure_jobs(run_dir, specs, settings, repeats=cfg.repeats,
+    results = backend.run(run_dir, starts, runtime, retry_failed=cfg.retry_failed, desc="q0(x)")
+    if all(r and r.get("status") == "ok" for r in results.values()):
+        results.update(backend.run(run_dir, [j for j in todo if not j.init], runtime, retry_failed=cfg.retry_failed))
+    rows, change_rows = measure_jobs(run_dir, specs, settings, repeats=cfg.repeats, results=results,
                                      chain=list(cfg.chain) or default_chain(source, cfg.layers))
     write_mi_csv(run_dir / "analysis" / "mi.csv", rows)
     write_changes_csv(run_dir / "analysis" / "changes.csv", change_rows)
@@ -108,10 +111,11 @@ def preset_configs(preset: str | Preset, regime: str, *, data_root: str | None =
 
 
 def run_preset(preset: str | Preset, out_dir: str | os.PathLike, *, regimes=None, figures: bool = True,
-               **overrides) -> dict[str, list[dict]]:
+               backend: Backend | None = None, **overrides) -> dict[str, list[dict]]:
     """Train + analyse (+ draw) each regime of `preset`; returns {regime: mi.csv rows}.
 
-    `overrides`: the keywords of `preset_configs`. Every setting is resolved before any training starts.
+    `overrides`: the keywords of `preset_configs`; `backend`: who runs the decoder jobs (see run_analysis). Every
+    setting is resolved before any training starts.
     """
     p = get_preset(preset) if isinstance(preset, str) else preset
     dirs = regime_dirs(out_dir, p, regimes)
@@ -130,7 +134,7 @@ def run_preset(preset: str | Preset, out_dir: str | os.PathLike, *, regimes=None
         if acfg.progress:
             print(f"[{regime}] measuring {len(acfg.layers)} layers x {len(source.checkpoints)} checkpoints "
                   f"-> {run_dir}/analysis/mi.csv", file=sys.stderr)
-        results[regime] = run_analysis(run_dir, source, data_spec, acfg, settings)
+        results[regime] = run_analysis(run_dir, source, data_spec, acfg, settings, backend)
         if figures:
             draw_figures(run_dir, progress=acfg.progress, gallery_layers=p.gallery_layers,
                          gallery_epochs=p.gallery_epochs, device=acfg.device)

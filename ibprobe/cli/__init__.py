@@ -14,8 +14,8 @@ import sys
 from ibprobe.errors import UserError
 
 COMMANDS = {"run": "run", "train": "train", "layers": "layers", "capture": "capture", "analyze": "analyze",
-            "run-job": "run_job", "plot": "plot", "gallery": "gallery", "validate": "validate", "bench": "bench",
-            "hessian": "hessian", "complexity": "complexity"}
+            "run-job": "run_job", "plan": "plan", "plot": "plot", "gallery": "gallery", "validate": "validate",
+            "bench": "bench", "hessian": "hessian", "complexity": "complexity"}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -48,6 +48,7 @@ def add_parser(sub) -> None:
     flags.add_analysis(p, jobs_default=1)
     p.add_argument("--chain", metavar="A,B,C", help="layers each of which is a function of the one before, for the "
                    "data-processing self-check (our models give theirs)")
+    flags.add_backend(p)
     flags.add_device(p)
     flags.add_seed(p)
     flags.add_figures(p)
@@ -68,9 +69,9 @@ def handler(args) -> int:
     if not args.quiet:
         print(f"measuring {len(prep.cfg.layers)} layer(s) x {len(prep.source.checkpoints)} checkpoint(s) "
               f"-> {out}/analysis/mi.csv", file=sys.stderr)
-    rows = run_analysis(out, prep.source, prep.dataset_spec, prep.cfg, prep.settings)
+    rows = run_analysis(out, prep.source, prep.dataset_spec, prep.cfg, prep.settings, flags.backend(args))
     written = [out / "source.json", out / "analysis" / "mi.csv"]
-    if not args.no_figures:
+    if not args.no_figures and args.backend != "none":
         written += draw_figures(out, progress=not args.quiet, gallery=not args.no_gallery, device=args.device)
     flags.print_summary(args.model, rows, file=sys.stdout)
-    return flags.print_written(t0, written, rows, str(out / "analysis" / "mi.csv"))
+    return flags.print_written(t0, written, rows, str(out / "analysis" / "mi.csv"), args.backend)

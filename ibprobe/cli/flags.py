@@ -1,12 +1,13 @@
 """The flag vocabulary shared by every command, declared once: device, quiet, data source, model, layers, decoder
-and fit overrides, training settings, jobs, seed, what a checkpoint lens looks at. Also the parsers of `K=V` values
-and lists, and the two things every command prints: a table of mi.csv rows and the files it wrote."""
+and fit overrides, training settings, jobs and backends, seed, what a checkpoint lens looks at. Also the parsers of
+`K=V` values and lists, and the two things every command prints: a table of mi.csv rows and the files it wrote."""
 from __future__ import annotations
 
 import sys
 import time
 from typing import Any, Iterable
 
+from ibprobe.backends import BACKENDS, Backend, make_backend
 from ibprobe.config import AnalysisConfig
 from ibprobe.data import DATASET_NAMES
 from ibprobe.errors import ConfigError
@@ -62,7 +63,8 @@ def add_analysis(p, jobs_default: int) -> None:
     g.add_argument("--fit", action="extend", nargs="+", metavar="K=V",
                    help="override FitConfig fields, e.g. epochs=20 lr=1e-3 (repeatable)")
     g.add_argument("--jobs", type=int, default=jobs_default,
-                   help=f"decoder jobs at once on this machine; 0: one per CPU core on CPU, 1 on CUDA "
+                   help=f"decoder tasks at once: local worker processes (0: one per CPU core on CPU, 1 on CUDA); "
+                   f"ray: the CPUs of a local Ray (0: all); slurm: the array's parallelism (0: no cap) "
                    f"(default {jobs_default})")
     g.add_argument("--no-probe", action="store_true", help="skip the I(Y;H) probes")
     g.add_argument("--retry-failed", action="store_true", help="rerun jobs that failed before (e.g. NaN loss)")
@@ -78,6 +80,25 @@ def add_analysis(p, jobs_default: int) -> None:
                    help="codes per code-mixture reference; costs M forward passes per scored image (0: none)")
     g.add_argument("--repeats", type=int, default=1, metavar="K",
                    help="fit every decoder with K seeds and report the spread (i_xh_seed_sd); K times the work")
+
+
+def add_backend(p) -> None:
+    """Who runs the decoder jobs: this machine's processes, a Ray cluster or Slurm arrays (ibprobe.backends)."""
+    g = p.add_argument_group("backend (who runs the decoder jobs; see `Running on a cluster` in the README)")
+    g.add_argument("--backend", default="local", choices=BACKENDS,
+                   help="local: processes on this machine (default); ray: Ray tasks; slurm: Slurm job arrays "
+                   "through submitit; none: fit nothing, prepare the folder for `ibprobe run-job`")
+    g.add_argument("--jobs-per-task", type=int, default=1, metavar="K",
+                   help="decoder jobs one after another in one worker or array task (default 1)")
+    g.add_argument("--devices", metavar="D1,D2", help="one worker per device, each with its device, e.g. "
+                   "cuda:0,cuda:1 (repeat one for two workers on it); with slurm, within each task")
+    g.add_argument("--ray-address", metavar="ADDR", help="the Ray cluster, e.g. auto or ray://head:10001 "
+                   "(default $RAY_ADDRESS, else a local Ray)")
+    g.add_argument("--ray", action="extend", nargs="+", metavar="K=V",
+                   help="ray.remote options of each task, e.g. num_gpus=1 num_cpus=4 max_retries=3")
+    g.add_argument("--slurm", action="extend", nargs="+", metavar="K=V",
+                   help="submitit/Slurm parameters, e.g. partition=gpu gpus_per_node=1 timeout_min=720 account=lab "
+                   "(cluster=local runs the arrays on this machine)")
 
 
 def add_train(p) -> None:
@@ -138,6 +159,13 @@ def analysis_config(args, layers=None) -> AnalysisConfig:
                           keep_fit_state=args.keep_fit_state, decoder_data=args.decoder_data,
                           reference=args.reference, mixture_codes=args.mixture_codes, repeats=args.repeats,
                           chain=tuple(parse_list(getattr(args, "chain", None)) or ()))
+
+
+def backend(args) -> Backend:
+    """The backend of the shared backend flags."""
+    return make_backend(args.backend, jobs=args.jobs, jobs_per_task=args.jobs_per_task,
+                        devices=parse_list(args.devices) or (), ray_address=args.ray_address,
+                        ray=parse_kv(args.ray, "--ray"), slurm=parse_kv(args.slurm, "--slurm"), device=args.device)
 
 
 def parse_value(text: str) -> Any:
@@ -229,11 +257,15 @@ def print_summary(title: str, rows: list[dict], file=sys.stdout) -> None:
           + "; see checks in analysis/mi.csv and README 'Self-checks'", file=file)
 
 
-def print_written(t0: float, written, rows: list[dict], where: str) -> int:
+def print_written(t0: float, written, rows: list[dict], where: str, backend: str = "local") -> int:
     """'finished in N s; wrote: ...'; returns exit code 1 if a job failed (said on stderr), else 0."""
     print(f"\nfinished in {time.time() - t0:.0f} s; wrote:")
     for w in written:
         print(f"  {w}")
+    if backend == "none":
+        print("prepared for `ibprobe run-job` (--backend none): run the jobs of decoders/jobs.json, the references "
+              "first, then rerun this command with another backend to measure and draw", file=sys.stderr)
+        return 0
     failed = [r for r in rows if r.get("status") != "ok"]
     if failed:
         print(f"{len(failed)} job(s) failed; see the status/error columns of {where}", file=sys.stderr)

@@ -30,6 +30,7 @@ def add_parser(sub) -> None:
     flags.add_layers(p)
     flags.add_train(p)
     flags.add_analysis(p, jobs_default=0)
+    flags.add_backend(p)
     flags.add_device(p)
     flags.add_seed(p)
     flags.add_figures(p)
@@ -43,7 +44,8 @@ def handler(args) -> int:
     out = Path(args.out or Path("runs") / preset.name)
     acfg = flags.analysis_config(args)
     results = run_preset(
-        preset, out, regimes=args.regime, figures=not args.no_figures, data_root=args.data_root,
+        preset, out, regimes=args.regime, figures=not args.no_figures and args.backend != "none",
+        backend=flags.backend(args), data_root=args.data_root,
         download=args.download, device=acfg.device, jobs=acfg.jobs, seed=acfg.seed,
         layers=parse_layers(args.layers) if args.layers else None, decoder=acfg.decoder, fit=acfg.fit,
         train_overrides=flags.parse_kv(args.train, "--train"), progress=acfg.progress, probe=acfg.probe,
@@ -53,7 +55,7 @@ def handler(args) -> int:
     written = []
     for regime, run_dir in regime_dirs(out, preset, args.regime).items():
         written.append(run_dir / "analysis" / "mi.csv")
-        if not args.no_figures:
+        if not args.no_figures and args.backend != "none":
             written.append(run_dir / "figures")
         flags.print_summary(regime, results[regime], file=sys.stdout)
-    return flags.print_written(t0, written, [r for rows in results.values() for r in rows], "mi.csv")
+    return flags.print_written(t0, written, [r for rows in results.values() for r in rows], "mi.csv", args.backend)
