@@ -111,7 +111,8 @@ def mmd2_unbiased(x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor) ->
     x, y = _features(x, "first"), _features(y, "second")
     m, n = len(x), len(y)
     if m < 2 or n < 2 or x.shape[1] != y.shape[1]:
-        raise DataError(f"MMD needs two feature sets of >= 2 rows and equal width, got {tuple(x.shape)}, {tuple(y.shape)}")
+        raise DataError(f"MMD needs two feature sets of >= 2 rows and equal width, "
+                        f"got {tuple(x.shape)}, {tuple(y.shape)}")
     kxx, kyy, kxy = polynomial_kernel(x, x), polynomial_kernel(y, y), polynomial_kernel(x, y)
     within_x = (kxx.sum() - kxx.diagonal().sum()) / (m * (m - 1))
     within_y = (kyy.sum() - kyy.diagonal().sum()) / (n * (n - 1))
@@ -300,7 +301,8 @@ def load_feature_model(spec: str, weights: str | None, *, model_args: Mapping[st
     so an ImageNet checkpoint loads as it is; nothing is downloaded. Returns the model in eval mode.
     """
     if not weights:
-        raise ConfigError(f"KID features {spec!r} need a local weights file (--kid-weights PATH); nothing is downloaded")
+        raise ConfigError(f"KID features {spec!r} need a local weights file (--kid-weights PATH); "
+                          "nothing is downloaded")
     sd, _ = extract_state_dict(load_checkpoint_file(weights))
     convs = [v for v in sd.values() if v.ndim == 4]
     mats = [v for k, v in sd.items() if v.ndim == 2 and k.endswith("weight")]
@@ -316,7 +318,7 @@ def default_input_size(spec: str) -> int | None:
     return 299 if str(spec) == "torchvision:inception_v3" else None
 
 
-__all__ = ["KID_COLUMNS", "KidConfig", "KidResult", "REFERENCES", "polynomial_kernel", "mmd2_unbiased", "kid", "kid_split_half",
-           "common_subset_size", "kid_rows", "default_feature_layer", "kid_features", "load_feature_model",
+__all__ = ["KID_COLUMNS", "KidConfig", "KidResult", "REFERENCES", "polynomial_kernel", "mmd2_unbiased", "kid",
+           "kid_split_half", "common_subset_size", "kid_rows", "default_feature_layer", "kid_features", "load_feature_model",
            "default_input_size"]
 
