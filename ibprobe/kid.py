@@ -47,7 +47,7 @@ from ibprobe.checkpoints import extract_state_dict, load_checkpoint_file, load_w
 from ibprobe.errors import ConfigError, DataError, LayerError
 from ibprobe.models import build_model
 from ibprobe.models.autoencoder import ResNetAutoencoder
-from ibprobe.taps import capture
+from ibprobe.capture import capture
 
 REFERENCES = ("conditional", "unconditional", "split_half")
 KID_COLUMNS = ("epoch", "layer", "reference", "kid_mean", "kid_std", "subsets", "subset_size", "n_real", "n_fake",

@@ -10,7 +10,7 @@ from ibprobe.errors import ConfigError, DataError, LayerError
 from ibprobe.kid import (KID_COLUMNS, KidConfig, default_feature_layer, kid, kid_features, kid_rows, kid_split_half,
                          load_feature_model, mmd2_unbiased, polynomial_kernel)
 from ibprobe.models import build_model
-from ibprobe.taps import capture
+from ibprobe.capture import capture
 
 
 def _gauss(n, d=16, shift=0.0, seed=0):

@@ -2,7 +2,7 @@
 estimators, and the bin-count sensitivity of the binning estimate.
 
 Each function takes rows (dicts with the columns of analysis/kid.csv, analysis/baselines.csv or analysis/mi.csv,
-missing values None) and returns a `matplotlib.figure.Figure` built without pyplot, like ibprobe.plots.
+missing values None) and returns a `matplotlib.figure.Figure` built without pyplot, like ibprobe.report.plots.
 Information is in bits per image; KID in kernel units (the unbiased MMD² with the cubic kernel).
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ibprobe.errors import DataError
-from ibprobe.plots import (_MARKERS, _by_layer, _epoch_norm, _epoch_ticks, _layer_colours, _new_figure, _ok,
+from ibprobe.report.plots import (_MARKERS, _by_layer, _epoch_norm, _epoch_ticks, _layer_colours, _new_figure, _ok,
                            _symlog_epochs)
 
 _VIEW = "viridis"

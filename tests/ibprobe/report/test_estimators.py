@@ -6,7 +6,7 @@ import math
 import pytest
 
 from ibprobe.errors import DataError
-from ibprobe.estimator_plots import binning_sensitivity_plot, estimator_label, estimator_planes, kid_vs_epoch
+from ibprobe.report.estimators import binning_sensitivity_plot, estimator_label, estimator_planes, kid_vs_epoch
 
 LAYERS = ["layer1", "layer2.0.relu_out", "pool"]
 EPOCHS = [0, 1, 3]
