@@ -9,13 +9,15 @@ torch-fidelity and torchmetrics, whose draws `kid` reproduces), it is computed o
 the (population) standard deviation over subsets. Units: kernel units (dimensionless), 0 for equal laws; a
 finite-sample value may be slightly negative.
 
-What it is used for here: the gallery shows samples from q(x | h(x_i)) for held-out images x_i, which show what
-layer h forgot. KID turns that into a number per (layer, checkpoint): KID(held-out images, samples of
-q(x | h(x_i))). Two references put it on a scale:
-  - `unconditional`: samples of q(x) against the held-out images (what a decoder knows with no code at all);
-  - `split_half`: one half of the held-out images against the other (the floor set by sampling noise).
-All three are computed with one common subset size (`common_subset_size`), because the spread over subsets
-depends on it.
+What it is used for here: the gallery shows samples from q(x | h(x_i)) for held-out images x_i. KID turns their
+look into a number per (layer, checkpoint): the decoder's samples against the held-out images, on disjoint halves
+of the N chosen images (`kid_halves`: no sample meets its own original), with two references on the same splits:
+  - `unconditional`: samples of q(x) against the held-out images (a decoder that knows no code);
+  - `split_half`: one half of the held-out images against the other: the floor set by sampling noise, and exactly
+    what a decoder that reproduced every original would score.
+So KID says whether the samples, as a set, look like held-out images (realism and variety); how much each sample
+keeps of its own original is what I(X;H) measures. A code helps when the conditional KID falls from the q(x)
+reference towards the floor.
 
 Features. By default the features are the analysed network's own penultimate layer (the input of its final
 classifier; `pool` for our ResNets, `bottleneck` for our autoencoder) at its last checkpoint, for every layer and
@@ -30,7 +32,8 @@ ImageNet: the representation a trained classifier uses to tell its classes apart
     the first three moments of a low-dimensional summary, a weak test;
   - the values depend on the run, so compare them across layers and checkpoints of one run, never across runs or
     with published KIDs.
-For a fixed yardstick across runs, pass a torchvision network with local weights (`load_feature_model`).
+For a fixed yardstick across runs, pass a torchvision network with local weights (`load_feature_model`); it sees
+the images resized to its input size, grey repeated to its channels, with ImageNet's normalisation.
 """
 from __future__ import annotations
 
@@ -43,11 +46,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ibprobe.capture import capture
 from ibprobe.checkpoints import extract_state_dict, load_checkpoint_file, load_weights
+from ibprobe.data import to_model_input
 from ibprobe.errors import ConfigError, DataError, LayerError
 from ibprobe.models import build_model
 from ibprobe.models.autoencoder import ResNetAutoencoder
-from ibprobe.capture import capture
 
 REFERENCES = ("conditional", "unconditional", "split_half")
 KID_COLUMNS = ("epoch", "layer", "reference", "kid_mean", "kid_std", "subsets", "subset_size", "n_real", "n_fake",
@@ -56,18 +60,26 @@ KID_COLUMNS = ("epoch", "layer", "reference", "kid_mean", "kid_std", "subsets", 
 
 @dataclass(frozen=True)
 class KidConfig:
-    """How KID is estimated: `subsets` random subsets of `subset_size` features per side, seeded by `seed`.
-
-    The defaults are the paper's (100 subsets of 1000); the subset size is lowered to what the data allow.
-    """
+    """How KID is estimated: `subsets` random subsets of `subset_size` features per side, seeded by `seed`
+    (the paper's 100 subsets of 1000, lowered to half the images); on `samples` held-out images per decoder, one
+    sample each; with `features` "run" (the analysed network's penultimate layer at its last checkpoint) or a
+    network spec such as "torchvision:inception_v3" whose weights are read from the local file `weights`."""
 
     subsets: int = 100
     subset_size: int = 1000
     seed: int = 0
+    samples: int = 256
+    features: str = "run"
+    weights: str | None = None
 
     def __post_init__(self):
         if int(self.subsets) < 1 or int(self.subset_size) < 2:
             raise ConfigError(f"KID needs subsets >= 1 and subset_size >= 2, got {self.subsets}, {self.subset_size}")
+        if int(self.samples) < 4:
+            raise ConfigError(f"--kid-samples must be at least 4 (two halves of 2), got {self.samples}")
+        if self.features != "run" and not self.weights:
+            raise ConfigError(f"--kid-features {self.features} needs --kid-weights PATH, a local weights file; "
+                              "nothing is downloaded")
 
 
 @dataclass(frozen=True)
@@ -144,66 +156,65 @@ def kid(real: np.ndarray | torch.Tensor, fake: np.ndarray | torch.Tensor, *, sub
     return KidResult(float(v.mean()), float(v.std()), int(subsets), m, len(r), len(f))
 
 
-def kid_split_half(held_out: np.ndarray | torch.Tensor, *, subsets: int = 100, subset_size: int = 1000,
-                   seed: int = 0) -> KidResult:
-    """KID of the held-out images against themselves: each subset draws a fresh random split of the N images
-    into two halves and takes min(subset_size, N // 2) rows of each. The floor set by sampling noise alone.
+def kid_halves(held_out: np.ndarray | torch.Tensor, samples: np.ndarray | torch.Tensor | None = None, *,
+               subsets: int = 100, subset_size: int = 1000, seed: int = 0) -> KidResult:
+    """KID of `samples` [N, ...] against the `held_out` images' features [N, ...] on disjoint halves: each subset
+    draws a fresh random split of the N rows into two halves and compares min(subset_size, N // 2) samples of one
+    half with as many held-out images of the other. `samples[i]` belongs to image i (a draw of q(x | h(x_i))), or
+    to nothing in particular (q(x)); None compares the held-out images with themselves (the split-half floor).
 
-    A fresh split per subset matters: with one fixed split and subsets as large as the halves, every subset
-    would see the same two sets, and the std would hide how much one split's KID depends on the split.
+    No sample meets its own original, so a decoder whose samples copied their originals exactly would score the
+    split-half KID itself (same seed, same splits): KID then measures whether the samples look like held-out
+    images as a set, with the floor set by sampling noise, not how close each is to its original (that is
+    I(X;H)'s job). A fresh split per subset keeps the std honest when subsets are as large as the halves.
     """
     r = _features(held_out, "held-out")
+    s = r if samples is None else _features(samples, "sample")
+    if len(s) != len(r) or s.shape[1] != r.shape[1]:
+        raise DataError(f"samples and held-out features must match row for row: {tuple(s.shape)} vs {tuple(r.shape)}")
     half = len(r) // 2
     m = min(int(subset_size), half)
     if m < 2:
-        raise DataError(f"the split-half KID needs at least 4 held-out images, got {len(r)}")
+        raise DataError(f"KID on disjoint halves needs at least 4 held-out images, got {len(r)}")
     g = torch.Generator().manual_seed(int(seed))
     values = []
     for _ in range(int(subsets)):
         perm = torch.randperm(len(r), generator=g)
-        values.append(mmd2_unbiased(r[perm[:m]], r[perm[half:half + m]]))
+        values.append(mmd2_unbiased(r[perm[half:half + m]], s[perm[:m]]))
     v = np.asarray(values)
-    return KidResult(float(v.mean()), float(v.std()), int(subsets), m, half, len(r) - half)
+    return KidResult(float(v.mean()), float(v.std()), int(subsets), m, len(r) - half, half)
 
 
-def common_subset_size(n_held_out: int, *n_samples: int, requested: int = 1000) -> int:
-    """One subset size for a KID table: no more than half the held-out set (for the split-half reference) nor
-    any sample set, so the conditional KIDs and both references have the same sampling spread."""
-    return int(min([int(requested), int(n_held_out) // 2, *[int(n) for n in n_samples]]))
+def kid_split_half(held_out: np.ndarray | torch.Tensor, *, subsets: int = 100, subset_size: int = 1000,
+                   seed: int = 0) -> KidResult:
+    """KID of one half of the held-out images against the other (`kid_halves` without samples): the floor set by
+    sampling noise alone, and what a decoder that reproduced every original would score."""
+    return kid_halves(held_out, None, subsets=subsets, subset_size=subset_size, seed=seed)
 
 
 def kid_rows(held_out: np.ndarray | torch.Tensor, conditional: Mapping[tuple[int, str], Any], *,
              unconditional: np.ndarray | torch.Tensor | None = None, cfg: KidConfig = KidConfig(),
              features: str = "") -> list[dict]:
-    """The rows of a KID table (analysis/kid.csv), one per comparison, all with one subset size.
+    """The rows of a KID table (analysis/kid.csv), one per comparison, all by `kid_halves` with one seed.
 
     Args:
         held_out: features of the held-out images x_i, [N, ...].
-        conditional: {(epoch, layer): features of samples of q(x | h(x_i))}, [M, ...] each.
-        unconditional: features of samples of q(x), or None to leave that reference out.
-        cfg: subsets, requested subset size and seed (every comparison uses the same seed: common random numbers,
-            so differences between layers are not blurred by different draws).
+        conditional: {(epoch, layer): features of samples of q(x | h(x_i)), row i for image i}, [N, ...] each.
+        unconditional: features of N samples of q(x), or None to leave that reference out.
+        cfg: subsets, subset size and seed. Every comparison uses the same seed, so the same splits (common random
+            numbers): differences between layers are not blurred by different draws.
         features: what the features are (e.g. "run:pool@epoch_0003"), written into every row.
     Returns:
         Rows with epoch, layer, reference ("conditional", "unconditional", "split_half"), kid_mean, kid_std,
         subsets, subset_size, n_real, n_fake, features. The reference rows have epoch and layer None.
     """
-    ref = _features(held_out, "held-out")
-    sizes = [len(_features(f, f"samples at {k}")) for k, f in conditional.items()]
-    if unconditional is not None:
-        sizes.append(len(_features(unconditional, "q(x) samples")))
-    m = common_subset_size(len(ref), *sizes, requested=cfg.subset_size)
-    if m < 2:
-        raise DataError(f"KID needs at least 4 held-out images and 2 samples per set; got {len(ref)} held-out and "
-                        f"sample sets of {sorted(set(sizes))}")
-    opts = dict(subsets=cfg.subsets, subset_size=m, seed=cfg.seed)
-    rows = []
-    for (epoch, layer), f in conditional.items():
-        rows.append({"epoch": int(epoch), "layer": str(layer), "reference": "conditional", **kid(ref, f, **opts).row()})
+    opts = dict(subsets=cfg.subsets, subset_size=cfg.subset_size, seed=cfg.seed)
+    rows = [{"epoch": int(epoch), "layer": str(layer), "reference": "conditional",
+             **kid_halves(held_out, f, **opts).row()} for (epoch, layer), f in conditional.items()]
     if unconditional is not None:
         rows.append({"epoch": None, "layer": None, "reference": "unconditional",
-                     **kid(ref, unconditional, **opts).row()})
-    rows.append({"epoch": None, "layer": None, "reference": "split_half", **kid_split_half(ref, **opts).row()})
+                     **kid_halves(held_out, unconditional, **opts).row()})
+    rows.append({"epoch": None, "layer": None, "reference": "split_half", **kid_split_half(held_out, **opts).row()})
     for r in rows:
         r["features"] = features
     return rows
@@ -247,17 +258,22 @@ def default_feature_layer(model: nn.Module, example: torch.Tensor) -> str:
 
 
 class _Adapted(nn.Module):
-    """Feeds a feature network the size and channel count it was trained on: bilinear resize, grey -> RGB."""
+    """Feeds a feature network what it was trained on: bilinear resize, grey -> RGB, then (mean, std) per channel
+    of the network's input."""
 
-    def __init__(self, net: nn.Module, size: int | None, channels: int | None):
+    def __init__(self, net: nn.Module, size: int | None, channels: int | None, normalize: Any = None):
         super().__init__()
-        self.net, self.size, self.channels = net, size, channels
+        self.net, self.size, self.channels, self.normalize = net, size, channels, normalize
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.size is not None and tuple(x.shape[-2:]) != (self.size, self.size):
             x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)  # (B, C, S, S)
         if self.channels is not None and x.shape[1] == 1 and self.channels != 1:
             x = x.expand(-1, self.channels, -1, -1)  # (B, channels, S, S)
+        if self.normalize is not None:
+            mean, std = (torch.as_tensor(v, dtype=x.dtype, device=x.device).reshape(1, -1, 1, 1)
+                         for v in self.normalize)
+            x = (x - mean) / std
         return self.net(x)
 
 
@@ -271,9 +287,10 @@ def kid_features(model: nn.Module, images: np.ndarray | torch.Tensor, *, levels:
                  device: str | torch.device = "cpu") -> np.ndarray:
     """Features for KID: `layer` of `model` on uint8 `images` [N, C, H, W], flattened to float32 [N, D].
 
-    The images go in as the network saw them in training: x / (levels - 1), then `normalize` (mean, std).
-    `layer` None takes `default_feature_layer`. `input_size` resizes (bilinearly) to a square size, for a network
-    trained at another resolution; grey images are repeated to the network's input channels.
+    The images go in as the network saw them in training: x / (levels - 1), then `normalize` (mean, std per
+    channel of the network's input). `layer` None takes `default_feature_layer`. `input_size` resizes (bilinearly)
+    to a square size, for a network trained at another resolution; grey images are repeated to the network's input
+    channels (before the normalisation).
     """
     imgs = np.asarray(images) if not isinstance(images, torch.Tensor) else images
     if imgs.ndim != 4 or len(imgs) == 0:
@@ -281,13 +298,11 @@ def kid_features(model: nn.Module, images: np.ndarray | torch.Tensor, *, levels:
     channels = _input_channels(model)
     net, prefix = model, ""
     if input_size is not None or (channels is not None and channels != imgs.shape[1]):
-        net, prefix = _Adapted(model, None if input_size is None else int(input_size), channels), "net."
+        size = None if input_size is None else int(input_size)
+        net, prefix, normalize = _Adapted(model, size, channels, normalize), "net.", None
     if layer is None:
-        from ibprobe.data import to_model_input
-
         net.to("cpu")
-        example = to_model_input(imgs[:2], levels, normalize)
-        layer = default_feature_layer(net, example)
+        layer = default_feature_layer(net, to_model_input(imgs[:2], levels, normalize))
         prefix = ""
     acts = capture(net, imgs, [prefix + layer], levels=levels, normalize=normalize, batch_size=batch_size,
                    device=device)[prefix + layer]
@@ -319,6 +334,6 @@ def default_input_size(spec: str) -> int | None:
 
 
 __all__ = ["KID_COLUMNS", "KidConfig", "KidResult", "REFERENCES", "polynomial_kernel", "mmd2_unbiased", "kid",
-           "kid_split_half", "common_subset_size", "kid_rows", "default_feature_layer", "kid_features", "load_feature_model",
+           "kid_halves", "kid_split_half", "kid_rows", "default_feature_layer", "kid_features", "load_feature_model",
            "default_input_size"]
 

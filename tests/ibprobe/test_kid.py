@@ -7,8 +7,8 @@ import torch
 import torch.nn as nn
 
 from ibprobe.errors import ConfigError, DataError, LayerError
-from ibprobe.kid import (KID_COLUMNS, KidConfig, default_feature_layer, kid, kid_features, kid_rows, kid_split_half,
-                         load_feature_model, mmd2_unbiased, polynomial_kernel)
+from ibprobe.kid import (KID_COLUMNS, KidConfig, default_feature_layer, kid, kid_features, kid_halves, kid_rows,
+                         kid_split_half, load_feature_model, mmd2_unbiased, polynomial_kernel)
 from ibprobe.models import build_model
 from ibprobe.capture import capture
 
@@ -56,21 +56,37 @@ def test_matches_torchmetrics_on_fixed_features():
     assert ours.mean > 0
 
 
-def test_kid_rows_share_one_subset_size_and_are_reproducible():
+def test_halves_never_pair_a_sample_with_its_original():
+    held = _gauss(200, d=6, seed=1)
+    opts = dict(subsets=40, subset_size=1000, seed=2)
+    floor = kid_split_half(held, **opts)
+    copy = kid_halves(held, held.copy(), **opts)  # a decoder that reproduced every original
+    assert (copy.mean, copy.std) == (floor.mean, floor.std) and floor.subset_size == 100
+    fresh = kid_halves(held, _gauss(200, d=6, seed=3), **opts)  # same law, independent draws
+    assert abs(fresh.mean) < 2 * fresh.std
+    off = kid_halves(held, _gauss(200, d=6, shift=0.5, seed=3), **opts)
+    assert off.mean > 5 * off.std
+    with pytest.raises(DataError, match="row for row"):
+        kid_halves(held, held[:100], **opts)
+
+
+def test_kid_rows_share_splits_and_are_reproducible():
     held = _gauss(60, d=4, seed=1)
-    cond = {(0, "layer1"): _gauss(100, d=4, seed=2), (3, "layer1"): _gauss(40, d=4, shift=1.0, seed=3)}
+    cond = {(0, "layer1"): _gauss(60, d=4, seed=2), (3, "layer1"): _gauss(60, d=4, shift=1.0, seed=3)}
     cfg = KidConfig(subsets=10, subset_size=1000, seed=5)
-    rows = kid_rows(held, cond, unconditional=_gauss(80, d=4, seed=4), cfg=cfg, features="run:pool")
+    rows = kid_rows(held, cond, unconditional=_gauss(60, d=4, seed=4), cfg=cfg, features="run:pool")
     assert [r["reference"] for r in rows] == ["conditional", "conditional", "unconditional", "split_half"]
     assert {r["subset_size"] for r in rows} == {30}  # half the held-out set
     assert all(set(r) == set(KID_COLUMNS) for r in rows) and rows[0]["features"] == "run:pool"
     assert rows[2]["epoch"] is None and rows[2]["layer"] is None
     assert rows[1]["kid_mean"] > rows[0]["kid_mean"]
-    assert rows == kid_rows(held, cond, unconditional=_gauss(80, d=4, seed=4), cfg=cfg, features="run:pool")
-    with pytest.raises(DataError, match="at least"):
-        kid_rows(held[:3], cond, cfg=cfg)
+    assert rows == kid_rows(held, cond, unconditional=_gauss(60, d=4, seed=4), cfg=cfg, features="run:pool")
+    with pytest.raises(DataError, match="at least 4"):
+        kid_rows(held[:3], {}, cfg=cfg)
     with pytest.raises(ConfigError):
         KidConfig(subset_size=1)
+    with pytest.raises(ConfigError, match="kid-weights"):
+        KidConfig(features="torchvision:inception_v3")
 
 
 def _images(n=6, c=1, seed=0):
