@@ -21,24 +21,38 @@ so I(X;T) <= -(1/N) Σ_i ln (1/N) Σ_j exp(-||t_i - t_j||² / 2σ²), at most ln
 I(T;Y) = H(T+Z) - Σ_y p(y) H(T+Z | Y=y), each term the same bound within class y (ibsgd's per-class terms).
 Converted from nats to bits. Pairwise distances are computed in row blocks in float64 (on centred codes), so
 memory stays O(block · N) and N of a few thousand with thousands of dimensions is fine.
+
+On a run folder (`write_baselines`, part of the measure stage): every analysed (checkpoint, layer) on the decoders'
+test images, the activation store's "test" split, with their labels -> analysis/baselines.csv (binning at `bins`,
+KDE at `noise_var`) and analysis/binning_sensitivity.csv (binning over SENSITIVITY_BINS).
 """
 from __future__ import annotations
 
 import hashlib
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from scipy.special import logsumexp
 
-from ibprobe.errors import ConfigError, DataError
+from decoders.progress import progress as progress_report
+from ibprobe.capture import ActivationStore, images_key
+from ibprobe.config import Settings
+from ibprobe.errors import ConfigError, DataError, UserError
+from ibprobe.fit import JobSpec
+from ibprobe.measure import write_table
+from ibprobe.source import decoder_split, open_source
 
 LN2 = math.log(2.0)
 _BLOCK_BYTES = 64 * 2**20  # activations read per block when streaming a (memory-mapped) store
 BASELINE_COLUMNS = ("epoch", "layer", "estimator", "bins", "noise_var", "i_xh_bits", "i_yh_bits", "n", "dims",
-                    "act_min", "act_max")
+                    "act_min", "act_max", "status", "error")
+SENSITIVITY_BINS = (1, 2, 4, 8, 16, 30, 64, 128, 256, 1024)
+SENSITIVITY_COLUMNS = ("epoch", "layer", "bins", "i_xh_bits", "i_yh_bits", "n", "dims", "ceiling_bits")
 
 
 @dataclass(frozen=True)
@@ -135,15 +149,17 @@ def binned_cells(acts: np.ndarray, bins: int, value_range: tuple[float, float] |
     return np.array([cells.setdefault(d, len(cells)) for d in digests], dtype=np.int64)
 
 
-def binning_mi(acts: np.ndarray, labels: np.ndarray | None = None, *, bins: int = 30) -> BaselineEstimate:
+def binning_mi(acts: np.ndarray, labels: np.ndarray | None = None, *, bins: int = 30,
+               value_range: tuple[float, float] | None = None) -> BaselineEstimate:
     """Binning estimate: I(X;T) = H(T_binned) and I(T;Y) = H(T_binned) + H(Y) - H(T_binned, Y), bits.
 
-    `acts` [N, ...] (a float16 memmap from the activation store is fine), `labels` [N] or None.
+    `acts` [N, ...] (a float16 memmap from the activation store is fine), `labels` [N] or None; `value_range` the
+    span of the bins (default the observed range, `activation_range`).
     """
     BinningConfig(bins)
     t = _as_codes(acts)
     y = _labels(labels, len(t))
-    cells = binned_cells(t, int(bins))
+    cells = binned_cells(t, int(bins), value_range)
     h_t = _entropy_bits(np.bincount(cells))
     i_ty = None
     if y is not None:
@@ -154,14 +170,14 @@ def binning_mi(acts: np.ndarray, labels: np.ndarray | None = None, *, bins: int 
 
 
 def binning_sensitivity(acts: np.ndarray, labels: np.ndarray | None = None,
-                        bin_counts: Sequence[int] = (2, 4, 8, 16, 30, 64, 128, 256, 1024)) -> list[dict]:
+                        bin_counts: Sequence[int] = SENSITIVITY_BINS) -> list[dict]:
     """Binning I(X;T) and I(T;Y) for each bin count: rows with bins, i_xh_bits, i_yh_bits, n, dims, ceiling_bits.
 
     The ceiling is log2 N, which I(X;T) reaches once every image falls in its own cell.
     """
-    rows = []
+    rows, span = [], activation_range(acts)
     for b in bin_counts:
-        e = binning_mi(acts, labels, bins=int(b))
+        e = binning_mi(acts, labels, bins=int(b), value_range=span)
         rows.append({"bins": int(b), "i_xh_bits": e.i_xh_bits, "i_yh_bits": e.i_yh_bits, "n": e.n, "dims": e.dims,
                      "ceiling_bits": math.log2(e.n)})
     return rows
@@ -247,22 +263,63 @@ def baseline_rows(acts: Mapping[tuple[int, str], np.ndarray], labels: np.ndarray
         bins: bin counts for the binning estimator; noise_vars: σ² values for the KDE one.
     Returns:
         Rows with epoch, layer, estimator ("binning" | "kde"), bins, noise_var, i_xh_bits, i_yh_bits, n, dims,
-        act_min, act_max (binning only: the range the bins span).
+        act_min, act_max (binning only: the range the bins span), status ("ok") and error ("").
     """
     rows = []
     for (epoch, layer), a in acts.items():
         lo, hi = activation_range(a)
         base = {"epoch": int(epoch), "layer": str(layer)}
         for b in bins:
-            e = binning_mi(a, labels, bins=int(b))
+            e = binning_mi(a, labels, bins=int(b), value_range=(lo, hi))
             rows.append({**base, "estimator": "binning", "bins": int(b), "noise_var": None, "i_xh_bits": e.i_xh_bits,
-                         "i_yh_bits": e.i_yh_bits, "n": e.n, "dims": e.dims, "act_min": lo, "act_max": hi})
+                         "i_yh_bits": e.i_yh_bits, "n": e.n, "dims": e.dims, "act_min": lo, "act_max": hi,
+                         "status": "ok", "error": ""})
         for v in noise_vars:
             e = kde_mi(a, labels, noise_var=float(v))
             rows.append({**base, "estimator": "kde", "bins": None, "noise_var": float(v), "i_xh_bits": e.i_xh_bits,
-                         "i_yh_bits": e.i_yh_bits, "n": e.n, "dims": e.dims, "act_min": None, "act_max": None})
+                         "i_yh_bits": e.i_yh_bits, "n": e.n, "dims": e.dims, "act_min": None, "act_max": None,
+                         "status": "ok", "error": ""})
     return rows
 
 
-__all__ = ["BASELINE_COLUMNS", "BinningConfig", "KdeConfig", "BaselineEstimate", "activation_range", "binned_cells",
-           "binning_mi", "binning_sensitivity", "kde_log_densities", "kde_mi", "baseline_rows"]
+# ----------------------------------------------------------------------------------------------- a run folder
+def measure_baselines(run_dir: str | os.PathLike, specs: Sequence[JobSpec], settings: Settings, *, bins: int = 30,
+                      noise_var: float = 0.1, sweep: Sequence[int] = SENSITIVITY_BINS,
+                      progress: bool = False) -> tuple[list[dict], list[dict]]:
+    """(baselines.csv rows, binning_sensitivity.csv rows) of each (checkpoint, layer) of `specs`, on the decoders'
+    test images (the store's "test" split, the images the decoder estimate is scored on) and their labels.
+
+    A (checkpoint, layer) whose activations cannot be read or hold NaN gives failed rows saying why.
+    """
+    run_dir = Path(run_dir)
+    source, ds = open_source(run_dir)
+    _, test_idx = decoder_split(ds, settings.decoder_data, settings.seed)
+    key = images_key(ds.images[test_idx], source.normalize)
+    labels = ds.labels[test_idx] if len(np.unique(ds.labels[test_idx])) > 1 else None
+    store = ActivationStore(run_dir / "activations")
+    counts = sorted({int(b) for b in sweep} | {int(bins)})
+    rows, sens = [], []
+    for s in progress_report(list(specs), enabled=progress, desc="baselines", unit="layer"):
+        try:
+            a = store.read(s.epoch, s.layer, "test", key)
+            rows += baseline_rows({(s.epoch, s.layer): a}, labels, bins=(bins,), noise_vars=(noise_var,))
+            sens += [{"epoch": int(s.epoch), "layer": s.layer, **r} for r in binning_sensitivity(a, labels, counts)]
+        except UserError as e:
+            rows += [{"epoch": int(s.epoch), "layer": s.layer, "estimator": est, "bins": b, "noise_var": v,
+                      "status": "failed", "error": str(e).replace("\n", " ")[:500]}
+                     for est, b, v in (("binning", int(bins), None), ("kde", None, float(noise_var)))]
+    return rows, sens
+
+
+def write_baselines(run_dir: str | os.PathLike, specs: Sequence[JobSpec], settings: Settings, *, bins: int = 30,
+                    noise_var: float = 0.1, progress: bool = False) -> list[Path]:
+    """Write analysis/baselines.csv and analysis/binning_sensitivity.csv (`measure_baselines`); return the paths."""
+    rows, sens = measure_baselines(run_dir, specs, settings, bins=bins, noise_var=noise_var, progress=progress)
+    out = Path(run_dir) / "analysis"
+    return [write_table(out / "baselines.csv", rows, BASELINE_COLUMNS),
+            write_table(out / "binning_sensitivity.csv", sens, SENSITIVITY_COLUMNS)]
+
+
+__all__ = ["BASELINE_COLUMNS", "SENSITIVITY_BINS", "SENSITIVITY_COLUMNS", "BinningConfig", "KdeConfig",
+           "BaselineEstimate", "activation_range", "binned_cells", "binning_mi", "binning_sensitivity",
+           "kde_log_densities", "kde_mi", "baseline_rows", "measure_baselines", "write_baselines"]

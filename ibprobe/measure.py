@@ -162,6 +162,11 @@ def write_mi_csv(path: str | os.PathLike, rows: list[dict]) -> Path:
     return _write_csv(path, rows, MI_COLUMNS)
 
 
+def write_table(path: str | os.PathLike, rows: list[dict], columns) -> Path:
+    """An analysis/ table in the mi.csv format (empty cell = no value; floats to 10 digits), read by read_mi_csv."""
+    return _write_csv(path, rows, list(columns))
+
+
 def _write_csv(path: str | os.PathLike, rows: list[dict], columns: list[str]) -> Path:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
