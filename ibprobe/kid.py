@@ -77,6 +77,9 @@ class KidConfig:
             raise ConfigError(f"KID needs subsets >= 1 and subset_size >= 2, got {self.subsets}, {self.subset_size}")
         if int(self.samples) < 4:
             raise ConfigError(f"--kid-samples must be at least 4 (two halves of 2), got {self.samples}")
+        if self.features != "run" and ":" not in str(self.features):
+            raise ConfigError(f"--kid-features must be run or a network spec such as torchvision:inception_v3, "
+                              f"got {self.features!r}")
         if self.features != "run" and not self.weights:
             raise ConfigError(f"--kid-features {self.features} needs --kid-weights PATH, a local weights file; "
                               "nothing is downloaded")
@@ -277,7 +280,8 @@ class _Adapted(nn.Module):
         return self.net(x)
 
 
-def _input_channels(model: nn.Module) -> int | None:
+def input_channels(model: nn.Module) -> int | None:
+    """The input channels of a network's first convolution (None without one)."""
     conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
     return None if conv is None else int(conv.in_channels)
 
@@ -295,7 +299,7 @@ def kid_features(model: nn.Module, images: np.ndarray | torch.Tensor, *, levels:
     imgs = np.asarray(images) if not isinstance(images, torch.Tensor) else images
     if imgs.ndim != 4 or len(imgs) == 0:
         raise DataError(f"images must be uint8 [N, C, H, W] with N >= 1, got shape {tuple(imgs.shape)}")
-    channels = _input_channels(model)
+    channels = input_channels(model)
     net, prefix = model, ""
     if input_size is not None or (channels is not None and channels != imgs.shape[1]):
         size = None if input_size is None else int(input_size)
@@ -307,6 +311,32 @@ def kid_features(model: nn.Module, images: np.ndarray | torch.Tensor, *, levels:
     acts = capture(net, imgs, [prefix + layer], levels=levels, normalize=normalize, batch_size=batch_size,
                    device=device)[prefix + layer]
     return acts.reshape(len(acts), -1).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class FeatureNet:
+    """A KID feature network: `layer` of `model`, fed as `kid_features` says; `name` goes into kid.csv."""
+
+    model: nn.Module
+    layer: str
+    name: str
+    normalize: Any = None
+    input_size: int | None = None
+
+    def features(self, images: np.ndarray, *, levels: int, device: str | torch.device = "cpu") -> np.ndarray:
+        """float32 [N, D] features of uint8 `images` [N, C, H, W]."""
+        return kid_features(self.model, images, levels=levels, layer=self.layer, normalize=self.normalize,
+                            input_size=self.input_size, device=device)
+
+
+def feature_net(model: nn.Module, image_shape: tuple[int, int, int], *, normalize: Any = None,
+                input_size: int | None = None, name: str = "") -> FeatureNet:
+    """The penultimate layer (`default_feature_layer`) of `model` as a FeatureNet for images of `image_shape`;
+    its name is "<name>:<layer>"."""
+    c = input_channels(model) or int(image_shape[0])
+    h, w = (input_size, input_size) if input_size else tuple(int(v) for v in image_shape[1:])
+    layer = default_feature_layer(model.to("cpu"), torch.zeros(2, c, h, w))
+    return FeatureNet(model, layer, f"{name}:{layer}" if name else layer, normalize, input_size)
 
 
 def load_feature_model(spec: str, weights: str | None, *, model_args: Mapping[str, Any] | None = None) -> nn.Module:
@@ -334,6 +364,6 @@ def default_input_size(spec: str) -> int | None:
 
 
 __all__ = ["KID_COLUMNS", "KidConfig", "KidResult", "REFERENCES", "polynomial_kernel", "mmd2_unbiased", "kid",
-           "kid_halves", "kid_split_half", "kid_rows", "default_feature_layer", "kid_features", "load_feature_model",
-           "default_input_size"]
+           "kid_halves", "kid_split_half", "kid_rows", "default_feature_layer", "kid_features", "FeatureNet",
+           "feature_net", "input_channels", "load_feature_model", "default_input_size"]
 
