@@ -1,20 +1,27 @@
 """Figures that compare estimators and score decoder samples: KID against epoch, information planes of several
 estimators, and the bin-count sensitivity of the binning estimate.
 
-Each function takes rows (dicts with the columns of analysis/kid.csv, analysis/baselines.csv or analysis/mi.csv,
-missing values None) and returns a `matplotlib.figure.Figure` built without pyplot, like ibprobe.report.plots.
+Each drawing function takes rows (dicts with the columns of analysis/kid.csv, analysis/baselines.csv or
+analysis/mi.csv, missing values None) and returns a `matplotlib.figure.Figure` built without pyplot, like
+ibprobe.report.plots; `plot_estimators` draws them for a run folder (called by plot_run).
 Information is in bits per image; KID in kernel units (the unbiased MMD² with the cubic kernel).
 """
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from ibprobe.errors import DataError
+from ibprobe.errors import ConfigError, DataError, UserError
+from ibprobe.measure import read_mi_csv
 from ibprobe.report.plots import (_MARKERS, _by_layer, _epoch_norm, _epoch_ticks, _layer_colours, _new_figure, _ok,
-                           _symlog_epochs)
+                                  _symlog_epochs, save_figure)
+
+ESTIMATORS = ("decoder", "binning", "kde")
+LAYOUTS = ("panels", "overlay")
 
 _VIEW = "viridis"
 _LINESTYLES = ("-", "--", ":", "-.")
@@ -213,4 +220,41 @@ def binning_sensitivity_plot(rows: list[dict], *, title: str | None = None):
     return fig
 
 
-__all__ = ["kid_vs_epoch", "estimator_label", "estimator_planes", "binning_sensitivity_plot"]
+# ----------------------------------------------------------------------------------------------- a run folder
+def plot_estimators(run_dir: str | os.PathLike, mi_rows: list[dict], *, estimators: Sequence[str] | None = None,
+                    layout: str = "panels", title: str | None = None) -> list[Path]:
+    """Draw into run_dir/figures/ what the folder's analysis/ has tables for; return the files written:
+    estimators (the decoder's plane beside the baselines', from mi.csv and baselines.csv), binning_sensitivity
+    and kid, each as .png, .pdf and the .csv it was drawn from.
+
+    `estimators` (default: every one the folder has) chooses among decoder, binning and kde; `layout` "panels"
+    (a plane each) or "overlay" (one plane). Asking for a baseline the folder lacks is a UserError.
+    """
+    if layout not in LAYOUTS:
+        raise ConfigError(f"--layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    unknown = sorted(set(estimators or ()) - set(ESTIMATORS))
+    if unknown:
+        raise ConfigError(f"unknown estimator(s) {', '.join(unknown)}; choose among {', '.join(ESTIMATORS)}")
+    analysis, figdir = Path(run_dir) / "analysis", Path(run_dir) / "figures"
+    baselines = read_mi_csv(analysis / "baselines.csv") if (analysis / "baselines.csv").is_file() else []
+    if estimators and not baselines and set(estimators) - {"decoder"}:
+        raise UserError(f"{analysis / 'baselines.csv'} not found: rerun `ibprobe run` or `ibprobe analyze` on "
+                        f"this folder to compute the binning and KDE baselines")
+    written: list[Path] = []
+    if baselines or estimators:
+        rows = [{**r, "estimator": "decoder"} for r in mi_rows] + baselines
+        drawn = [r for r in _ok(rows, "i_xh_bits", "i_yh_bits", "epoch", "layer")
+                 if r["estimator"] in (estimators or ESTIMATORS)]
+        if drawn:
+            fig = estimator_planes(drawn, estimators=estimators, layout=layout, title=title)
+            written += save_figure(fig, figdir / "estimators", drawn)
+    for name, draw in (("binning_sensitivity", binning_sensitivity_plot), ("kid", kid_vs_epoch)):
+        table = analysis / f"{name}.csv"
+        rows = read_mi_csv(table) if table.is_file() else []
+        if _ok(rows, "layer", "epoch"):
+            written += save_figure(draw(rows), figdir / name, table)
+    return written
+
+
+__all__ = ["ESTIMATORS", "LAYOUTS", "kid_vs_epoch", "estimator_label", "estimator_planes", "binning_sensitivity_plot",
+           "plot_estimators"]
