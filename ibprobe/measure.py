@@ -33,9 +33,9 @@ MI_COLUMNS = [
     "h_x_ref", "h_x_plain_bits", "h_x_given_h_bits", "bits_per_dim", "i_yh_bits", "n_test", "decoder_data",
     "decoder", "checks", "status", "error",
 ]
-_INT_COLUMNS = {"epoch", "n_test", "epoch_to"}
+_INT_COLUMNS = {"epoch", "n_test", "epoch_to", "bins", "n", "dims", "subsets", "subset_size", "n_real", "n_fake"}
 _TEXT_COLUMNS = {"checkpoint", "layer", "layer_to", "decoder", "status", "error", "h_x_ref", "decoder_data",
-                 "checks", "kind", "significant"}
+                 "checks", "kind", "significant", "estimator", "reference", "features"}
 
 
 # ------------------------------------------------------------------------------------------------ a run folder

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ibprobe.cli import flags
 from ibprobe.report import plot_run
-from ibprobe.report.estimators import ESTIMATORS, LAYOUTS
+from ibprobe.report.estimators import ESTIMATORS, LAYOUTS, check_estimators
 
 
 def add_parser(sub) -> None:
@@ -25,7 +25,8 @@ def add_parser(sub) -> None:
 
 
 def handler(args) -> int:
-    written = plot_run(Path(args.dir), estimators=flags.parse_list(args.estimators), layout=args.layout)
+    estimators = check_estimators(flags.parse_list(args.estimators), args.layout)  # before any drawing
+    written = plot_run(Path(args.dir), estimators=estimators, layout=args.layout)
     if not args.quiet:
         print(f"wrote {len(written)} files to {Path(args.dir) / 'figures'}:")
         for path in written:

@@ -221,6 +221,16 @@ def binning_sensitivity_plot(rows: list[dict], *, title: str | None = None):
 
 
 # ----------------------------------------------------------------------------------------------- a run folder
+def check_estimators(estimators: Sequence[str] | None, layout: str = "panels") -> list[str] | None:
+    """`estimators` (None: all) if every one is decoder, binning or kde and `layout` is known; else ConfigError."""
+    if layout not in LAYOUTS:
+        raise ConfigError(f"--layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    unknown = sorted(set(estimators or ()) - set(ESTIMATORS))
+    if unknown:
+        raise ConfigError(f"unknown estimator(s) {', '.join(unknown)}; choose among {', '.join(ESTIMATORS)}")
+    return None if estimators is None else list(estimators)
+
+
 def plot_estimators(run_dir: str | os.PathLike, mi_rows: list[dict], *, estimators: Sequence[str] | None = None,
                     layout: str = "panels", title: str | None = None) -> list[Path]:
     """Draw into run_dir/figures/ what the folder's analysis/ has tables for; return the files written:
@@ -230,11 +240,7 @@ def plot_estimators(run_dir: str | os.PathLike, mi_rows: list[dict], *, estimato
     `estimators` (default: every one the folder has) chooses among decoder, binning and kde; `layout` "panels"
     (a plane each) or "overlay" (one plane). Asking for a baseline the folder lacks is a UserError.
     """
-    if layout not in LAYOUTS:
-        raise ConfigError(f"--layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
-    unknown = sorted(set(estimators or ()) - set(ESTIMATORS))
-    if unknown:
-        raise ConfigError(f"unknown estimator(s) {', '.join(unknown)}; choose among {', '.join(ESTIMATORS)}")
+    check_estimators(estimators, layout)
     analysis, figdir = Path(run_dir) / "analysis", Path(run_dir) / "figures"
     baselines = read_mi_csv(analysis / "baselines.csv") if (analysis / "baselines.csv").is_file() else []
     if estimators and not baselines and set(estimators) - {"decoder"}:
@@ -256,5 +262,5 @@ def plot_estimators(run_dir: str | os.PathLike, mi_rows: list[dict], *, estimato
     return written
 
 
-__all__ = ["ESTIMATORS", "LAYOUTS", "kid_vs_epoch", "estimator_label", "estimator_planes", "binning_sensitivity_plot",
+__all__ = ["ESTIMATORS", "LAYOUTS", "check_estimators", "kid_vs_epoch", "estimator_label", "estimator_planes", "binning_sensitivity_plot",
            "plot_estimators"]
