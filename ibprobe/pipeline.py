@@ -112,14 +112,16 @@ def preset_configs(preset: str | Preset, regime: str, *, data_root: str | None =
 
 
 def run_preset(preset: str | Preset, out_dir: str | os.PathLike, *, regimes=None, figures: bool = True,
-               kid: KidConfig | None = KidConfig(), **overrides) -> dict[str, list[dict]]:
-    """Train + analyse (+ draw, with the KID of decoder samples unless `kid` is None) each regime of `preset`;
-    returns {regime: mi.csv rows}.
+               kid: KidConfig | bool = True, **overrides) -> dict[str, list[dict]]:
+    """Train + analyse (+ draw) each regime of `preset`; returns {regime: mi.csv rows}.
+
+    `kid`: the KID of decoder samples drawn with the figures: True for the preset's, a KidConfig, or False.
 
     `overrides`: the keywords of `preset_configs`. Every setting is resolved before any training starts.
     """
     p = get_preset(preset) if isinstance(preset, str) else preset
     dirs = regime_dirs(out_dir, p, regimes)
+    kid = KidConfig(samples=p.kid_samples, seed=overrides.get("seed", 0)) if kid is True else kid or None
     plans = {}
     for regime, run_dir in dirs.items():
         tcfg, acfg = preset_configs(p, regime, **overrides)

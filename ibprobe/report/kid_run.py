@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ibprobe.config import resolve_device
 from ibprobe.errors import DataError
@@ -55,10 +56,16 @@ def measure_kid(run_dir: str | os.PathLike, cfg: KidConfig = KidConfig(), *, dev
     if n < 4:
         raise DataError(f"KID needs at least 4 test images; the decoders' test split holds {len(test_idx)}")
     images = np.asarray(ds.images[choose_images(test_idx, n, cfg.seed)])  # (N, C, H, W)
-    rows = sample_decoders(found, pairs, images, source=source, levels=int(ds.levels), n_samples=1, seed=cfg.seed,
-                           device=device, progress=progress, desc="KID: sampling")
-    net = run_features(source, ds.image_shape, cfg)
+    net = run_features(source, ds.image_shape, cfg)  # before the sampling: a bad feature network fails fast
     dev = resolve_device(device)
+    threads = torch.get_num_threads()
+    if dev.type == "cpu":
+        torch.set_num_threads(1)  # small decoders: a second thread costs more than it gives, 10x on a busy machine
+    try:
+        rows = sample_decoders(found, pairs, images, source=source, levels=int(ds.levels), n_samples=1,
+                               seed=cfg.seed, device=device, progress=progress, desc="KID: sampling")
+    finally:
+        torch.set_num_threads(threads)
     feats = {(r.epoch, r.layer): net.features(r.samples[:, 0], levels=int(ds.levels), device=dev) for r in rows}
     unconditional = feats.pop((None, None), None)
     table = kid_rows(net.features(images, levels=int(ds.levels), device=dev), feats, unconditional=unconditional,

@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+import ibprobe.report
 from ibprobe.baselines import BASELINE_COLUMNS
 from ibprobe.cli import main
 from ibprobe.config import AnalysisConfig
@@ -14,6 +15,7 @@ from ibprobe.kid import KID_COLUMNS, KidConfig
 from ibprobe.measure import read_mi_csv
 from ibprobe.pipeline import run_preset
 from ibprobe.presets import Preset
+from ibprobe.report import draw_figures
 from ibprobe.report.estimators import estimator_planes
 from ibprobe.report.gallery import kid_captions
 from ibprobe.report.kid_run import measure_kid
@@ -92,8 +94,18 @@ def test_plot_estimators_option(tiny_run, capsys):
     assert {(r["epoch"], r["layer"]) for r in drawn} == set(PAIRS)
     assert main(["plot", str(out), "--estimators", "binning,mine", "--quiet"]) == 2
     assert "unknown estimator(s) mine" in capsys.readouterr().err
-    fig = estimator_planes(read_mi_csv(out / "analysis" / "baselines.csv"))  # the default: a panel each
-    assert [ax.get_title() for ax in fig.axes if ax.get_title()] == ["binning (8 bins)", "kde (σ²=0.5)"]
+    rows = read_mi_csv(out / "analysis" / "mi.csv") + read_mi_csv(out / "analysis" / "baselines.csv")
+    fig = estimator_planes(rows)  # the default: every estimator, a panel each
+    assert [ax.get_title() for ax in fig.axes if ax.get_title()] == ["decoder", "binning (8 bins)", "kde (σ²=0.5)"]
+
+
+def test_a_kid_the_folder_cannot_give_is_said_and_skipped(tiny_run, tmp_path, monkeypatch, capsys):
+    out, _ = tiny_run
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    monkeypatch.setattr(ibprobe.report, "plot_run", lambda run_dir: [])
+    kid = KidConfig(features="torchvision:resnet18", weights=str(tmp_path / "bad.pt"))
+    assert draw_figures(out, progress=False, gallery=False, device="cpu", kid=kid) == []
+    assert "KID skipped" in capsys.readouterr().err
 
 
 def test_estimator_flags_are_checked_up_front(tmp_path, capsys):
