@@ -115,13 +115,14 @@ def run_preset(preset: str | Preset, out_dir: str | os.PathLike, *, regimes=None
                kid: KidConfig | bool = True, **overrides) -> dict[str, list[dict]]:
     """Train + analyse (+ draw) each regime of `preset`; returns {regime: mi.csv rows}.
 
-    `kid`: the KID of decoder samples drawn with the figures: True for the preset's, a KidConfig, or False.
+    `kid`: the KID of decoder samples, computed with the figures: True (the defaults, seeded by `seed`), a KidConfig,
+    or False.
 
     `overrides`: the keywords of `preset_configs`. Every setting is resolved before any training starts.
     """
     p = get_preset(preset) if isinstance(preset, str) else preset
     dirs = regime_dirs(out_dir, p, regimes)
-    kid = KidConfig(samples=p.kid_samples, seed=overrides.get("seed", 0)) if kid is True else kid or None
+    kid = KidConfig(seed=overrides.get("seed", 0)) if kid is True else kid or None
     plans = {}
     for regime, run_dir in dirs.items():
         tcfg, acfg = preset_configs(p, regime, **overrides)

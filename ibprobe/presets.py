@@ -26,7 +26,6 @@ class Preset:
     init_epochs: int | None = None  # epochs of q0(x), the shared start of paired fitting (None: fit epochs)
     gallery_layers: tuple | None = None  # None: every layer
     gallery_epochs: tuple | None = None  # None: every checkpoint
-    kid_samples: int = 256  # test images per decoder for KID, one sample each (sampling dominates its cost)
 
 
 _DIGITS_NET = {"widths": (16, 32, 64), "blocks": (1, 1, 1)}
@@ -59,7 +58,6 @@ PRESETS: dict[str, Preset] = {
             fit=dict(epochs=4, batch_size=64, lr=4e-3, lr_decay=0.9, patience=2),
             init_epochs=8,
             gallery_epochs=(0, 8),
-            kid_samples=64,
         ),
         Preset(
             name="digits",
@@ -76,7 +74,6 @@ PRESETS: dict[str, Preset] = {
             fit=dict(epochs=4, batch_size=64, lr=4e-3, lr_decay=0.9, patience=2),
             init_epochs=12,
             gallery_epochs=(0, 30),
-            kid_samples=64,
         ),
         _paper("cifar10", "CIFAR-10 from --data-root at Darlow & Storkey's scale: PixelCNN++ 5x160x10; needs a GPU"),
         _paper("cinic10", "CINIC-10 (ImageFolder at --data-root) at Darlow & Storkey's scale; needs a GPU"),

@@ -92,24 +92,22 @@ def add_estimators(p) -> None:
                    help="KDE baseline: variance of the noise added to the codes, in the activations' units squared "
                    f"(default {AnalysisConfig.kde_noise_var})")
     g.add_argument("--no-kid", action="store_true", help="skip the KID of decoder samples (computed with the figures)")
-    g.add_argument("--kid-samples", type=int, metavar="N",
-                   help=f"KID: test images per decoder, one sample each (default: the preset's, {KidConfig.samples} "
-                   "for analyze)")
+    g.add_argument("--kid-samples", type=int, default=KidConfig.samples, metavar="N",
+                   help=f"KID: test images per decoder, one sample each (default {KidConfig.samples})")
     g.add_argument("--kid-features", default="run", metavar="SPEC",
                    help="KID features: run (the analysed network's penultimate layer at its last checkpoint, the "
                    "default) or torchvision:NAME with --kid-weights")
     g.add_argument("--kid-weights", metavar="PATH", help="local weights of --kid-features (nothing is downloaded)")
 
 
-def kid_config(args, samples: int = KidConfig.samples) -> KidConfig | None:
-    """The KidConfig of the add_estimators flags (seeded by --seed; `samples` unless --kid-samples), or None with
-    --no-kid."""
+def kid_config(args) -> KidConfig | None:
+    """The KidConfig of the add_estimators flags (seeded by --seed), or None with --no-kid."""
     if args.no_kid:
         return None
     if args.kid_weights and not Path(args.kid_weights).expanduser().is_file():
         raise ConfigError(f"--kid-weights {args.kid_weights}: no such file")
-    return KidConfig(seed=args.seed or 0, samples=samples if args.kid_samples is None else args.kid_samples,
-                     features=args.kid_features, weights=args.kid_weights)
+    return KidConfig(seed=args.seed or 0, samples=args.kid_samples, features=args.kid_features,
+                     weights=args.kid_weights)
 
 
 def add_train(p) -> None:

@@ -50,7 +50,7 @@ def handler(args) -> int:
         train_overrides=flags.parse_kv(args.train, "--train"), progress=acfg.progress, probe=acfg.probe,
         retry_failed=acfg.retry_failed, keep_fit_state=acfg.keep_fit_state, decoder_data=acfg.decoder_data,
         reference=acfg.reference, mixture_codes=acfg.mixture_codes, repeats=acfg.repeats, bins=acfg.bins,
-        kde_noise_var=acfg.kde_noise_var, kid=flags.kid_config(args, preset.kid_samples) or False,
+        kde_noise_var=acfg.kde_noise_var, kid=flags.kid_config(args) or False,
     )
     written = []
     for regime, run_dir in regime_dirs(out, preset, args.regime).items():

@@ -60,7 +60,7 @@ def measure_kid(run_dir: str | os.PathLike, cfg: KidConfig = KidConfig(), *, dev
     dev = resolve_device(device)
     threads = torch.get_num_threads()
     if dev.type == "cpu":
-        torch.set_num_threads(1)  # small decoders: a second thread costs more than it gives, 10x on a busy machine
+        torch.set_num_threads(1)  # per-pixel steps of small decoders: a second thread only adds waiting
     try:
         rows = sample_decoders(found, pairs, images, source=source, levels=int(ds.levels), n_samples=1,
                                seed=cfg.seed, device=device, progress=progress, desc="KID: sampling")
