@@ -18,7 +18,7 @@ from ibprobe.config import resolve_device
 from ibprobe.errors import DataError
 from ibprobe.folder import read_pinned
 from ibprobe.fsutil import epoch_dirname
-from ibprobe.kid import (KID_COLUMNS, FeatureNet, KidConfig, input_channels, default_input_size, feature_net,
+from ibprobe.kid import (KID_COLUMNS, FeatureNet, KidConfig, default_input_size, feature_net, input_channels,
                          kid_rows, load_feature_model)
 from ibprobe.measure import write_table
 from ibprobe.report.gallery import choose_images, find_decoders, sample_decoders
@@ -28,12 +28,13 @@ from ibprobe.source import NORMALIZE_PRESETS, ModelSource, decoder_split, open_s
 def run_features(source: ModelSource, image_shape, cfg: KidConfig) -> FeatureNet:
     """The feature network of `cfg`: "run" -> `source`'s network at its last checkpoint, named "run@epoch_XXXX";
     else `cfg.features` with `cfg.weights`, resized to its input size and given ImageNet's normalisation when it
-    takes 3 channels (what torchvision's ImageNet weights expect)."""
+    takes 3 channels (what torchvision's ImageNet weights expect; Inception v3 also with its transform_input)."""
     if cfg.features == "run":
         epoch, path = max(source.checkpoints, key=lambda c: int(c[0]))
         return feature_net(source.load_model(path, device="cpu"), image_shape, normalize=source.normalize,
                            name=f"run@{epoch_dirname(int(epoch))}")
-    model = load_feature_model(cfg.features, cfg.weights)
+    inception = {"transform_input": True, "init_weights": False} if cfg.features == "torchvision:inception_v3" else None
+    model = load_feature_model(cfg.features, cfg.weights, model_args=inception)
     norm = NORMALIZE_PRESETS["imagenet"] if input_channels(model) == 3 else None
     return feature_net(model, image_shape, normalize=norm, input_size=default_input_size(cfg.features),
                        name=cfg.features)

@@ -128,3 +128,4 @@ def test_a_torchvision_feature_network_from_local_weights(tmp_path):
     np.testing.assert_allclose(f, want.numpy(), rtol=1e-5, atol=1e-5)
     with pytest.raises(ConfigError, match="weights"):
         load_feature_model("torchvision:resnet18", None)
+
