@@ -312,12 +312,16 @@ class AnalysisConfig:
     mixture_codes: int = 16  # M of the code-mixture references (0: none)
     repeats: int = 1  # every decoder fitted with this many seeds; the spread between them is reported
     chain: tuple = ()  # layers of which each is a function of the one before (default: our models' tap order)
+    bins: int = 30  # the binning baseline's bins over each layer's observed range
+    kde_noise_var: float = 0.1  # the KDE baseline's noise variance, in the activations' units squared
 
     def __post_init__(self):
-        for name, lo in (("jobs", 0), ("seed", 0), ("repeats", 1)):
+        for name, lo in (("jobs", 0), ("seed", 0), ("repeats", 1), ("bins", 1)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise ConfigError(f"--{name} must be an integer >= {lo}, got {v!r}")
+        if not float(self.kde_noise_var) > 0:
+            raise ConfigError(f"--kde-noise-var must be > 0, got {self.kde_noise_var!r}")
 
     def runtime(self) -> Runtime:
         fit_runtime = tuple(sorted((k, v) for k, v in self.fit.items() if k in RUNTIME_FIELDS))

@@ -33,9 +33,9 @@ MI_COLUMNS = [
     "h_x_ref", "h_x_plain_bits", "h_x_given_h_bits", "bits_per_dim", "i_yh_bits", "n_test", "decoder_data",
     "decoder", "checks", "status", "error",
 ]
-_INT_COLUMNS = {"epoch", "n_test", "epoch_to"}
+_INT_COLUMNS = {"epoch", "n_test", "epoch_to", "bins", "n", "dims", "subsets", "subset_size", "n_real", "n_fake"}
 _TEXT_COLUMNS = {"checkpoint", "layer", "layer_to", "decoder", "status", "error", "h_x_ref", "decoder_data",
-                 "checks", "kind", "significant"}
+                 "checks", "kind", "significant", "estimator", "reference", "features"}
 
 
 # ------------------------------------------------------------------------------------------------ a run folder
@@ -161,6 +161,11 @@ def failed_row(*, epoch: int | None, checkpoint: str | None, layer: str | None, 
 def write_mi_csv(path: str | os.PathLike, rows: list[dict]) -> Path:
     """analysis/mi.csv, one row per (checkpoint, layer), columns MI_COLUMNS (empty cell = no value)."""
     return _write_csv(path, rows, MI_COLUMNS)
+
+
+def write_table(path: str | os.PathLike, rows: list[dict], columns) -> Path:
+    """An analysis/ table in the mi.csv format (empty cell = no value; floats to 10 digits), read by read_mi_csv."""
+    return _write_csv(path, rows, list(columns))
 
 
 def _write_csv(path: str | os.PathLike, rows: list[dict], columns: list[str]) -> Path:

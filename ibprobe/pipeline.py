@@ -3,7 +3,8 @@
     train     (ibprobe.train)    -> DIR/checkpoints/, metrics.jsonl
     capture   (ibprobe.capture)  -> DIR/activations/   every tapped layer at every checkpoint
     fit       (ibprobe.fit)      -> DIR/decoders/      q0(x), q(x), one q(x|h) per (checkpoint, layer)
-    measure   (ibprobe.measure)  -> DIR/analysis/      Î(X;H) with 95% CIs, Î(Y;H), mi.csv
+    measure   (ibprobe.measure)  -> DIR/analysis/      Î(X;H) with 95% CIs, Î(Y;H), mi.csv; binning and KDE
+                                                       baselines (ibprobe.baselines) on the same test images
     report    (ibprobe.report)   -> DIR/figures/       information plane, MI against epoch, gallery
 
 Every stage skips what is already on disk, so rerunning a command resumes it.
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ibprobe.backends import Backend, LocalBackend
+from ibprobe.baselines import write_baselines
 from ibprobe.capture import ActivationStore, fill_store
 from ibprobe.config import AnalysisConfig, Settings, TrainConfig, apply_overrides, resolve_device
 from ibprobe.data import load_dataset
@@ -24,6 +26,7 @@ from ibprobe.errors import ConfigError, UserError
 from ibprobe.fit import plan_jobs, reference_jobs, resolve_jobs, write_job_index
 from ibprobe.folder import pin_settings
 from ibprobe.fsutil import atomic_write_json
+from ibprobe.kid import KidConfig
 from ibprobe.measure import measure_jobs, write_changes_csv, write_mi_csv
 from ibprobe.presets import Preset, get_preset
 from ibprobe.report import draw_figures
@@ -33,8 +36,8 @@ from ibprobe.train import train
 
 def run_analysis(out_dir: str | os.PathLike, source: ModelSource, dataset_spec: dict, cfg: AnalysisConfig,
                  settings: Settings | None = None, backend: Backend | None = None) -> list[dict]:
-    """Capture, fit and measure every (checkpoint, layer) of `source`; write DIR/analysis/mi.csv and changes.csv,
-    return the mi.csv rows.
+    """Capture, fit and measure every (checkpoint, layer) of `source`; write DIR/analysis/mi.csv, changes.csv,
+    baselines.csv and binning_sensitivity.csv, return the mi.csv rows.
 
     `settings` default to `cfg` resolved against the data; `backend` (ibprobe.backends) runs the decoder jobs,
     default `cfg.jobs` processes on this machine. Resumable and idempotent: finished jobs are kept, killed ones
@@ -70,6 +73,7 @@ def run_analysis(out_dir: str | os.PathLike, source: ModelSource, dataset_spec: 
                                      chain=list(cfg.chain) or default_chain(source, cfg.layers))
     write_mi_csv(run_dir / "analysis" / "mi.csv", rows)
     write_changes_csv(run_dir / "analysis" / "changes.csv", change_rows)
+    write_baselines(run_dir, specs, settings, bins=cfg.bins, noise_var=cfg.kde_noise_var, progress=cfg.progress)
     return rows
 
 
@@ -91,7 +95,7 @@ def preset_configs(preset: str | Preset, regime: str, *, data_root: str | None =
                    fit: dict | None = None, device: str = "auto", jobs: int = 0, progress: bool = True,
                    probe: bool = True, retry_failed: bool = False, keep_fit_state: bool = False,
                    decoder_data: str = "auto", reference: str = "best", mixture_codes: int = 16,
-                   repeats: int = 1) -> tuple[TrainConfig, AnalysisConfig]:
+                   repeats: int = 1, bins: int = 30, kde_noise_var: float = 0.1) -> tuple[TrainConfig, AnalysisConfig]:
     """The TrainConfig and AnalysisConfig of one regime of a preset, with the user's overrides."""
     p = get_preset(preset) if isinstance(preset, str) else preset
     tkw = dict(p.train, regime=regime, seed=seed)
@@ -106,19 +110,23 @@ def preset_configs(preset: str | Preset, regime: str, *, data_root: str | None =
                           fit={**p.fit, **(fit or {})}, init_epochs=p.init_epochs, device=device, jobs=jobs,
                           seed=seed, probe=probe, retry_failed=retry_failed, progress=progress,
                           keep_fit_state=keep_fit_state, decoder_data=decoder_data, reference=reference,
-                          mixture_codes=mixture_codes, repeats=repeats)
+                          mixture_codes=mixture_codes, repeats=repeats, bins=bins, kde_noise_var=kde_noise_var)
     return tcfg, acfg
 
 
 def run_preset(preset: str | Preset, out_dir: str | os.PathLike, *, regimes=None, figures: bool = True,
-               backend: Backend | None = None, **overrides) -> dict[str, list[dict]]:
+               backend: Backend | None = None, kid: KidConfig | bool = True, **overrides) -> dict[str, list[dict]]:
     """Train + analyse (+ draw) each regime of `preset`; returns {regime: mi.csv rows}.
+
+    `kid`: the KID of decoder samples, computed with the figures: True (the defaults, seeded by `seed`), a KidConfig,
+    or False.
 
     `overrides`: the keywords of `preset_configs`; `backend`: who runs the decoder jobs (see run_analysis). Every
     setting is resolved before any training starts.
     """
     p = get_preset(preset) if isinstance(preset, str) else preset
     dirs = regime_dirs(out_dir, p, regimes)
+    kid = KidConfig(seed=overrides.get("seed", 0)) if kid is True else kid or None
     plans = {}
     for regime, run_dir in dirs.items():
         tcfg, acfg = preset_configs(p, regime, **overrides)
@@ -137,5 +145,5 @@ def run_preset(preset: str | Preset, out_dir: str | os.PathLike, *, regimes=None
         results[regime] = run_analysis(run_dir, source, data_spec, acfg, settings, backend)
         if figures:
             draw_figures(run_dir, progress=acfg.progress, gallery_layers=p.gallery_layers,
-                         gallery_epochs=p.gallery_epochs, device=acfg.device)
+                         gallery_epochs=p.gallery_epochs, device=acfg.device, kid=kid)
     return results

@@ -46,6 +46,7 @@ def add_parser(sub) -> None:
                    "'M1,..,MC,S1,..,SC' per channel, or a preset: " + ", ".join(NORMALIZE_PRESETS))
     p.add_argument("--out", required=True, metavar="DIR", help="analysis folder (created; rerun to resume)")
     flags.add_analysis(p, jobs_default=1)
+    flags.add_estimators(p)
     p.add_argument("--chain", metavar="A,B,C", help="layers each of which is a function of the one before, for the "
                    "data-processing self-check (our models give theirs)")
     flags.add_backend(p)
@@ -58,7 +59,7 @@ def add_parser(sub) -> None:
 
 
 def handler(args) -> int:
-    t0 = time.time()
+    t0, kid = time.time(), flags.kid_config(args)
     spec = dataset_spec(args.dataset, data_root=args.data_root, images=args.images, labels=args.labels,
                         levels=args.levels)
     prep = prepare_analysis(model=args.model, checkpoints=args.checkpoints, dataset_spec=spec,
@@ -72,6 +73,6 @@ def handler(args) -> int:
     rows = run_analysis(out, prep.source, prep.dataset_spec, prep.cfg, prep.settings, flags.backend(args))
     written = [out / "source.json", out / "analysis" / "mi.csv"]
     if not args.no_figures and args.backend != "none":
-        written += draw_figures(out, progress=not args.quiet, gallery=not args.no_gallery, device=args.device)
+        written += draw_figures(out, progress=not args.quiet, gallery=not args.no_gallery, device=args.device, kid=kid)
     flags.print_summary(args.model, rows, file=sys.stdout)
     return flags.print_written(t0, written, rows, str(out / "analysis" / "mi.csv"), args.backend)

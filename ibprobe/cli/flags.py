@@ -1,16 +1,19 @@
 """The flag vocabulary shared by every command, declared once: device, quiet, data source, model, layers, decoder
-and fit overrides, training settings, jobs and backends, seed, what a checkpoint lens looks at. Also the parsers of
-`K=V` values and lists, and the two things every command prints: a table of mi.csv rows and the files it wrote."""
+and fit overrides, training settings, jobs and backends, seed, the other estimators and KID, what a checkpoint
+lens looks at. Also the parsers of `K=V` values and lists, and the two things every command prints: a table of
+mi.csv rows and the files it wrote."""
 from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 from typing import Any, Iterable
 
 from ibprobe.backends import BACKENDS, Backend, make_backend
 from ibprobe.config import AnalysisConfig
 from ibprobe.data import DATASET_NAMES
 from ibprobe.errors import ConfigError
+from ibprobe.kid import KidConfig
 from ibprobe.lenses import LensTarget, target_from_run, target_from_spec
 from ibprobe.source import NORMALIZE_PRESETS, dataset_spec
 
@@ -101,6 +104,33 @@ def add_backend(p) -> None:
                    "(cluster=local runs the arrays on this machine)")
 
 
+def add_estimators(p) -> None:
+    """The binning and KDE baselines (computed beside the decoder estimate) and the KID of decoder samples."""
+    g = p.add_argument_group("other estimators")
+    g.add_argument("--bins", type=int, default=AnalysisConfig.bins, metavar="N",
+                   help=f"binning baseline: bins over each layer's observed range (default {AnalysisConfig.bins})")
+    g.add_argument("--kde-noise-var", type=float, default=AnalysisConfig.kde_noise_var, metavar="V",
+                   help="KDE baseline: variance of the noise added to the codes, in the activations' units squared "
+                   f"(default {AnalysisConfig.kde_noise_var})")
+    g.add_argument("--no-kid", action="store_true", help="skip the KID of decoder samples (computed with the figures)")
+    g.add_argument("--kid-samples", type=int, default=KidConfig.samples, metavar="N",
+                   help=f"KID: test images per decoder, one sample each (default {KidConfig.samples})")
+    g.add_argument("--kid-features", default="run", metavar="SPEC",
+                   help="KID features: run (the analysed network's penultimate layer at its last checkpoint, the "
+                   "default) or torchvision:NAME with --kid-weights")
+    g.add_argument("--kid-weights", metavar="PATH", help="local weights of --kid-features (nothing is downloaded)")
+
+
+def kid_config(args) -> KidConfig | None:
+    """The KidConfig of the add_estimators flags (seeded by --seed), or None with --no-kid."""
+    if args.no_kid:
+        return None
+    if args.kid_weights and not Path(args.kid_weights).expanduser().is_file():
+        raise ConfigError(f"--kid-weights {args.kid_weights}: no such file")
+    return KidConfig(seed=args.seed or 0, samples=args.kid_samples, features=args.kid_features,
+                     weights=args.kid_weights)
+
+
 def add_train(p) -> None:
     p.add_argument("--train", action="extend", nargs="+", metavar="K=V",
                    help="TrainConfig fields, e.g. epochs=8 checkpoint_epochs=0,1,3,8 lr=3e-3 regime=autoencode "
@@ -158,7 +188,9 @@ def analysis_config(args, layers=None) -> AnalysisConfig:
                           probe=not args.no_probe, retry_failed=args.retry_failed, progress=not args.quiet,
                           keep_fit_state=args.keep_fit_state, decoder_data=args.decoder_data,
                           reference=args.reference, mixture_codes=args.mixture_codes, repeats=args.repeats,
-                          chain=tuple(parse_list(getattr(args, "chain", None)) or ()))
+                          chain=tuple(parse_list(getattr(args, "chain", None)) or ()),
+                          bins=getattr(args, "bins", AnalysisConfig.bins),
+                          kde_noise_var=getattr(args, "kde_noise_var", AnalysisConfig.kde_noise_var))
 
 
 def backend(args) -> Backend:

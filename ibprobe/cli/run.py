@@ -30,6 +30,7 @@ def add_parser(sub) -> None:
     flags.add_layers(p)
     flags.add_train(p)
     flags.add_analysis(p, jobs_default=0)
+    flags.add_estimators(p)
     flags.add_backend(p)
     flags.add_device(p)
     flags.add_seed(p)
@@ -50,7 +51,8 @@ def handler(args) -> int:
         layers=parse_layers(args.layers) if args.layers else None, decoder=acfg.decoder, fit=acfg.fit,
         train_overrides=flags.parse_kv(args.train, "--train"), progress=acfg.progress, probe=acfg.probe,
         retry_failed=acfg.retry_failed, keep_fit_state=acfg.keep_fit_state, decoder_data=acfg.decoder_data,
-        reference=acfg.reference, mixture_codes=acfg.mixture_codes, repeats=acfg.repeats,
+        reference=acfg.reference, mixture_codes=acfg.mixture_codes, repeats=acfg.repeats, bins=acfg.bins,
+        kde_noise_var=acfg.kde_noise_var, kid=flags.kid_config(args) or False,
     )
     written = []
     for regime, run_dir in regime_dirs(out, preset, args.regime).items():

@@ -26,6 +26,7 @@ from ibprobe.config import resolve_device
 from ibprobe.errors import DataError, UserError
 from ibprobe.fit import job_state, read_job_index
 from ibprobe.fsutil import atomic_write_bytes, sanitize_name
+from ibprobe.measure import read_mi_csv
 from ibprobe.source import open_source
 
 
@@ -36,10 +37,12 @@ class GalleryRow:
     layer: str | None
     epoch: int | None
     samples: np.ndarray  # uint8 [N, K, C, H, W]
+    note: str = ""  # a second caption line, e.g. the row's KID
 
     @property
     def label(self) -> str:
-        return "q(x), unconditional" if self.layer is None else f"{self.layer} @ epoch {self.epoch}"
+        name = "q(x), unconditional" if self.layer is None else f"{self.layer} @ epoch {self.epoch}"
+        return f"{name}\n{self.note}" if self.note else name
 
 
 @dataclass
@@ -139,23 +142,36 @@ def sample_gallery(run_dir: str | os.PathLike, *, n_images: int = 4, n_samples: 
     test_idx = np.asarray(dataset.test_idx)
     index = choose_images(test_idx, n_images, seed)
     images = np.asarray(dataset.images[index])  # (N, C, H, W) uint8
+    rows = sample_decoders(found, pairs, images, source=source, levels=int(dataset.levels), n_samples=n_samples,
+                           seed=seed, device=device, unconditional=unconditional, progress=progress)
+    return GalleryData(images=images, image_index=index, levels=int(dataset.levels), rows=rows,
+                       labels=np.asarray(dataset.labels[index], dtype=np.int64), classes=list(dataset.classes))
+
+
+def sample_decoders(found: dict, pairs: list[tuple[str, int]], images: np.ndarray, *, source, levels: int,
+                    n_samples: int = 1, seed: int = 0, device: str = "auto", unconditional: bool = True,
+                    progress: bool = True, desc: str = "gallery: sampling") -> list[GalleryRow]:
+    """`n_samples` samples of q(x | h(x)) for each of `images` (uint8 [N, C, H, W]) from each (layer, epoch)
+    decoder of `pairs` (paths in `found`, as `find_decoders` gives), preceded by N·K samples of q(x) when
+    `unconditional` and found. Codes h(x) come from `source`'s network at that checkpoint (the decoder
+    standardises raw codes itself); each row's generator is seeded by (seed, layer, epoch) alone."""
     dev = resolve_device(device)
+    n_images = len(images)
     checkpoints = {int(e): p for e, p in source.checkpoints}
     missing = sorted({e for _, e in pairs if e not in checkpoints})
     if missing:
         raise DataError(f"decoders exist for epoch(s) {missing} but the run has no such checkpoint "
                         f"(checkpoints: {sorted(checkpoints)})")
-
     rows: list[GalleryRow] = []
     todo: list[tuple[str | None, int | None]] = ([(None, None)] if unconditional and (None, None) in found else [])
     todo += pairs
-    bar = progress_report(todo, enabled=progress, desc="gallery: sampling", unit="decoder")
+    bar = progress_report(todo, enabled=progress, desc=desc, unit="decoder")
     codes: dict[tuple[str, int], np.ndarray] = {}
     for epoch in sorted({e for _, e in pairs}):
         model = source.load_model(checkpoints[epoch], device=str(dev))
         want = [l for l, e in pairs if e == epoch]
-        got = capture(model, images, want, levels=dataset.levels, normalize=source.normalize,
-                      batch_size=max(1, n_images), device=str(dev))
+        got = capture(model, images, want, levels=levels, normalize=source.normalize,
+                      batch_size=max(1, min(n_images, 256)), device=str(dev))
         codes.update({(l, epoch): got[l] for l in want})
         del model
     with torch.no_grad():
@@ -171,8 +187,7 @@ def sample_gallery(run_dir: str | os.PathLike, *, n_images: int = 4, n_samples: 
                 x = decoder.sample(code=c, n=n_images * n_samples, generator=g)
             x = x.detach().to("cpu", torch.uint8).numpy()  # (N*K, C, H, W)
             rows.append(GalleryRow(layer, epoch, rearrange(x, "(n k) c h w -> n k c h w", k=n_samples)))
-    return GalleryData(images=images, image_index=index, levels=int(dataset.levels), rows=rows,
-                       labels=np.asarray(dataset.labels[index], dtype=np.int64), classes=list(dataset.classes))
+    return rows
 
 
 # ----------------------------------------------------------------------------------------------- drawing
@@ -196,7 +211,7 @@ def gallery_figure(data: GalleryData, *, title: str | None = None):
     n, k, r = len(data.images), data.n_samples, len(data.rows)
     gap = 0.35  # spacer between image groups, in cells
     cell = min(0.62, 15.0 / (n * (k + 1) + (n - 1) * gap))  # inches per image
-    label_w = max(1.2, 0.35 + 0.068 * max(len(row.label) for row in data.rows))  # inches, for 8 pt row labels
+    label_w = max(1.2, 0.35 + 0.068 * max(len(t) for row in data.rows for t in row.label.split("\n")))  # 8 pt
     top_h = 0.55 + (0.3 if title else 0.0)
     width = label_w + cell * (n * (k + 1) + (n - 1) * gap) + 0.15
     height = top_h + cell * r * 1.08 + 0.15
@@ -241,10 +256,25 @@ def make_gallery(run_dir: str | os.PathLike, *, n_images: int = 4, n_samples: in
                  layers: list[str] | None = None, epochs: list[int] | None = None, seed: int = 0,
                  device: str = "auto", progress: bool = True) -> Path:
     """Sample and draw the gallery into run_dir/figures/: gallery.png (returned), gallery.pdf, and gallery.npz
-    (the drawn pixels, to redraw without sampling)."""
+    (the drawn pixels, to redraw without sampling). Rows get their KID from analysis/kid.csv when it exists."""
     data = sample_gallery(run_dir, n_images=n_images, n_samples=n_samples, layers=layers, epochs=epochs,
                           seed=seed, device=device, progress=progress)
+    notes = kid_captions(run_dir)
+    for row in data.rows:
+        row.note = notes.get((row.layer, row.epoch), "")
     return save_gallery(data, Path(run_dir) / "figures")
+
+
+def kid_captions(run_dir: str | os.PathLike) -> dict[tuple[str | None, int | None], str]:
+    """{(layer, epoch): "KID 0.012 ± 0.004"} from analysis/kid.csv ((None, None): q(x)); {} without the file."""
+    path = Path(run_dir) / "analysis" / "kid.csv"
+    if not path.is_file():
+        return {}
+    out = {}
+    for r in read_mi_csv(path):
+        if r.get("kid_mean") is not None and r.get("reference") in ("conditional", "unconditional"):
+            out[(r["layer"], r["epoch"])] = f"KID {r['kid_mean']:.2g} ± {r.get('kid_std') or 0.0:.1g}"
+    return out
 
 
 def save_gallery(data: GalleryData, out_dir: str | os.PathLike) -> Path:

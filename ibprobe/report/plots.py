@@ -355,20 +355,21 @@ def _run_title(cfg: dict) -> str | None:
     return ", ".join(parts) or None
 
 
-def plot_run(run_dir: str | os.PathLike) -> list[Path]:
+def plot_run(run_dir: str | os.PathLike, *, estimators: list[str] | None = None, layout: str = "panels") -> list[Path]:
     """Draw every figure the run folder has data for into `run_dir/figures/`; return the files written.
 
-    info_plane (only when some row has I(Y;H), e.g. not for an unlabelled autoencoder), mi_vs_epoch, and
-    training_curves (when metrics.jsonl exists), each as .png, .pdf and the .csv it was drawn from. A folder
-    holding one run per regime (DIR/classify, DIR/autoencode) gets each of them drawn in its own figures/.
+    info_plane (only when some row has I(Y;H)), mi_vs_epoch, training_curves (when metrics.jsonl exists), and the
+    estimator comparisons of report.estimators.plot_estimators (`estimators`, `layout`), each as .png, .pdf and the
+    .csv it was drawn from. A folder holding one run per regime gets each drawn in its own figures/.
     """
+    from ibprobe.report.estimators import plot_estimators  # that module builds on this one's helpers
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"run folder {run_dir} does not exist; run `ibprobe run --out {run_dir}` first")
     mi_path = run_dir / "analysis" / "mi.csv"
     subruns = sorted(p.parent.parent for p in run_dir.glob("*/analysis/mi.csv"))
     if not mi_path.is_file() and subruns:  # a multi-regime run: DIR/classify, DIR/autoencode, ...
-        return [path for sub in subruns for path in plot_run(sub)]
+        return [path for sub in subruns for path in plot_run(sub, estimators=estimators, layout=layout)]
     if not mi_path.is_file():
         raise UserError(f"{mi_path} not found; run `ibprobe run --out {run_dir}` or `ibprobe analyze` first")
     rows = read_mi_csv(mi_path)
@@ -393,6 +394,7 @@ def plot_run(run_dir: str | os.PathLike) -> list[Path]:
             fig = None
         if fig is not None:
             written += save_figure(fig, figdir / "training_curves", metrics)
+    written += plot_estimators(run_dir, rows, estimators=estimators, layout=layout, title=title)
     if not written:
         raise DataError(f"{mi_path} has no finished rows to draw (all {len(rows)} failed or empty)")
     return written

@@ -1,0 +1,131 @@
+"""KID: zero for equal laws, positive for a shift, the library's numbers on fixed features, features from a layer."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from ibprobe.errors import ConfigError, DataError, LayerError
+from ibprobe.kid import (KID_COLUMNS, KidConfig, default_feature_layer, kid, kid_features, kid_halves, kid_rows,
+                         kid_split_half, load_feature_model, mmd2_unbiased, polynomial_kernel)
+from ibprobe.models import build_model
+from ibprobe.capture import capture
+
+
+def _gauss(n, d=16, shift=0.0, seed=0):
+    return np.random.default_rng(seed).normal(size=(n, d)) + shift
+
+
+def test_identical_distributions_give_kid_within_two_std_of_zero():
+    r = kid(_gauss(400, seed=1), _gauss(400, seed=2), subsets=50, subset_size=200, seed=3)
+    assert r.std > 0 and abs(r.mean) < 2 * r.std
+    s = kid_split_half(_gauss(400, seed=4), subsets=50, subset_size=200, seed=3)
+    assert s.std > 0 and abs(s.mean) < 2 * s.std and (s.n_real, s.n_fake) == (200, 200)
+
+
+def test_a_shifted_distribution_gives_a_clearly_positive_kid():
+    same = kid(_gauss(400, seed=1), _gauss(400, seed=2), subsets=50, subset_size=200)
+    shifted = kid(_gauss(400, seed=1), _gauss(400, shift=0.5, seed=2), subsets=50, subset_size=200)
+    assert shifted.mean > 10 * shifted.std and shifted.mean > 20 * abs(same.mean)
+
+
+def test_unbiased_mmd_equals_its_definition_for_unequal_sizes():
+    x, y = _gauss(7, d=3, seed=5), _gauss(5, d=3, shift=0.3, seed=6)
+    k = lambda a, b: (a @ b / 3 + 1) ** 3  # noqa: E731
+    xx = sum(k(x[i], x[j]) for i in range(7) for j in range(7) if i != j) / (7 * 6)
+    yy = sum(k(y[i], y[j]) for i in range(5) for j in range(5) if i != j) / (5 * 4)
+    xy = sum(k(x[i], y[j]) for i in range(7) for j in range(5)) / 35
+    assert mmd2_unbiased(x, y) == pytest.approx(xx + yy - 2 * xy, rel=1e-12, abs=1e-12)
+    assert polynomial_kernel(torch.ones(1, 4), torch.ones(1, 4)).item() == 8.0  # (4/4 + 1)^3
+
+
+def test_matches_torchmetrics_on_fixed_features():
+    tm = pytest.importorskip("torchmetrics.image.kid", reason="torchmetrics is in the test extra")
+    real, fake = _gauss(120, d=10, seed=7), _gauss(90, d=10, shift=0.2, seed=8)
+    real_t, fake_t = torch.tensor(real), torch.tensor(fake)  # float64 on both sides
+    assert mmd2_unbiased(real[:60], fake[:60]) == pytest.approx(tm.poly_mmd(real_t[:60], fake_t[:60]).item(), abs=1e-6)
+    with pytest.warns(UserWarning):  # the library warns that it keeps all features in memory
+        metric = tm.KernelInceptionDistance(feature=nn.Identity(), subsets=20, subset_size=50)
+    metric.update(real_t, real=True)
+    metric.update(fake_t, real=False)
+    torch.manual_seed(11)  # the library draws its subsets from the global generator
+    lib_mean, lib_std = metric.compute()
+    ours = kid(real, fake, subsets=20, subset_size=50, seed=11)
+    assert abs(ours.mean - lib_mean.item()) < 1e-6 and abs(ours.std - lib_std.item()) < 1e-6
+    assert ours.mean > 0
+
+
+def test_halves_never_pair_a_sample_with_its_original():
+    held = _gauss(200, d=6, seed=1)
+    opts = dict(subsets=40, subset_size=1000, seed=2)
+    floor = kid_split_half(held, **opts)
+    copy = kid_halves(held, held.copy(), **opts)  # a decoder that reproduced every original
+    assert (copy.mean, copy.std) == (floor.mean, floor.std) and floor.subset_size == 100
+    fresh = kid_halves(held, _gauss(200, d=6, seed=3), **opts)  # same law, independent draws
+    assert abs(fresh.mean) < 2 * fresh.std
+    off = kid_halves(held, _gauss(200, d=6, shift=0.5, seed=3), **opts)
+    assert off.mean > 5 * off.std
+    with pytest.raises(DataError, match="row for row"):
+        kid_halves(held, held[:100], **opts)
+
+
+def test_kid_rows_share_splits_and_are_reproducible():
+    held = _gauss(60, d=4, seed=1)
+    cond = {(0, "layer1"): _gauss(60, d=4, seed=2), (3, "layer1"): _gauss(60, d=4, shift=1.0, seed=3)}
+    cfg = KidConfig(subsets=10, subset_size=1000, seed=5)
+    rows = kid_rows(held, cond, unconditional=_gauss(60, d=4, seed=4), cfg=cfg, features="run:pool")
+    assert [r["reference"] for r in rows] == ["conditional", "conditional", "unconditional", "split_half"]
+    assert {r["subset_size"] for r in rows} == {30}  # half the held-out set
+    assert all(set(r) == set(KID_COLUMNS) for r in rows) and rows[0]["features"] == "run:pool"
+    assert rows[2]["epoch"] is None and rows[2]["layer"] is None
+    assert rows[1]["kid_mean"] > rows[0]["kid_mean"]
+    assert rows == kid_rows(held, cond, unconditional=_gauss(60, d=4, seed=4), cfg=cfg, features="run:pool")
+    with pytest.raises(DataError, match="at least 4"):
+        kid_rows(held[:3], {}, cfg=cfg)
+    with pytest.raises(ConfigError):
+        KidConfig(subset_size=1)
+    with pytest.raises(ConfigError, match="kid-weights"):
+        KidConfig(features="torchvision:inception_v3")
+
+
+def _images(n=6, c=1, seed=0):
+    return np.random.default_rng(seed).integers(0, 17, size=(n, c, 8, 8), dtype=np.uint8)
+
+
+def test_features_default_to_the_penultimate_layer():
+    torch.manual_seed(0)
+    net = build_model("resnet", in_shape=(1, 8, 8), widths=(4, 8))
+    x = _images()
+    assert default_feature_layer(net, torch.zeros(2, 1, 8, 8)) == "pool"
+    f = kid_features(net, x, levels=17)
+    assert f.shape == (6, 8) and f.dtype == np.float32
+    np.testing.assert_array_equal(f, capture(net, x, ["pool"], levels=17)["pool"])
+    assert kid_features(net, x, levels=17, layer="layer1").shape == (6, 4 * 8 * 8)
+    ae = build_model("resnet_ae", in_shape=(1, 8, 8), widths=(4, 8))
+    assert default_feature_layer(ae, torch.zeros(2, 1, 8, 8)) == "bottleneck"
+    with pytest.raises(LayerError, match="penultimate"):
+        default_feature_layer(nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU()), torch.zeros(2, 1, 8, 8))
+
+
+def test_a_torchvision_feature_network_from_local_weights(tmp_path):
+    torch.manual_seed(0)
+    ref = build_model("torchvision:resnet18", in_shape=(3, 16, 16), num_classes=7)
+    path = tmp_path / "r18.pt"
+    torch.save(ref.state_dict(), path)
+    net = load_feature_model("torchvision:resnet18", str(path))
+    assert net.fc.out_features == 7 and net.conv1.in_channels == 3 and not net.training
+    grey = _images(4, c=1)
+    f = kid_features(net, grey, levels=17, input_size=16)  # grey -> 3 channels, 8x8 -> 16x16
+    assert f.shape == (4, 512)
+    rgb = np.repeat(grey, 3, axis=1)
+    up = torch.nn.functional.interpolate(torch.tensor(rgb, dtype=torch.float32) / 16, size=(16, 16), mode="bilinear",
+                                         align_corners=False)
+    ref.eval()
+    with torch.no_grad():
+        want = torch.flatten(ref.avgpool(ref.layer4(ref.layer3(ref.layer2(ref.layer1(
+            ref.maxpool(ref.relu(ref.bn1(ref.conv1(up))))))))), 1)
+    np.testing.assert_allclose(f, want.numpy(), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ConfigError, match="weights"):
+        load_feature_model("torchvision:resnet18", None)
+
