@@ -26,7 +26,7 @@ def add_parser(sub) -> None:
     p.add_argument("--decoder-data", default="auto", choices=["auto", "heldout", "train"],
                    help="the side of the network's training split the images come from (default auto)")
     flags.add_seed(p, "seed of the split into fit and test images")
-    p.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default 256)")
+    p.add_argument("--batch-size", type=flags.count(1), default=256, help="images per forward pass (default 256)")
     p.add_argument("--overwrite", action="store_true", help="recompute entries already stored")
     flags.add_device(p)
     flags.add_quiet(p)
@@ -39,8 +39,6 @@ def handler(args) -> int:
     splits = flags.parse_list(args.splits)
     if not splits or any(s not in SPLITS for s in splits):
         raise ConfigError(f"--splits must list fit and/or test, got {args.splits!r}")
-    if args.batch_size < 1:
-        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     source, spec = source_from_run(run)
     if not source.checkpoints:
         raise ConfigError(f"{run} has no checkpoints yet; run `ibprobe train --out {run}` first")

@@ -3,15 +3,45 @@ and fit overrides, training settings, jobs, seed, what a checkpoint lens looks a
 and lists, and the two things every command prints: a table of mi.csv rows and the files it wrote."""
 from __future__ import annotations
 
+import argparse
 import sys
 import time
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from ibprobe.config import AnalysisConfig
 from ibprobe.data import DATASET_NAMES
 from ibprobe.errors import ConfigError
 from ibprobe.lenses import LensTarget, target_from_run, target_from_spec
+from ibprobe.options import check_int, check_seed
 from ibprobe.source import NORMALIZE_PRESETS, dataset_spec
+
+
+# ------------------------------------------------------------------------------------------------ types
+def count(lo: int = 0) -> Callable[[str], int]:
+    """An argparse type: an integer >= lo (argparse reports a bad one in one line, before any work)."""
+    def parse(text: str) -> int:
+        try:
+            v = float(text) if any(c in text for c in ".eE") else int(text)
+            return check_int("value", v, lo)
+        except (ValueError, ConfigError):
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= {lo}") from None
+    parse.__name__ = f"integer >= {lo}"
+    return parse
+
+
+def seed(text: str) -> int:
+    """An argparse type: a seed, an integer in 0..2**63-1."""
+    try:
+        return check_seed(int(text))
+    except (ValueError, ConfigError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a seed (an integer from 0 to 2**63-1)") from None
+
+
+def out_dir(text: str) -> str:
+    """An argparse type: a folder path, not empty (an empty --out would write into the current folder)."""
+    if not text.strip() or "\0" in text:
+        raise argparse.ArgumentTypeError("the folder must be a non-empty path, e.g. --out runs/mine")
+    return text
 
 
 # ------------------------------------------------------------------------------------------------ groups
@@ -25,7 +55,7 @@ def add_quiet(p) -> None:
 
 
 def add_seed(p, what: str = "seed for the split, the networks and the decoders", default: int | None = 0) -> None:
-    p.add_argument("--seed", type=int, default=default, help=f"{what} (default {default or 0})")
+    p.add_argument("--seed", type=seed, default=default, help=f"{what} (default {default or 0})")
 
 
 def add_data_source(p) -> None:
@@ -37,7 +67,7 @@ def add_data_source(p) -> None:
                                                            "--data-root")
     g.add_argument("--images", metavar="X.npy", help="your images: integer array [N,C,H,W] (or [N,H,W,C], [N,H,W])")
     g.add_argument("--labels", metavar="Y.npy", help="your labels: integer array [N]")
-    g.add_argument("--levels", type=int, metavar="L",
+    g.add_argument("--levels", type=count(2), metavar="L",
                    help="intensity levels of --images (256 for 8-bit); with --dataset, re-quantise to L levels")
 
 
@@ -61,7 +91,7 @@ def add_analysis(p, jobs_default: int) -> None:
                    help="override DecoderConfig fields, e.g. nr_resnet=1 nr_filters=32 (repeatable)")
     g.add_argument("--fit", action="extend", nargs="+", metavar="K=V",
                    help="override FitConfig fields, e.g. epochs=20 lr=1e-3 (repeatable)")
-    g.add_argument("--jobs", type=int, default=jobs_default,
+    g.add_argument("--jobs", type=count(0), default=jobs_default,
                    help=f"decoder jobs at once on this machine; 0: one per CPU core on CPU, 1 on CUDA "
                    f"(default {jobs_default})")
     g.add_argument("--no-probe", action="store_true", help="skip the I(Y;H) probes")
@@ -74,9 +104,9 @@ def add_analysis(p, jobs_default: int) -> None:
     g.add_argument("--reference", default="best", choices=["best", "plain"],
                    help="the reference for H(X): the best valid density on validation images (default), or the "
                    "plain q(x) as in the paper")
-    g.add_argument("--mixture-codes", type=int, default=16, metavar="M",
+    g.add_argument("--mixture-codes", type=count(0), default=16, metavar="M",
                    help="codes per code-mixture reference; costs M forward passes per scored image (0: none)")
-    g.add_argument("--repeats", type=int, default=1, metavar="K",
+    g.add_argument("--repeats", type=count(1), default=1, metavar="K",
                    help="fit every decoder with K seeds and report the spread (i_xh_seed_sd); K times the work")
 
 
@@ -129,9 +159,7 @@ def add_figures(p) -> None:
 
 # ------------------------------------------------------------------------------------------------ values
 def analysis_config(args, layers=None) -> AnalysisConfig:
-    """The AnalysisConfig of the shared analysis flags."""
-    if args.jobs < 0:
-        raise ConfigError(f"--jobs must be >= 0 (0: automatic), got {args.jobs}")
+    """The AnalysisConfig of the shared analysis flags (AnalysisConfig checks every value's range)."""
     return AnalysisConfig(layers=tuple(layers or ()), decoder=parse_kv(args.decoder, "--decoder"),
                           fit=parse_kv(args.fit, "--fit"), device=args.device, jobs=args.jobs, seed=args.seed,
                           probe=not args.no_probe, retry_failed=args.retry_failed, progress=not args.quiet,
