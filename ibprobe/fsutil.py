@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -19,7 +20,8 @@ import numpy as np
 from decoders.io import atomic_torch_save, atomic_write, cpu_state, jsonable
 
 __all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_np_save",
-           "atomic_torch_save", "cpu_state", "jsonable", "read_json", "sanitize_name", "epoch_dirname", "try_lock"]
+           "atomic_torch_save", "cpu_state", "jsonable", "read_json", "sanitize_name", "epoch_dirname", "try_lock",
+           "file_digest", "remove_stale_temps"]
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -64,28 +66,70 @@ def epoch_dirname(epoch: int) -> str:
 
 
 @contextlib.contextmanager
-def try_lock(path: Path, *, wait: bool = False) -> Iterator[bool]:
-    """Hold an exclusive flock on `path` for the block; yields False (without waiting) if another process has it.
+def try_lock(path: Path, *, wait: bool = False, shared: bool = False) -> Iterator[bool]:
+    """Hold an exclusive (or, with `shared`, a shared) flock on `path` for the block; yields False (without
+    waiting) if another process holds a conflicting one.
 
     The kernel drops the lock when its process dies, so a holder killed with `kill -9` frees it at once. flock is
-    local to one machine (and to file systems that honour it).
+    local to one machine (and to file systems that honour it). Two opens of one file conflict even in one process.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if wait else fcntl.LOCK_NB))
         except OSError as e:
             if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 yield False
                 return
             raise
         try:
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
+            if not shared:
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
             yield True
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """A digest of a file's content (blake2b, 32 hex digits), what a result records it was made from.
+
+    Cached per process by (path, size, mtime), so asking again for an unchanged file costs one stat.
+    """
+    p = Path(path).resolve()
+    st = p.stat()
+    key = (str(p), st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        h = hashlib.blake2b(digest_size=16)
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+        _DIGESTS[key] = h.hexdigest()
+    return _DIGESTS[key]
+
+
+def remove_stale_temps(folder: str | os.PathLike, names: tuple[str, ...] | None = None, *,
+                       recursive: bool = False) -> int:
+    """Remove the temp files atomic writers leave behind when killed (`.<name>.XXXX.tmp`) in `folder` (and below,
+    with `recursive`), only those of the files `names` when given. Returns how many were removed.
+
+    Call it only while holding the lock that every writer of those files holds: a temp file being written by a
+    live process must not be taken from under it.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    removed = 0
+    for p in (folder.rglob(".*.tmp") if recursive else folder.glob(".*.tmp")):
+        if names is None or any(p.name.startswith(f".{n}.") for n in names):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+                removed += 1
+    return removed
