@@ -95,17 +95,17 @@ def try_lock(path: Path, *, wait: bool = False, shared: bool = False) -> Iterato
         os.close(fd)
 
 
-_DIGESTS: dict[tuple[str, int, int], str] = {}
+_DIGESTS: dict[tuple, str] = {}
 
 
 def file_digest(path: str | os.PathLike) -> str:
     """A digest of a file's content (blake2b, 32 hex digits), what a result records it was made from.
 
-    Cached per process by (path, size, mtime), so asking again for an unchanged file costs one stat.
+    Cached per process by (path, inode, size, mtime, ctime), so asking again for an unchanged file costs one stat.
     """
     p = Path(path).resolve()
     st = p.stat()
-    key = (str(p), st.st_size, st.st_mtime_ns)
+    key = (str(p), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
     if key not in _DIGESTS:
         h = hashlib.blake2b(digest_size=16)
         with open(p, "rb") as f:

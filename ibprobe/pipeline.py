@@ -21,7 +21,7 @@ from ibprobe.config import AnalysisConfig, Settings, TrainConfig, apply_override
 from ibprobe.data import load_dataset
 from ibprobe.errors import ConfigError, UserError
 from ibprobe.fit import plan_jobs, reference_jobs, resolve_jobs, run_jobs, write_job_index
-from ibprobe.folder import pin_settings
+from ibprobe.folder import claim, source_inputs
 from ibprobe.fsutil import atomic_write_json
 from ibprobe.measure import measure_jobs, write_changes_csv, write_mi_csv
 from ibprobe.presets import Preset, get_preset
@@ -36,7 +36,8 @@ def run_analysis(out_dir: str | os.PathLike, source: ModelSource, dataset_spec: 
     return the mi.csv rows.
 
     `settings` default to `cfg` resolved against the data. Resumable and idempotent: finished jobs are kept, killed
-    ones resume; a folder that holds results keeps the settings pinned in its analysis.json.
+    ones resume; a folder that holds results keeps the settings and inputs pinned in its analysis.json (checkpoint
+    contents included), refusing others before any work, and is held by this process until it returns.
     """
     run_dir = Path(out_dir)
     if not source.checkpoints:
@@ -47,12 +48,18 @@ def run_analysis(out_dir: str | os.PathLike, source: ModelSource, dataset_spec: 
     settings = settings or cfg.settings(ds.image_shape, ds.levels, resolve_side(ds, cfg.decoder_data))
     fit_idx, test_idx = decoder_split(ds, settings.decoder_data, settings.seed)
     run_dir.mkdir(parents=True, exist_ok=True)
-    layers = pin_settings(run_dir, settings, dataset_spec, cfg.layers)
+    inputs = source_inputs(source)
+    with claim(run_dir, settings, dataset_spec, cfg.layers, inputs) as layers:
+        return _analyse(run_dir, source, ds, cfg, settings, layers, inputs["checkpoints"], fit_idx, test_idx)
+
+
+def _analyse(run_dir: Path, source: ModelSource, ds, cfg: AnalysisConfig, settings: Settings, layers: list[str],
+             digests: dict, fit_idx, test_idx) -> list[dict]:
     atomic_write_json(run_dir / "source.json", source.to_dict(run_dir))
     device = resolve_device(cfg.device)
     fill_store(ActivationStore(run_dir / "activations"), source, {"fit": ds.images[fit_idx],
                                                                   "test": ds.images[test_idx]},
-               cfg.layers, levels=ds.levels, device=device, progress=cfg.progress)
+               cfg.layers, levels=ds.levels, device=device, progress=cfg.progress, digests=digests)
 
     refs = reference_jobs(settings, labelled=len(np.unique(ds.labels[fit_idx])) > 1)
     specs = plan_jobs(source, cfg.layers)

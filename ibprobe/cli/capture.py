@@ -9,6 +9,7 @@ from ibprobe.checkpoints import build_run_model, load_run_config
 from ibprobe.cli import flags
 from ibprobe.config import resolve_device
 from ibprobe.errors import ConfigError
+from ibprobe.folder import hold
 from ibprobe.source import dataset, decoder_split, parse_layers, resolve_side, source_from_run
 
 
@@ -51,9 +52,10 @@ def handler(args) -> int:
     ds = dataset(spec)
     sets = dict(zip(SPLITS, decoder_split(ds, resolve_side(ds, args.decoder_data), args.seed)))
     store = ActivationStore(run / "activations")
-    fill_store(store, source, {s: ds.images[sets[s]] for s in splits}, layers, levels=ds.levels, epochs=wanted,
-               device=resolve_device(args.device), batch_size=args.batch_size, overwrite=args.overwrite,
-               progress=not args.quiet)
+    with hold(run):  # an analysis starting now leaves this process's temp files alone
+        fill_store(store, source, {s: ds.images[sets[s]] for s in splits}, layers, levels=ds.levels, epochs=wanted,
+                   device=resolve_device(args.device), batch_size=args.batch_size, overwrite=args.overwrite,
+                   progress=not args.quiet)
     if not args.quiet:
         print(f"stored {len(layers)} layer(s) x {len(splits)} split(s) in {store.root}", file=sys.stderr)
     return 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 from ibprobe.cli import flags
 from ibprobe.config import Runtime
 from ibprobe.fit import find_job, run_job
+from ibprobe.folder import hold
 
 
 def add_parser(sub) -> None:
@@ -27,7 +28,8 @@ def add_parser(sub) -> None:
 def handler(args) -> int:
     spec = find_job(args.run_dir, args.job_id)
     runtime = Runtime(device=args.device, progress=not args.quiet, keep_fit_state=args.keep_fit_state)
-    res = run_job(args.run_dir, spec, runtime, retry_failed=args.retry_failed)
+    with hold(args.run_dir):  # no other process can re-pin the folder under this job
+        res = run_job(args.run_dir, spec, runtime, retry_failed=args.retry_failed)
     if res is None:
         print(f"{spec.key}: held by another process")
         return 3
