@@ -27,17 +27,23 @@ _MARKERS = "osD^vP*Xhp<>"
 
 # ----------------------------------------------------------------------------------------------- reading
 def read_metrics(path: str | os.PathLike) -> list[dict]:
-    """Read metrics.jsonl (one JSON object per line); blank or truncated trailing lines are skipped."""
+    """Read metrics.jsonl (one JSON object per line); a truncated last line is skipped, any other damage is a
+    DataError (the training run rewrites the file from its checkpoints on a rerun)."""
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        lines = [line.strip() for line in f]
+    lines = [line for line in lines if line]
+    for i, line in enumerate(lines):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+            if i == len(lines) - 1:
                 continue  # a line cut by a killed writer
+        if not isinstance(row, dict):
+            raise DataError(f"{path} line {i + 1} is not a JSON object; rerun `ibprobe train --out "
+                            f"{Path(path).parent}` to rewrite it from the run's checkpoints")
+        rows.append(row)
     return rows
 
 
