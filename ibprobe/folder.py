@@ -37,9 +37,11 @@ _ACTIVE = ".active.lock"  # held shared by every process working on the folder's
 # ------------------------------------------------------------------------------------------------ the folder
 def source_inputs(source) -> dict:
     """What an analysis of `source` (a ModelSource) is made from, besides its settings and data: the network (the
-    source without its checkpoint paths) and each checkpoint's content digest, keyed by epoch."""
+    source without its checkpoint paths) and each checkpoint's content digest, keyed by epoch (and, for the reader,
+    the file each digest was read from)."""
     net = {k: v for k, v in source.to_dict().items() if k != "checkpoints"}
-    return {"network": jsonable(net), "checkpoints": {str(int(e)): file_digest(p) for e, p in source.checkpoints}}
+    return {"network": jsonable(net), "checkpoints": {str(int(e)): file_digest(p) for e, p in source.checkpoints},
+            "files": {str(int(e)): str(Path(p).resolve()) for e, p in source.checkpoints}}
 
 
 @contextlib.contextmanager
@@ -78,7 +80,7 @@ def _pin(run_dir: Path, settings: Settings, dataset_spec: dict, new_layers: list
             remove_stale_temps(run_dir, ("analysis.json", "source.json"))
         try:
             old = _read_analysis(path) if path.exists() else None
-            why = None if old is None else _describe_diff(run_dir, old, new)
+            why = None if old is None else _describe_diff(old, new)
         except ConfigError as e:  # damaged or of another version
             if has_results(run_dir):
                 raise
@@ -93,7 +95,8 @@ def _pin(run_dir: Path, settings: Settings, dataset_spec: dict, new_layers: list
             shutil.rmtree(run_dir / "decoders", ignore_errors=True)  # partial fits of the old settings
             old = None
     if old is not None:
-        new["inputs"]["checkpoints"] = {**old["inputs"]["checkpoints"], **new["inputs"]["checkpoints"]}
+        for k in ("checkpoints", "files"):
+            new["inputs"][k] = {**old["inputs"].get(k, {}), **new["inputs"].get(k, {})}
     layers = list(dict.fromkeys([*(old or {}).get("layers", []), *new_layers]))
     atomic_write_json(path, {**new, "layers": layers})
     return layers
@@ -143,7 +146,7 @@ def _read_analysis(path: Path) -> dict:
     return meta
 
 
-def _describe_diff(run_dir: Path, old: dict, new: dict) -> str | None:
+def _describe_diff(old: dict, new: dict) -> str | None:
     """What differs between two pinned analyses, in words (None: nothing that changes a number)."""
     if old["dataset"] != new["dataset"]:
         return f"data ({old['dataset']} -> {new['dataset']})"
@@ -155,9 +158,10 @@ def _describe_diff(run_dir: Path, old: dict, new: dict) -> str | None:
     changed = sorted((int(e) for e in set(a["checkpoints"]) & set(b["checkpoints"])
                       if a["checkpoints"][e] != b["checkpoints"][e]))
     if changed:
-        was = _old_paths(run_dir)
-        return "checkpoint content (" + "; ".join(f"epoch {e}: {was.get(e, 'a file')} was {a['checkpoints'][str(e)][:12]}, "
-                                                  f"now {b['checkpoints'][str(e)][:12]}" for e in changed) + ")"
+        was, now = a.get("files", {}), b.get("files", {})
+        return "checkpoint content (" + "; ".join(
+            f"epoch {e}: was {was.get(str(e), '?')} ({a['checkpoints'][str(e)][:12]}), now {now.get(str(e), '?')} "
+            f"({b['checkpoints'][str(e)][:12]})" for e in changed) + ")"
     return None
 
 
@@ -170,13 +174,6 @@ def _dict_diff(a: dict, b: dict) -> list[str]:
         elif a.get(k) != b.get(k):
             out.append(f"{k}: {a.get(k)} -> {b.get(k)}")
     return out
-
-
-def _old_paths(run_dir: Path) -> dict[int, str]:
-    try:
-        return {int(e): str(p) for e, p in read_json(run_dir / "source.json")["checkpoints"]}
-    except (OSError, ValueError, KeyError, TypeError):
-        return {}
 
 
 # ------------------------------------------------------------------------------------------------ one result
