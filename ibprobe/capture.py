@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -34,7 +33,8 @@ from decoders.progress import progress as progress_report
 from ibprobe.config import resolve_device
 from ibprobe.data import to_model_input
 from ibprobe.errors import CheckpointError, LayerError
-from ibprobe.fsutil import atomic_write_json, epoch_dirname, file_digest, jsonable, read_json, sanitize_name, try_lock
+from ibprobe.fsutil import (NpyStream, atomic_write_json, epoch_dirname, file_digest, jsonable, read_json,
+                            sanitize_name, try_lock)
 
 SPLITS = ("fit", "test")  # the analysis image sets: the decoders' and probe's fitting images, their test images
 
@@ -247,55 +247,6 @@ class ActivationStore:
         atomic_write_json(self.epoch_dir(epoch) / "manifest.json", m)
 
 
-class _StreamWriter:
-    """Streams rows into a float16 .npy at a temp path with plain file writes (no growing resident mapping)."""
-
-    def __init__(self, final: Path, n: int, row_shape: tuple[int, ...]):
-        self.final = final
-        final.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-        os.close(fd)
-        self.tmp = Path(tmp)
-        try:
-            os.chmod(self.tmp, 0o644)  # mkstemp makes 0600; the store is meant to be shared read-only
-            mm = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=np.float16, shape=(n, *row_shape))
-            self.offset = mm.offset
-            del mm  # header and (sparse) file size written; rows go through a plain file handle
-            self.f = open(self.tmp, "r+b")
-        except BaseException:
-            self.tmp.unlink(missing_ok=True)
-            raise
-        self.row_bytes = int(np.prod(row_shape, dtype=np.int64)) * 2
-        self.f.seek(self.offset)
-        self.rows = 0
-        self.n = n
-        self.shape = [n, *row_shape]
-
-    def write(self, a: np.ndarray) -> None:
-        self.f.write(np.ascontiguousarray(a, dtype=np.float16).tobytes())
-        self.rows += len(a)
-
-    def commit(self) -> None:
-        try:
-            self.f.flush()
-            os.fsync(self.f.fileno())
-            self.f.close()
-            if self.rows != self.n:
-                raise RuntimeError(f"wrote {self.rows} rows, expected {self.n}")
-            os.replace(self.tmp, self.final)
-        except BaseException:
-            self.abort()
-            raise
-
-    def abort(self) -> None:
-        try:
-            if not self.f.closed:
-                self.f.close()
-        except OSError:
-            pass  # a full disk fails the close's flush too; the temp file goes all the same
-        self.tmp.unlink(missing_ok=True)
-
-
 def capture_to_store(model: nn.Module, images: np.ndarray | torch.Tensor, layers: Sequence[str],
                      store: ActivationStore, *, epoch: int, split: str, levels: int, normalize: Any = None,
                      batch_size: int = 256, device: str | torch.device = "cpu", checkpoint: str | None = None,
@@ -311,7 +262,7 @@ def capture_to_store(model: nn.Module, images: np.ndarray | torch.Tensor, layers
     if not todo:
         return paths
     n = len(images)
-    writers: dict[str, _StreamWriter] = {}
+    writers: dict[str, NpyStream] = {}
     batches = iter_capture(model, images, todo, levels=levels, normalize=normalize, batch_size=batch_size,
                            device=device)
     try:
@@ -321,7 +272,7 @@ def capture_to_store(model: nn.Module, images: np.ndarray | torch.Tensor, layers
                     raise LayerError(f"layer {l!r} has activations up to {np.abs(a).max():.3g}, beyond float16 range "
                                      f"({FLOAT16_MAX:.0f}); it cannot be stored as float16")
                 if l not in writers:
-                    writers[l] = _StreamWriter(paths[l], n, tuple(a.shape[1:]))
+                    writers[l] = NpyStream(paths[l], n, tuple(a.shape[1:]))
                 writers[l].write(a)
         for l in todo:
             if l not in writers:  # n == 0

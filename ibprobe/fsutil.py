@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import re
+import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -21,7 +22,7 @@ from decoders.io import atomic_torch_save, atomic_write, cpu_state, jsonable
 
 __all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_np_save",
            "atomic_torch_save", "cpu_state", "jsonable", "read_json", "sanitize_name", "epoch_dirname", "try_lock",
-           "file_digest", "remove_stale_temps"]
+           "file_digest", "remove_stale_temps", "NpyStream"]
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -133,3 +134,59 @@ def remove_stale_temps(folder: str | os.PathLike, names: tuple[str, ...] | None 
                 p.unlink()
                 removed += 1
     return removed
+
+
+class NpyStream:
+    """Streams rows into a float16 .npy at a temp path beside `final` with plain file writes (no growing resident
+    mapping); `commit` renames it into place, `abort` (or any failed write or commit) removes it."""
+
+    def __init__(self, final: Path, n: int, row_shape: tuple[int, ...]):
+        self.final = final
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+        os.close(fd)
+        self.tmp = Path(tmp)
+        try:
+            os.chmod(self.tmp, 0o644)  # mkstemp makes 0600; the store is meant to be shared read-only
+            mm = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=np.float16, shape=(n, *row_shape))
+            self.offset = mm.offset
+            del mm  # header and (sparse) file size written; rows go through a plain file handle
+            self.f = open(self.tmp, "r+b")
+        except BaseException:
+            self.tmp.unlink(missing_ok=True)
+            raise
+        self.row_bytes = int(np.prod(row_shape, dtype=np.int64)) * 2
+        self.f.seek(self.offset)
+        self.rows = 0
+        self.n = n
+        self.shape = [n, *row_shape]
+
+    def write(self, a: np.ndarray) -> None:
+        try:
+            self.f.write(np.ascontiguousarray(a, dtype=np.float16).tobytes())
+        except OSError as e:  # a full disk names no file: name the entry
+            e.filename = e.filename or str(self.final)
+            raise
+        self.rows += len(a)
+
+    def commit(self) -> None:
+        try:
+            self.f.flush()
+            os.fsync(self.f.fileno())
+            self.f.close()
+            if self.rows != self.n:
+                raise RuntimeError(f"wrote {self.rows} rows, expected {self.n}")
+            os.replace(self.tmp, self.final)
+        except BaseException as e:
+            self.abort()
+            if isinstance(e, OSError):
+                e.filename = e.filename or str(self.final)
+            raise
+
+    def abort(self) -> None:
+        try:
+            if not self.f.closed:
+                self.f.close()
+        except OSError:
+            pass  # a full disk fails the close's flush too; the temp file goes all the same
+        self.tmp.unlink(missing_ok=True)
