@@ -35,13 +35,14 @@ _ACTIVE = ".active.lock"  # held shared by every process working on the folder's
 
 
 # ------------------------------------------------------------------------------------------------ the folder
-def source_inputs(source) -> dict:
+def source_inputs(source, run_dir: str | os.PathLike | None = None) -> dict:
     """What an analysis of `source` (a ModelSource) is made from, besides its settings and data: the network (the
     source without its checkpoint paths) and each checkpoint's content digest, keyed by epoch (and, for the reader,
-    the file each digest was read from)."""
-    net = {k: v for k, v in source.to_dict().items() if k != "checkpoints"}
+    the file each digest was read from, relative to `run_dir` when inside it)."""
+    d = source.to_dict(None if run_dir is None else Path(run_dir))
+    net = {k: v for k, v in d.items() if k != "checkpoints"}
     return {"network": jsonable(net), "checkpoints": {str(int(e)): file_digest(p) for e, p in source.checkpoints},
-            "files": {str(int(e)): str(Path(p).resolve()) for e, p in source.checkpoints}}
+            "files": {str(int(e)): str(p) for e, p in d["checkpoints"]}}
 
 
 @contextlib.contextmanager

@@ -48,7 +48,7 @@ def run_analysis(out_dir: str | os.PathLike, source: ModelSource, dataset_spec: 
     settings = settings or cfg.settings(ds.image_shape, ds.levels, resolve_side(ds, cfg.decoder_data))
     fit_idx, test_idx = decoder_split(ds, settings.decoder_data, settings.seed)
     run_dir.mkdir(parents=True, exist_ok=True)
-    inputs = source_inputs(source)
+    inputs = source_inputs(source, run_dir)
     with claim(run_dir, settings, dataset_spec, cfg.layers, inputs) as layers:
         return _analyse(run_dir, source, ds, cfg, settings, layers, inputs["checkpoints"], fit_idx, test_idx)
 

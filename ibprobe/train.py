@@ -31,7 +31,7 @@ from decoders.progress import progress as progress_report
 from ibprobe.checkpoints import list_checkpoints, load_run_checkpoint, load_run_config
 from ibprobe.config import TrainConfig, apply_overrides, config_from_dict, resolve_device
 from ibprobe.data import load_dataset, to_model_input
-from ibprobe.errors import ConfigError
+from ibprobe.errors import CheckpointError, ConfigError
 from ibprobe.fsutil import (atomic_torch_save, atomic_write_json, atomic_write_text, cpu_state, epoch_dirname,
                             remove_stale_temps, try_lock)
 from ibprobe.models import build_model
@@ -193,7 +193,11 @@ def _train(cfg: TrainConfig, out: Path, ds, model: nn.Module, g_data: torch.Gene
     epoch, step, history = 0, 0, []
     last = ckdir / "last.pt"
     if last.exists():
-        ck = load_run_checkpoint(last)
+        try:
+            ck = load_run_checkpoint(last)
+        except CheckpointError as e:
+            raise CheckpointError(f"{e}; it is the run's resume point: delete it and rerun to train the run again "
+                                  f"from epoch 0 (on a CPU, to the same weights)") from None
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         epoch, step, history = int(ck["epoch"]), int(ck["step"]), list(ck["history"])

@@ -378,6 +378,8 @@ def plot_run(run_dir: str | os.PathLike) -> list[Path]:
     if not mi_path.is_file():
         raise UserError(f"{mi_path} not found; run `ibprobe run --out {run_dir}` or `ibprobe analyze` first")
     rows = read_mi_csv(mi_path)
+    metrics_path = run_dir / "metrics.jsonl"
+    metrics = read_metrics(metrics_path) if metrics_path.is_file() else None  # every input read before any write
     cfg = _run_config(run_dir)
     title = _run_title(cfg)
     figdir = run_dir / "figures"
@@ -390,9 +392,7 @@ def plot_run(run_dir: str | os.PathLike) -> list[Path]:
     changes = read_mi_csv(changes_path) if changes_path.is_file() else None
     if epoch_rows:
         written += save_figure(mi_vs_epoch(rows, changes=changes, title=title), figdir / "mi_vs_epoch", epoch_rows)
-    metrics_path = run_dir / "metrics.jsonl"
-    if metrics_path.is_file():
-        metrics = read_metrics(metrics_path)
+    if metrics is not None:
         try:
             fig = training_curves(metrics, title=title, regime=cfg.get("regime"))
         except DataError:
