@@ -125,8 +125,14 @@ class TrainConfig:
                 raise ConfigError(f"checkpoint epochs {bad} are outside 0..{self.epochs}")
             object.__setattr__(self, "checkpoint_epochs", eps)
         if self.normalize is not None:
-            object.__setattr__(self, "normalize", tuple(tuple(float(v) for v in np.atleast_1d(p))
-                                                        for p in self.normalize))
+            try:
+                norm = tuple(tuple(float(v) for v in np.atleast_1d(p)) for p in self.normalize)
+            except (TypeError, ValueError):
+                norm = ()
+            if len(norm) != 2 or len(norm[0]) != len(norm[1]) or min(norm[1], default=0) <= 0:
+                raise ConfigError(f"normalize must be (means, stds) with one positive std per mean, e.g. "
+                                  f"normalize=0.5,0.25 for one channel; got {self.normalize!r}")
+            object.__setattr__(self, "normalize", norm)
         object.__setattr__(self, "model_args", {k: _tupled(v) for k, v in dict(self.model_args).items()})
 
     def schedule_epochs(self) -> tuple[int, ...]:

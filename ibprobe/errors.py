@@ -49,6 +49,8 @@ class StorageError(UserError):
             hint = "free some space and rerun the command; finished results are kept and partial files removed"
         elif e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
             hint = "make the folder writable, or choose another --out"
+        elif e.errno in (errno.EEXIST, errno.ENOTDIR):
+            what, hint = "a file stands where a folder is needed", "choose another --out, or move that file"
         elif e.errno == errno.ENOENT:
             hint = "it was removed while in use, or never made; rerun the command"
         else:

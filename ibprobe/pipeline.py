@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ibprobe.capture import ActivationStore, fill_store
+from ibprobe.capture import ActivationStore, check_layers, fill_store
 from ibprobe.config import AnalysisConfig, Settings, TrainConfig, apply_overrides, resolve_device
 from ibprobe.data import load_dataset
 from ibprobe.errors import ConfigError, UserError
@@ -24,6 +24,7 @@ from ibprobe.fit import plan_jobs, reference_jobs, resolve_jobs, run_jobs, write
 from ibprobe.folder import claim, source_inputs
 from ibprobe.fsutil import atomic_write_json
 from ibprobe.measure import measure_jobs, write_changes_csv, write_mi_csv
+from ibprobe.models import build_model
 from ibprobe.presets import Preset, get_preset
 from ibprobe.report import draw_figures
 from ibprobe.source import ModelSource, dataset, decoder_split, default_chain, resolve_side, source_from_run
@@ -126,6 +127,8 @@ def run_preset(preset: str | Preset, out_dir: str | os.PathLike, *, regimes=None
     for regime, run_dir in dirs.items():
         tcfg, acfg = preset_configs(p, regime, **overrides)
         ds = load_dataset(**tcfg.dataset_spec(), download=True) if tcfg.download else dataset(tcfg.dataset_spec())
+        check_layers(build_model(tcfg.model, in_shape=ds.image_shape, num_classes=ds.num_classes, **tcfg.model_args),
+                     acfg.layers)  # the model and the layers, before any training
         plans[regime] = (run_dir, tcfg, acfg, acfg.settings(ds.image_shape, ds.levels,
                                                             resolve_side(ds, acfg.decoder_data)))
     results = {}

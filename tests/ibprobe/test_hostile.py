@@ -119,6 +119,9 @@ OPTIONS = [
     ("analyze levels 1", [*ANALYZE[:-6], "--layers", "pool", "--images", X0, "--levels", "1", "--out", T], "--levels"),
     ("analyze no images", [*ANALYZE[:-6], "--layers", "pool", "--images", X0, "--levels", "17", "--out", T],
      "holds no images"),
+    ("run unknown layer", ["run", "--out", T, *TRAIN, "--layers", "nope"], "unknown layer"),
+    ("train normalize not a pair", ["train", "--out", T, "--train", "normalize=0.5"], "normalize"),
+    ("analyze out is a file", [*ANALYZE[:-1], "{F}/config.json", "--quiet", *TINY[2:]], "a file stands where"),
     ("hessian width 0", ["hessian", "--linear", "--width", "0", "--out", T], "--width"),
     ("complexity batch negative", ["complexity", "--run", F, "--batch", "-1"], "--batch"),
     ("unknown flag", ["run", "--out", T, "--no-such-flag"], "unrecognized"),
@@ -134,7 +137,7 @@ def test_a_bad_option_is_one_line_before_any_work(finished, tmp_path, capsys, ar
     np.save(tmp_path / "x0.npy", np.zeros((0, 1, 8, 8), np.uint8))
     fill = {F: str(finished), T: str(tmp_path / "new"), CK: str(finished / "checkpoints" / "epoch_0001.pt"),
             X0: str(tmp_path / "x0.npy")}
-    rc = main([fill.get(a, a) for a in argv])
+    rc = main([fill.get(a, a).replace(F, str(finished)) for a in argv])
     one_line(capsys, rc, needle)
     assert not (tmp_path / "new").exists(), "a bad option started work"
     assert digest(finished) == before
