@@ -79,11 +79,9 @@ def default_data_root() -> Path:
 
 
 def cache_dir() -> Path:
-    """Where decoded data is cached: $IBPROBE_CACHE, else $XDG_CACHE_HOME/ibprobe, else ~/.cache/ibprobe. Never the
-    user's data folder."""
-    if os.environ.get("IBPROBE_CACHE"):
-        return Path(os.environ["IBPROBE_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ibprobe"
+    """Where decoded data is cached (not the data folder): $IBPROBE_CACHE, $XDG_CACHE_HOME/ibprobe, ~/.cache/ibprobe."""
+    return Path(os.environ.get("IBPROBE_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+                / "ibprobe")
 
 
 def load_dataset(
@@ -338,8 +336,7 @@ def _load_npy(images_path, labels_path, levels):
                         f"(e.g. uint8). Quantise floats first, e.g. np.round(x * 255).astype(np.uint8)")
     images = _to_nchw(images, images_path)
     if images.shape[0] == 0 or images.size == 0:
-        raise DataError(f"{images_path} holds no images (shape {tuple(images.shape)}); save at least a few with "
-                        f"np.save")
+        raise DataError(f"{images_path} holds no images (shape {tuple(images.shape)}); save some with np.save")
     lo, hi = int(images.min()), int(images.max())
     if levels is None:
         if hi > 255:

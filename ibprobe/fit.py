@@ -211,22 +211,26 @@ def fit_decoder(settings: Settings, runtime: Runtime, role: str, images_train, c
     cfg = settings.decoder_for(None if codes_train is None else codes_train.shape[1:])
     stage = settings.stage_fit("q0" if role == "q0" else "q", q0.best_epoch if q0 is not None else None, repeat)
     fit_cfg = runtime.fit_config(stage)
-    torch.manual_seed(fit_cfg.seed)  # weight init
-    model = PixelCNNPP(cfg)
-    try:
+
+    def fresh() -> PixelCNNPP:
+        torch.manual_seed(fit_cfg.seed)  # weight init
+        m = PixelCNNPP(cfg)
         if role != "q0" and settings.paired:
-            model.start_from(q0.weights if isinstance(q0.weights, PixelCNNPP) else load_decoder(q0.weights))
+            m.start_from(q0.weights if isinstance(q0.weights, PixelCNNPP) else load_decoder(q0.weights))
+        return m
+
+    def fit(m: PixelCNNPP):
+        return decoder_fitting.fit(m, images_train, codes_train, fit_cfg, eval_images=images_test,
+                                   eval_codes=codes_test, workdir=workdir, desc=desc)
+
+    try:
+        model = fresh()
         try:
-            res = decoder_fitting.fit(model, images_train, codes_train, fit_cfg, eval_images=images_test,
-                                      eval_codes=codes_test, workdir=workdir, desc=desc)
+            res = fit(model)
         except FitStateError:  # a damaged or foreign resume point: start the fit over
             (workdir / decoder_fitting.STATE_FILE).unlink(missing_ok=True)
-            torch.manual_seed(fit_cfg.seed)
-            model = PixelCNNPP(cfg)
-            if role != "q0" and settings.paired:
-                model.start_from(q0.weights if isinstance(q0.weights, PixelCNNPP) else load_decoder(q0.weights))
-            res = decoder_fitting.fit(model, images_train, codes_train, fit_cfg, eval_images=images_test,
-                                      eval_codes=codes_test, workdir=workdir, desc=desc)
+            model = fresh()
+            res = fit(model)
         out = Fitted(test_nll=np.asarray(res.eval_nll_bits, np.float64), val_nll=res.val_nll_bits, info={},
                      model=model)
         if mixture is not None:
@@ -312,10 +316,7 @@ def _job_args(run_dir: Path, spec: JobSpec, job_dir: Path, runtime: Runtime) -> 
         onehot = np.eye(ds.num_classes, dtype=np.float32)
         return (settings, runtime, "labels", x_fit, onehot[y_fit], x_test, onehot[y_test]), \
             {**kw, "mixture": label_mixture(y_fit, ds.num_classes)}
-    digest = read_inputs(run_dir)["checkpoints"].get(str(spec.epoch))
-    if digest is None:
-        raise UserError(f"{run_dir}/analysis.json pins no checkpoint for epoch {spec.epoch}; rerun `ibprobe run` or "
-                        f"`ibprobe analyze` on it")
+    digest = read_inputs(run_dir)["checkpoints"].get(str(spec.epoch))  # as pinned when the analysis began
     store = ActivationStore(run_dir / "activations")
     codes_fit = store.read(spec.epoch, spec.layer, "fit", codes_key(x_fit, source, digest))
     codes_test = store.read(spec.epoch, spec.layer, "test", codes_key(x_test, source, digest))

@@ -31,7 +31,8 @@ def add_parser(sub) -> None:
                    help="training images the margins are taken on (default 1000; 0: all)")
     p.add_argument("--margin-quantile", type=float, default=0.1, metavar="Q",
                    help="the margin is this quantile of the training margins (default 0.1)")
-    p.add_argument("--out", type=flags.out_dir, metavar="DIR", help="output folder (default: the --run folder; with several runs, the "
+    p.add_argument("--out", type=flags.out_dir, metavar="DIR",
+                   help="output folder (default: the --run folder; with several runs, the "
                    "folder of the figure that compares them)")
     flags.add_device(p)
     flags.add_seed(p, "seed of the images and of the power iterations")

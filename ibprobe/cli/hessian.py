@@ -36,7 +36,8 @@ def add_parser(sub) -> None:
                    help="the data's residual moment E[x (x - y)^T]: generic, or a multiple of I (default generic)")
     flags.add_lens_source(p)
     p.add_argument("--k", type=flags.count(1), default=10, help="eigenvalues per checkpoint (default 10)")
-    p.add_argument("--batch", type=flags.count(1), default=256, metavar="N", help="training images in the batch (default 256)")
+    p.add_argument("--batch", type=flags.count(1), default=256, metavar="N",
+                   help="training images in the batch (default 256)")
     p.add_argument("--method", choices=("lanczos", "power"), default="lanczos", help="eigensolver (default lanczos)")
     p.add_argument("--out", type=flags.out_dir, metavar="DIR", help="output folder (default: the --run folder)")
     flags.add_device(p)

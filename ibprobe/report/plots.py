@@ -27,23 +27,20 @@ _MARKERS = "osD^vP*Xhp<>"
 
 # ----------------------------------------------------------------------------------------------- reading
 def read_metrics(path: str | os.PathLike) -> list[dict]:
-    """Read metrics.jsonl (one JSON object per line); a truncated last line is skipped, any other damage is a
-    DataError (the training run rewrites the file from its checkpoints on a rerun)."""
-    rows = []
+    """Read metrics.jsonl, one JSON object per line; a truncated last line is skipped, other damage is a DataError."""
     with open(path, encoding="utf-8", errors="replace") as f:
-        lines = [line.strip() for line in f]
-    lines = [line for line in lines if line]
+        lines = [line.strip() for line in f if line.strip()]
+    rows = []
     for i, line in enumerate(lines):
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
-            row = None
-            if i == len(lines) - 1:
-                continue  # a line cut by a killed writer
+            row = {} if i == len(lines) - 1 else None  # the last line may be cut by a killed writer
         if not isinstance(row, dict):
             raise DataError(f"{path} line {i + 1} is not a JSON object; rerun `ibprobe train --out "
                             f"{Path(path).parent}` to rewrite it from the run's checkpoints")
-        rows.append(row)
+        if row:
+            rows.append(row)
     return rows
 
 
@@ -378,8 +375,7 @@ def plot_run(run_dir: str | os.PathLike) -> list[Path]:
     if not mi_path.is_file():
         raise UserError(f"{mi_path} not found; run `ibprobe run --out {run_dir}` or `ibprobe analyze` first")
     rows = read_mi_csv(mi_path)
-    metrics_path = run_dir / "metrics.jsonl"
-    metrics = read_metrics(metrics_path) if metrics_path.is_file() else None  # every input read before any write
+    metrics = read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").is_file() else None
     cfg = _run_config(run_dir)
     title = _run_title(cfg)
     figdir = run_dir / "figures"

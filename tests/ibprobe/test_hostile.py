@@ -223,7 +223,8 @@ REBUILT = [  # damage that a rerun repairs, to the same numbers
 ]
 
 
-@pytest.mark.parametrize("rel,content", REBUILT, ids=[f"{r} {'half' if c == 'half' else 'garbage'}" for r, c in REBUILT])
+@pytest.mark.parametrize("rel,content", REBUILT,
+                         ids=[f"{r} {'half' if c == 'half' else 'garbage'}" for r, c in REBUILT])
 def test_what_can_be_rebuilt_is_rebuilt_to_the_same_numbers(finished, tmp_path, capsys, rel, content):
     run = _copy(finished, tmp_path)
     if rel.endswith("fit_state.pt"):  # a killed job's resume point: the job is pending again
