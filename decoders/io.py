@@ -38,7 +38,8 @@ def save_decoder(model: PixelCNNPP, path: str | os.PathLike, extra: dict | None 
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> Path:
-    """Call `write(f)` on a temp file beside `path`, then os.replace it: a reader never sees a partial file.
+    """Call `write(f)` on a temp file beside `path`, then os.replace it: a reader never sees a partial file, and a
+    failed write (a full disk) leaves no temp file behind and raises an OSError naming `path`.
 
     The file gets the umask's mode (mkstemp alone would make it 0600), since results are meant to be shared.
     """
@@ -52,9 +53,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> P
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename is None:  # a full disk fails a write that names no file: name it
+            e.filename = str(path)
         raise
     return path
 

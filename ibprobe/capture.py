@@ -9,15 +9,18 @@ times or more than once in one forward pass is a LayerError (a reused module wou
 Activation store layout (float16 .npy, one file per (checkpoint epoch, layer, split)):
     root/epoch_XXXX/<sanitize_name(layer)>/<split>.npy
     root/epoch_XXXX/manifest.json   {layer: {"dir", "splits": {split: {"shape", "dtype", "n", "checkpoint"}}}}
-Files are written streaming (peak memory does not grow with N) under a temp name and renamed when complete.
+Files are written streaming (peak memory does not grow with N) under a temp name and renamed when complete; a failed
+write (a full disk) leaves no temp file. Entries are keyed by `codes_key` (the images, the network and its
+normalisation, the checkpoint's content), so the store never serves codes of other inputs; damaged ones are recaptured.
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import hashlib
+import json
 import os
 import sys
-import tempfile
 from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -29,8 +32,9 @@ import torch.nn as nn
 from decoders.progress import progress as progress_report
 from ibprobe.config import resolve_device
 from ibprobe.data import to_model_input
-from ibprobe.errors import LayerError
-from ibprobe.fsutil import atomic_write_json, epoch_dirname, read_json, sanitize_name, try_lock
+from ibprobe.errors import CheckpointError, LayerError
+from ibprobe.fsutil import (NpyStream, atomic_write_json, epoch_dirname, file_digest, jsonable, read_json,
+                            sanitize_name, try_lock)
 
 SPLITS = ("fit", "test")  # the analysis image sets: the decoders' and probe's fitting images, their test images
 
@@ -48,21 +52,26 @@ def tappable_layers(model: nn.Module, example: torch.Tensor | None = None) -> li
     names = [name for name, _ in model.named_modules() if name]
     if example is None:
         return names
+    order = call_order(model, example)
     counts = {n: 0 for n in names}
-    tensor_out = {n: True for n in names}
+    returns_tensor = {n: True for n in names}
+    for name, _, is_tensor in order:
+        counts[name] += 1
+        returns_tensor[name] = returns_tensor[name] and is_tensor
+    return [n for n in names if counts[n] == 1 and returns_tensor[n]]
+
+
+def call_order(model: nn.Module, example: torch.Tensor) -> list[tuple[str, nn.Module, bool]]:
+    """(name, module, returned a tensor) of every named module's call in one eval-mode forward pass of `example`,
+    in the order they return (a module called twice appears twice); the model's train/eval mode is restored."""
+    order: list[tuple[str, nn.Module, bool]] = []
     handles = []
-
-    def make(n: str):
-        def hook(_m, _i, out):
-            counts[n] += 1
-            tensor_out[n] = tensor_out[n] and isinstance(out, torch.Tensor)
-        return hook
-
     was = model.training
     try:
-        for n, m in model.named_modules():
-            if n:
-                handles.append(m.register_forward_hook(make(n)))
+        for name, mod in model.named_modules():
+            if name:
+                handles.append(mod.register_forward_hook(
+                    lambda m, _i, out, name=name: order.append((name, m, isinstance(out, torch.Tensor)))))
         model.eval()
         with torch.no_grad():
             model(example)
@@ -70,7 +79,7 @@ def tappable_layers(model: nn.Module, example: torch.Tensor | None = None) -> li
         for h in handles:
             h.remove()
         model.train(was)
-    return [n for n in names if counts[n] == 1 and tensor_out[n]]
+    return order
 
 
 def list_layers(model: nn.Module, every: bool = False) -> list[str]:
@@ -200,14 +209,25 @@ class ActivationStore:
         return self.epoch_dir(epoch) / sanitize_name(layer) / f"{sanitize_name(split)}.npy"
 
     def manifest(self, epoch: int) -> dict:
+        """{layer: entry} of one epoch; a damaged manifest reads as empty, so its entries are captured again."""
         p = self.epoch_dir(epoch) / "manifest.json"
-        return read_json(p) if p.is_file() else {}
+        try:
+            m = read_json(p) if p.is_file() else {}
+        except ValueError:
+            return {}
+        return m if isinstance(m, dict) and all(isinstance(v, dict) for v in m.values()) else {}
 
     def has(self, epoch: int, layer: str, split: str, key: str | None = None) -> bool:
-        """Whether the entry is stored (and, given a key, was captured from the images and source that key names)."""
+        """Whether the entry is stored intact (its file's header matches the manifest) and, given a key, was captured
+        from the inputs that key names."""
         entry = self.manifest(epoch).get(layer, {}).get("splits", {}).get(split)
-        return (entry is not None and self.path(epoch, layer, split).is_file()
-                and (key is None or entry.get("key") == key))
+        if not isinstance(entry, dict) or (key is not None and entry.get("key") != key):
+            return False
+        try:
+            a = np.load(self.path(epoch, layer, split), mmap_mode="r")
+        except (OSError, ValueError, EOFError):  # missing, truncated or not an array
+            return False
+        return a.dtype == np.float16 and list(a.shape) == list(entry.get("shape", ()))
 
     def read(self, epoch: int, layer: str, split: str, key: str | None = None) -> np.memmap:
         """Read-only float16 memmap [N, ...]; LayerError if it was never captured (or, given a key, if it was
@@ -232,44 +252,6 @@ class ActivationStore:
         atomic_write_json(self.epoch_dir(epoch) / "manifest.json", m)
 
 
-class _StreamWriter:
-    """Streams rows into a float16 .npy at a temp path with plain file writes (no growing resident mapping)."""
-
-    def __init__(self, final: Path, n: int, row_shape: tuple[int, ...]):
-        self.final = final
-        final.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-        os.close(fd)
-        self.tmp = Path(tmp)
-        os.chmod(self.tmp, 0o644)  # mkstemp makes 0600; the store is meant to be shared read-only
-        mm = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=np.float16, shape=(n, *row_shape))
-        self.offset = mm.offset
-        del mm  # header and (sparse) file size written; rows go through a plain file handle
-        self.row_bytes = int(np.prod(row_shape, dtype=np.int64)) * 2
-        self.f = open(self.tmp, "r+b")
-        self.f.seek(self.offset)
-        self.rows = 0
-        self.n = n
-        self.shape = [n, *row_shape]
-
-    def write(self, a: np.ndarray) -> None:
-        self.f.write(np.ascontiguousarray(a, dtype=np.float16).tobytes())
-        self.rows += len(a)
-
-    def commit(self) -> None:
-        self.f.flush()
-        os.fsync(self.f.fileno())
-        self.f.close()
-        if self.rows != self.n:
-            raise RuntimeError(f"wrote {self.rows} rows, expected {self.n}")
-        os.replace(self.tmp, self.final)
-
-    def abort(self) -> None:
-        if not self.f.closed:
-            self.f.close()
-        self.tmp.unlink(missing_ok=True)
-
-
 def capture_to_store(model: nn.Module, images: np.ndarray | torch.Tensor, layers: Sequence[str],
                      store: ActivationStore, *, epoch: int, split: str, levels: int, normalize: Any = None,
                      batch_size: int = 256, device: str | torch.device = "cpu", checkpoint: str | None = None,
@@ -285,7 +267,7 @@ def capture_to_store(model: nn.Module, images: np.ndarray | torch.Tensor, layers
     if not todo:
         return paths
     n = len(images)
-    writers: dict[str, _StreamWriter] = {}
+    writers: dict[str, NpyStream] = {}
     batches = iter_capture(model, images, todo, levels=levels, normalize=normalize, batch_size=batch_size,
                            device=device)
     try:
@@ -295,7 +277,7 @@ def capture_to_store(model: nn.Module, images: np.ndarray | torch.Tensor, layers
                     raise LayerError(f"layer {l!r} has activations up to {np.abs(a).max():.3g}, beyond float16 range "
                                      f"({FLOAT16_MAX:.0f}); it cannot be stored as float16")
                 if l not in writers:
-                    writers[l] = _StreamWriter(paths[l], n, tuple(a.shape[1:]))
+                    writers[l] = NpyStream(paths[l], n, tuple(a.shape[1:]))
                 writers[l].write(a)
         for l in todo:
             if l not in writers:  # n == 0
@@ -319,20 +301,36 @@ def images_key(images: np.ndarray, normalize: Any = None) -> str:
     return h.hexdigest()
 
 
+def codes_key(images: np.ndarray, source, checkpoint_digest: str) -> str:
+    """The key an activation entry is stored and read under: a digest of the images, of the network they go through
+    (`source`, a ModelSource: its spec and normalisation) and of the checkpoint's content (fsutil.file_digest)."""
+    net = {k: v for k, v in dataclasses.asdict(source).items() if k != "checkpoints"}
+    return images_key(images, (json.dumps(jsonable(net), sort_keys=True), str(checkpoint_digest)))
+
+
 def fill_store(store: ActivationStore, source, images: dict[str, np.ndarray], layers: Sequence[str], *, levels: int,
                epochs=None, device: str | torch.device = "cpu", batch_size: int = 256, overwrite: bool = False,
-               progress: bool = True) -> dict[str, str]:
+               progress: bool = True, digests: dict | None = None) -> dict[int, dict[str, str]]:
     """Capture `layers` on each named image set (split) at each checkpoint of `source` (a ModelSource) into
-    `store`; returns {split: key}, the digest each entry is stored and read under.
+    `store`; returns {epoch: {split: key}}, the `codes_key` each entry is stored and read under.
 
-    Entries already stored from the same images are kept unless `overwrite`; entries stored from other images (or
-    another normalisation) are captured again. Each checkpoint is captured under a lock, so several processes on
-    one folder capture it once. `epochs`: a subset of the source's checkpoint epochs (default all).
+    Entries already stored from the same inputs are kept unless `overwrite`; entries stored from other images,
+    another normalisation or other weights are captured again. `digests` ({epoch: content digest}, as an analysis
+    pinned them): a checkpoint whose content differs now is a CheckpointError, not codes of other weights under the
+    pinned key. Each checkpoint is captured under a lock, so several processes on one folder capture it once.
+    `epochs`: a subset of the source's checkpoint epochs (default all).
     """
     layers = list(layers)
-    keys = {split: images_key(x, source.normalize) for split, x in images.items()}
     checkpoints = [(int(e), p) for e, p in source.checkpoints if epochs is None or int(e) in set(epochs)]
+    all_keys: dict[int, dict[str, str]] = {}
     for epoch, path in progress_report(checkpoints, enabled=progress, desc="capture", unit="checkpoint"):
+        digest = file_digest(path)
+        pinned = None if digests is None else digests.get(str(epoch), digests.get(epoch))
+        if pinned is not None and pinned != digest:
+            raise CheckpointError(f"checkpoint {path} changed while this analysis ran (its content differs from when "
+                                  f"the analysis began); rerun the command")
+        keys = all_keys[epoch] = {split: codes_key(x, source, digest) for split, x in images.items()}
+
         def todo() -> list[tuple[str, str]]:
             return [(l, s) for l in layers for s in images if overwrite or not store.has(epoch, l, s, keys[s])]
 
@@ -351,8 +349,8 @@ def fill_store(store: ActivationStore, source, images: dict[str, np.ndarray], la
                                      checkpoint=str(path), overwrite=True, key=keys[split])
         if progress:
             print(f"captured activations at epoch {epoch} ({len(missing)} layer x split)", file=sys.stderr)
-    return keys
+    return all_keys
 
 
-__all__ = ["tappable_layers", "check_layers", "capture", "iter_capture", "ActivationStore", "capture_to_store",
-           "fill_store", "images_key", "SPLITS"]
+__all__ = ["tappable_layers", "call_order", "check_layers", "capture", "iter_capture", "ActivationStore", "capture_to_store",
+           "fill_store", "images_key", "codes_key", "SPLITS"]

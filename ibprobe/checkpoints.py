@@ -30,7 +30,7 @@ from torch import nn
 
 from ibprobe.config import resolve_device
 from ibprobe.errors import CheckpointError
-from ibprobe.fsutil import read_json
+from ibprobe.fsutil import atomic_write_json, read_json
 from ibprobe.models import build_model
 
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "network")
@@ -299,12 +299,47 @@ def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
 
 
 def load_run_config(run_dir: str | os.PathLike) -> dict:
-    """run_dir/config.json, or a CheckpointError saying it is not a run folder."""
+    """run_dir/config.json, or a CheckpointError saying it is not a run folder.
+
+    A damaged or missing config.json of a folder that holds checkpoints is rebuilt from them (each carries the
+    config it was trained with).
+    """
     p = Path(run_dir) / "config.json"
-    if not p.is_file():
-        raise CheckpointError(f"{run_dir} is not a training run folder (no config.json); create one with "
-                              f"`ibprobe train --out {run_dir}`")
-    return read_json(p)
+    why = "is missing"
+    if p.is_file():
+        try:
+            conf = read_json(p)
+            if isinstance(conf, dict) and "model" in conf:
+                return conf
+            why = "is not a run config"
+        except ValueError as e:
+            why = f"is unreadable ({type(e).__name__})"
+    saved = run_config_from_checkpoints(run_dir)
+    if saved is None:
+        if not p.is_file():
+            raise CheckpointError(f"{run_dir} is not a training run folder (no config.json); create one with "
+                                  f"`ibprobe train --out {run_dir}`")
+        raise CheckpointError(f"{p} {why} and no checkpoint of {run_dir} holds the run's config; delete the "
+                              f"config.json and train again with `ibprobe train --out {run_dir} ...`")
+    try:
+        atomic_write_json(p, saved)
+    except OSError:
+        pass  # a read-only folder: the config is still the checkpoints'
+    return saved
+
+
+def run_config_from_checkpoints(run_dir: str | os.PathLike) -> dict | None:
+    """The run config inside the newest readable checkpoint of run_dir (last.pt first), or None if there is none."""
+    ckdir = Path(run_dir) / "checkpoints"
+    for path in [ckdir / "last.pt"] + [p for _, p in reversed(list_checkpoints(run_dir))]:
+        if path.is_file():
+            try:
+                conf = load_run_checkpoint(path)["config"]
+            except CheckpointError:
+                continue
+            if isinstance(conf, dict) and "model" in conf:
+                return dict(conf)
+    return None
 
 
 def load_run_checkpoint(path: str | os.PathLike) -> dict:

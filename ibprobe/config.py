@@ -24,6 +24,7 @@ from decoders.device import resolve_device as _resolve_device
 from decoders.fitting import RUNTIME_FIELDS
 from ibprobe.errors import ConfigError
 from ibprobe.fsutil import jsonable
+from ibprobe.options import SEED_MAX, check_int, check_seed, typed
 
 REGIMES = ("classify", "autoencode")
 OPTIMIZERS = ("sgd", "adam")
@@ -41,17 +42,20 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
 
 
 def apply_overrides(cfg, overrides: Mapping | None, what: str = "config"):
-    """dataclasses.replace(cfg, **overrides), with a ConfigError naming the valid fields for unknown keys.
+    """dataclasses.replace(cfg, **overrides), each value checked against its field's type first.
 
-    List values are turned into tuples so frozen configs stay hashable and comparable.
+    This is where `K=V` options become typed settings: an int field takes an integer (1.5 is an error, never a
+    silent 2; 2.0 is 2), a float field a finite number, a bool field true/false, a tuple field a value or a comma
+    list; None only where the field allows it. Unknown keys are a ConfigError naming the valid fields; the ranges
+    are the config's own `__post_init__` checks, run by the replace.
     """
     if not overrides:
         return cfg
-    names = [f.name for f in fields(cfg)]
+    names = {f.name: f.type for f in fields(cfg)}
     unknown = sorted(set(overrides) - set(names))
     if unknown:
         raise ConfigError(f"unknown {what} field(s) {', '.join(unknown)}; valid fields: {', '.join(names)}")
-    clean = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+    clean = {k: typed(f"{what} {k}", names[k], v) for k, v in overrides.items()}
     try:
         return dataclasses.replace(cfg, **clean)
     except (TypeError, ValueError) as e:
@@ -101,18 +105,34 @@ class TrainConfig:
             raise ConfigError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if self.augment not in AUGMENTS:
             raise ConfigError(f"augment must be one of {', '.join(AUGMENTS)}, got {self.augment!r}")
-        if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
-            raise ConfigError("epochs must be >= 0, batch_size >= 1 and lr > 0")
+        for name, lo, hi in (("epochs", 0, None), ("batch_size", 1, None), ("seed", 0, SEED_MAX)):
+            object.__setattr__(self, name, check_int(name, getattr(self, name), lo, hi))
+        for name, lo in (("max_train", 1), ("levels", 2)):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, check_int(name, getattr(self, name), lo))
+        for name, ok, want in (("lr", lambda v: v > 0, "> 0"), ("momentum", lambda v: 0 <= v <= 1, "in [0, 1]"),
+                               ("weight_decay", lambda v: v >= 0, ">= 0"),
+                               ("test_fraction", lambda v: 0 < v < 1, "in (0, 1)")):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) or not ok(v):
+                raise ConfigError(f"{name} must be a finite number {want}, got {v!r}")
         if self.checkpoint_epochs is not None:
             given = self.checkpoint_epochs
-            eps = tuple(sorted(set(int(e) for e in (given if isinstance(given, (tuple, list)) else (given,)))))
+            eps = tuple(sorted(set(check_int("checkpoint_epochs", e) for e in
+                                   (given if isinstance(given, (tuple, list)) else (given,)))))
             bad = [e for e in eps if e < 0 or e > self.epochs]
             if bad:
                 raise ConfigError(f"checkpoint epochs {bad} are outside 0..{self.epochs}")
             object.__setattr__(self, "checkpoint_epochs", eps)
         if self.normalize is not None:
-            object.__setattr__(self, "normalize", tuple(tuple(float(v) for v in np.atleast_1d(p))
-                                                        for p in self.normalize))
+            try:
+                norm = tuple(tuple(float(v) for v in np.atleast_1d(p)) for p in self.normalize)
+            except (TypeError, ValueError):
+                norm = ()
+            if len(norm) != 2 or len(norm[0]) != len(norm[1]) or min(norm[1], default=0) <= 0:
+                raise ConfigError(f"normalize must be (means, stds) with one positive std per mean, e.g. "
+                                  f"normalize=0.5,0.25 for one channel; got {self.normalize!r}")
+            object.__setattr__(self, "normalize", norm)
         object.__setattr__(self, "model_args", {k: _tupled(v) for k, v in dict(self.model_args).items()})
 
     def schedule_epochs(self) -> tuple[int, ...]:
@@ -316,10 +336,13 @@ class AnalysisConfig:
     kde_noise_var: float = 0.1  # the KDE baseline's noise variance, in the activations' units squared
 
     def __post_init__(self):
-        for name, lo in (("jobs", 0), ("seed", 0), ("repeats", 1), ("bins", 1)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-                raise ConfigError(f"--{name} must be an integer >= {lo}, got {v!r}")
+        for name, lo, hi in (("jobs", 0, None), ("seed", 0, SEED_MAX), ("repeats", 1, None),
+                             ("mixture_codes", 0, None), ("bins", 1, None)):
+            check_int(f"--{name.replace('_', '-')}", getattr(self, name), lo, hi)
+        if self.decoder_data not in ("auto", "heldout", "train"):
+            raise ConfigError(f"--decoder-data must be auto, heldout or train, got {self.decoder_data!r}")
+        if self.reference not in REFERENCES:
+            raise ConfigError(f"--reference must be one of {', '.join(REFERENCES)}, got {self.reference!r}")
         if not float(self.kde_noise_var) > 0:
             raise ConfigError(f"--kde-noise-var must be > 0, got {self.kde_noise_var!r}")
 
@@ -344,6 +367,7 @@ class AnalysisConfig:
         fit = apply_overrides(default_fit_config(image_shape, dev, int(self.seed)),
                               {k: v for k, v in self.fit.items() if k not in RUNTIME_FIELDS}, "--fit")
         apply_overrides(fit, {k: v for k, v in self.fit.items() if k in RUNTIME_FIELDS}, "--fit")  # validate them
+        check_seed(fit.seed, "--fit seed")
         return Settings(decoder=decoder, fit=fit, seed=int(self.seed), probe=bool(self.probe),
                         paired=bool(self.paired), init_epochs=self.init_epochs, decoder_data=decoder_data,
                         reference=self.reference, mixture_codes=self.mixture_codes)

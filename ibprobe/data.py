@@ -78,6 +78,12 @@ def default_data_root() -> Path:
     return Path(os.environ.get("IBPROBE_DATA", "data"))
 
 
+def cache_dir() -> Path:
+    """Where decoded data is cached (not the data folder): $IBPROBE_CACHE, $XDG_CACHE_HOME/ibprobe, ~/.cache/ibprobe."""
+    return Path(os.environ.get("IBPROBE_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+                / "ibprobe")
+
+
 def load_dataset(
     name: str = "digits",
     *,
@@ -262,7 +268,8 @@ def _load_cinic10(root: Path):
 def _load_image_folder(root: Path, force_rgb: bool = False):
     """ImageFolder tree root/<class>/<image>; all images must share one size. Grayscale if all are.
 
-    Decoded arrays are cached in root/.ibprobe_cache.npz (when writable), keyed by the file list and sizes.
+    Decoded arrays are cached in cache_dir()/folder-<digest of root>.npz (when writable), keyed by the file list,
+    sizes and times; the data folder itself is only read.
     """
     from PIL import Image
 
@@ -277,7 +284,7 @@ def _load_image_folder(root: Path, force_rgb: bool = False):
                         f"(extensions: {', '.join(IMAGE_EXTENSIONS)})")
     key = hashlib.sha1(repr((force_rgb, [(str(f.relative_to(root)), f.stat().st_size, f.stat().st_mtime_ns)
                                          for f, _ in files])).encode()).hexdigest()
-    cache = root / ".ibprobe_cache.npz"
+    cache = cache_dir() / f"folder-{hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:16]}.npz"
     if cache.is_file():
         try:
             with np.load(cache, allow_pickle=False) as z:
@@ -328,6 +335,8 @@ def _load_npy(images_path, labels_path, levels):
         raise DataError(f"{images_path} has dtype {images.dtype}; images must be integers in [0, levels-1] "
                         f"(e.g. uint8). Quantise floats first, e.g. np.round(x * 255).astype(np.uint8)")
     images = _to_nchw(images, images_path)
+    if images.shape[0] == 0 or images.size == 0:
+        raise DataError(f"{images_path} holds no images (shape {tuple(images.shape)}); save some with np.save")
     lo, hi = int(images.min()), int(images.max())
     if levels is None:
         if hi > 255:

@@ -32,11 +32,12 @@ import torch
 
 from decoders import DecoderError, PixelCNNPP, load_decoder, save_decoder
 from decoders import fitting as decoder_fitting
+from decoders.errors import FitStateError
 from decoders.progress import progress as progress_report
-from ibprobe.capture import ActivationStore, images_key
+from ibprobe.capture import ActivationStore, codes_key
 from ibprobe.config import Runtime, Settings, resolve_device
 from ibprobe.errors import DataError, JobFailed, UserError
-from ibprobe.folder import read_pinned
+from ibprobe.folder import check_inputs, job_inputs, load_nll, read_inputs, read_job_file, read_pinned, refit_hint
 from ibprobe.fsutil import atomic_np_save, atomic_write_json, epoch_dirname, read_json, sanitize_name, try_lock
 from ibprobe.reference import code_mixture, label_mixture, mixture_nll_bits
 from ibprobe.source import decoder_split, open_source, relative_to_run
@@ -94,11 +95,12 @@ def job_state(job_dir: Path) -> str:
 
 
 def read_result(job_dir: Path) -> dict | None:
-    """The job's result.json (status ok) or failed.json (status failed), or None while it is pending."""
+    """The job's result.json (status ok) or failed.json (status failed), or None while it is pending; a damaged
+    one is a DataError saying what to do."""
     for name in ("result.json", "failed.json"):
         p = job_dir / name
         if p.exists():
-            return read_json(p)
+            return read_job_file(p)
     return None
 
 
@@ -127,10 +129,14 @@ def read_job_index(run_dir: str | os.PathLike) -> list[JobSpec]:
     if not path.is_file():
         raise UserError(f"{run_dir} has no job index ({path}); run `ibprobe run` or `ibprobe analyze` first")
     root = Path(run_dir)
-    return [JobSpec(j["layer"], j["epoch"], None if j["checkpoint"] is None else str(root / j["checkpoint"])
-                    if not Path(j["checkpoint"]).is_absolute() else j["checkpoint"], bool(j["init"]),
-                    bool(j.get("labels")), int(j.get("repeat", 0)))
-            for j in read_json(path)["jobs"]]
+    try:
+        return [JobSpec(j["layer"], j["epoch"], None if j["checkpoint"] is None else str(root / j["checkpoint"])
+                        if not Path(j["checkpoint"]).is_absolute() else j["checkpoint"], bool(j["init"]),
+                        bool(j.get("labels")), int(j.get("repeat", 0)))
+                for j in read_json(path)["jobs"]]
+    except (ValueError, KeyError, TypeError) as e:
+        raise DataError(f"{path} is damaged ({type(e).__name__}); rerun `ibprobe run` or `ibprobe analyze` on "
+                        f"{run_dir} to write it again") from None
 
 
 def find_job(run_dir: str | os.PathLike, job_id: str) -> JobSpec:
@@ -153,11 +159,19 @@ class Start:
     best_epoch: int
 
     @classmethod
-    def from_dir(cls, job_dir: Path) -> "Start":
+    def from_dir(cls, job_dir: Path, expected: dict | None = None) -> "Start":
+        """The finished q0 in `job_dir` (made from the `expected` inputs, see ibprobe.folder.job_inputs)."""
         res = read_result(job_dir)
         if res is None or res.get("status") != "ok":
-            raise JobFailed(f"q0(x), the start of paired fitting, has not finished ({job_dir})")
-        return cls(job_dir / "decoder.pt", int(res["best_epoch"]))
+            raise UserError(f"q0(x), the start of paired fitting, has not finished ({job_dir}); run its job "
+                            f"{INIT} first")
+        if expected is not None:
+            check_inputs(job_dir, res, expected)
+        try:
+            return cls(load_decoder(job_dir / "decoder.pt"), int(res["best_epoch"]))
+        except (DecoderError, FileNotFoundError) as e:
+            raise DataError(f"{job_dir / 'decoder.pt'} is damaged or missing ({type(e).__name__}); "
+                            f"{refit_hint(job_dir)}") from None
 
 
 @dataclass
@@ -178,30 +192,45 @@ _OUTPUTS = ("test_nll", "val_nll", "mix_test_nll", "mix_val_nll")  # each saved 
 
 def fit_decoder(settings: Settings, runtime: Runtime, role: str, images_train, codes_train, images_test,
                 codes_test, *, workdir: Path | None = None, q0: Start | None = None, repeat: int = 0,
-                mixture: int | tuple[np.ndarray, np.ndarray] | None = None, desc: str = "") -> Fitted:
+                mixture: int | tuple[np.ndarray, np.ndarray] | None = None, desc: str = "",
+                inputs: dict | None = None) -> Fitted:
     """Fit one decoder of an analysis and score it (bits per image).
 
     role: "q0" (paired fitting's start), "reference" (q(x)), "labels" (q(x|y)) or "conditional" (q(x|h)). With
     paired settings, every role but q0 starts from `q0` and continues its learning-rate schedule. `mixture`: a
     mixture reference to score too: (codes [K, ...], weights [K]), or M for M codes drawn from the decoder's training
     codes (never its validation ones, which choose the reference). With `workdir` the fit is resumable and
-    idempotent: a folder holding result.json is read, not refitted.
+    idempotent: a folder holding result.json is read, not refitted; a damaged fit_state.pt (its resume point) is
+    dropped and the fit started again. `inputs`: what the fit is made from, recorded in its result.
     """
     if workdir is not None and (workdir / "result.json").exists():
-        return Fitted(info=read_json(workdir / "result.json"),
+        return Fitted(info=read_job_file(workdir / "result.json"),
                       **{k: _load(workdir / f"{k}_bits.npy") for k in _OUTPUTS})
     if role != "q0" and settings.paired and q0 is None:
         raise ValueError("paired fitting: give the q0 to start from")
     cfg = settings.decoder_for(None if codes_train is None else codes_train.shape[1:])
     stage = settings.stage_fit("q0" if role == "q0" else "q", q0.best_epoch if q0 is not None else None, repeat)
     fit_cfg = runtime.fit_config(stage)
-    torch.manual_seed(fit_cfg.seed)  # weight init
-    model = PixelCNNPP(cfg)
-    try:
+
+    def fresh() -> PixelCNNPP:
+        torch.manual_seed(fit_cfg.seed)  # weight init
+        m = PixelCNNPP(cfg)
         if role != "q0" and settings.paired:
-            model.start_from(q0.weights if isinstance(q0.weights, PixelCNNPP) else load_decoder(q0.weights))
-        res = decoder_fitting.fit(model, images_train, codes_train, fit_cfg, eval_images=images_test,
-                                  eval_codes=codes_test, workdir=workdir, desc=desc)
+            m.start_from(q0.weights if isinstance(q0.weights, PixelCNNPP) else load_decoder(q0.weights))
+        return m
+
+    def fit(m: PixelCNNPP):
+        return decoder_fitting.fit(m, images_train, codes_train, fit_cfg, eval_images=images_test,
+                                   eval_codes=codes_test, workdir=workdir, desc=desc)
+
+    try:
+        model = fresh()
+        try:
+            res = fit(model)
+        except FitStateError:  # a damaged or foreign resume point: start the fit over
+            (workdir / decoder_fitting.STATE_FILE).unlink(missing_ok=True)
+            model = fresh()
+            res = fit(model)
         out = Fitted(test_nll=np.asarray(res.eval_nll_bits, np.float64), val_nll=res.val_nll_bits, info={},
                      model=model)
         if mixture is not None:
@@ -219,7 +248,8 @@ def fit_decoder(settings: Settings, runtime: Runtime, role: str, images_train, c
     out.info = {"status": "ok", "role": role, "decoder": settings.decoder_id, "curve": res.curve,
                 "best_epoch": int(res.best_epoch), "epochs_run": int(res.epochs_run), "epochs": fit_cfg.epochs,
                 "stopped_early": bool(res.stopped_early), "n_test": int(len(out.test_nll)),
-                "h_bits": float(np.mean(out.test_nll)), "mixture": None if mixture is None else len(codes)}
+                "h_bits": float(np.mean(out.test_nll)), "mixture": None if mixture is None else len(codes),
+                "inputs": inputs}
     if workdir is not None:
         save_decoder(model, workdir / "decoder.pt", extra={"decoder_id": settings.decoder_id, "desc": desc})
         atomic_write_json(workdir / "fit_log.json", {**out.info, "decoder_config": cfg.to_dict(),
@@ -234,7 +264,7 @@ def fit_decoder(settings: Settings, runtime: Runtime, role: str, images_train, c
 
 
 def _load(path: Path) -> np.ndarray | None:
-    return np.load(path).astype(np.float64) if path.exists() else None
+    return load_nll(path) if path.exists() else None
 
 
 def _rows(arr, idx: np.ndarray) -> np.ndarray:
@@ -244,7 +274,10 @@ def _rows(arr, idx: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------ one job
 def run_job(run_dir: str | os.PathLike, spec: JobSpec, runtime: Runtime = Runtime(), *,
             retry_failed: bool = False) -> dict | None:
-    """Run one decoder job unless finished or held by another process. Returns its result (None if held)."""
+    """Run one decoder job unless finished or held by another process. Returns its result (None if held).
+
+    Only the fit itself can fail a job for good (failed.json, e.g. a NaN loss); a missing or damaged input, or the
+    file system, raises and leaves the job pending."""
     run_dir = Path(run_dir)
     job_dir = spec.job_dir(run_dir)
     state = job_state(job_dir)
@@ -256,37 +289,40 @@ def run_job(run_dir: str | os.PathLike, spec: JobSpec, runtime: Runtime = Runtim
         state = job_state(job_dir)  # someone may have finished it while we waited
         if state == "done" or (state == "failed" and not retry_failed):
             return read_result(job_dir)
+        args, kwargs = _job_args(run_dir, spec, job_dir, runtime)
         (job_dir / "failed.json").unlink(missing_ok=True)
         try:
-            _fit_job(run_dir, spec, job_dir, runtime)
+            fit_decoder(*args, **kwargs)
         except UserError as e:
             atomic_write_json(job_dir / "failed.json", {"status": "failed", "error": f"{type(e).__name__}: {e}"})
         return read_result(job_dir)
 
 
-def _fit_job(run_dir: Path, spec: JobSpec, job_dir: Path, runtime: Runtime) -> None:
+def _job_args(run_dir: Path, spec: JobSpec, job_dir: Path, runtime: Runtime) -> tuple[tuple, dict]:
+    """The arguments of `fit_decoder` for one job, every input read and checked."""
     settings, data_spec, _ = read_pinned(run_dir)
     source, ds = open_source(run_dir)
     fit_idx, test_idx = decoder_split(ds, settings.decoder_data, settings.seed)
     x_fit, x_test = ds.images[fit_idx], ds.images[test_idx]
     q0 = None
     if settings.paired and not spec.init:
-        q0 = Start.from_dir(JobSpec(None, init=True, repeat=spec.repeat).job_dir(run_dir))
-    kw = dict(workdir=job_dir, q0=q0, repeat=spec.repeat, desc=spec.key)
+        q0 = Start.from_dir(JobSpec(None, init=True, repeat=spec.repeat).job_dir(run_dir),
+                            job_inputs(settings, x_fit, x_test))
+    kw = dict(workdir=job_dir, q0=q0, repeat=spec.repeat, desc=spec.key, inputs=job_inputs(settings, x_fit, x_test))
     if spec.role in ("q0", "reference"):
-        fit_decoder(settings, runtime, spec.role, x_fit, None, x_test, None, **kw)
-        return
+        return (settings, runtime, spec.role, x_fit, None, x_test, None), kw
     if spec.labels:
         y_fit, y_test = ds.labels[fit_idx], ds.labels[test_idx]
         onehot = np.eye(ds.num_classes, dtype=np.float32)
-        fit_decoder(settings, runtime, "labels", x_fit, onehot[y_fit], x_test, onehot[y_test],
-                    mixture=label_mixture(y_fit, ds.num_classes), **kw)
-        return
+        return (settings, runtime, "labels", x_fit, onehot[y_fit], x_test, onehot[y_test]), \
+            {**kw, "mixture": label_mixture(y_fit, ds.num_classes)}
+    digest = read_inputs(run_dir)["checkpoints"].get(str(spec.epoch))  # as pinned when the analysis began
     store = ActivationStore(run_dir / "activations")
-    codes_fit = store.read(spec.epoch, spec.layer, "fit", images_key(x_fit, source.normalize))
-    codes_test = store.read(spec.epoch, spec.layer, "test", images_key(x_test, source.normalize))
+    codes_fit = store.read(spec.epoch, spec.layer, "fit", codes_key(x_fit, source, digest))
+    codes_test = store.read(spec.epoch, spec.layer, "test", codes_key(x_test, source, digest))
     mixture = settings.mixture_codes if settings.reference != "plain" and settings.mixture_codes > 0 else None
-    fit_decoder(settings, runtime, "conditional", x_fit, codes_fit, x_test, codes_test, mixture=mixture, **kw)
+    kw["inputs"] = job_inputs(settings, x_fit, x_test, source=source, checkpoint=digest)
+    return (settings, runtime, "conditional", x_fit, codes_fit, x_test, codes_test), {**kw, "mixture": mixture}
 
 
 # ------------------------------------------------------------------------------------------------ many jobs
@@ -358,5 +394,7 @@ def _worker_run(run_dir: str, spec: JobSpec, runtime: Runtime, retry_failed: boo
                                                                                                str | None]:
     try:
         return spec.key, run_job(run_dir, spec, runtime, retry_failed=retry_failed), None
+    except (UserError, OSError):  # the user's to fix (a damaged input, a full disk): the parent says it in one line
+        raise
     except Exception:  # a bug: keep its traceback for the parent
         return spec.key, None, traceback.format_exc()

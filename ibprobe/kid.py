@@ -46,7 +46,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ibprobe.capture import capture
+from ibprobe.capture import call_order, capture
 from ibprobe.checkpoints import extract_state_dict, load_checkpoint_file, load_weights
 from ibprobe.data import to_model_input
 from ibprobe.errors import ConfigError, DataError, LayerError
@@ -232,21 +232,7 @@ def default_feature_layer(model: nn.Module, example: torch.Tensor) -> str:
     """
     if isinstance(model, ResNetAutoencoder):
         return "bottleneck"
-    order: list[tuple[str, nn.Module, bool]] = []
-    handles = []
-    was = model.training
-    try:
-        for name, mod in model.named_modules():
-            if name:
-                handles.append(mod.register_forward_hook(
-                    lambda m, _i, out, name=name: order.append((name, m, isinstance(out, torch.Tensor)))))
-        model.eval()
-        with torch.no_grad():
-            model(example)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was)
+    order = call_order(model, example)
     counts: dict[str, int] = {}
     for name, _, _ in order:
         counts[name] = counts.get(name, 0) + 1

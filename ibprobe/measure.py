@@ -17,11 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from ibprobe.capture import ActivationStore, images_key
+from ibprobe.capture import ActivationStore, codes_key
 from ibprobe.checks import CHANGE_COLUMNS, changes, self_checks
 from ibprobe.config import Settings
 from ibprobe.errors import DataError
 from ibprobe.fit import JobSpec, read_result
+from ibprobe.folder import check_inputs, job_inputs, load_nll, read_inputs
 from ibprobe.fsutil import atomic_write_text
 from ibprobe.paired import MIEstimate, estimate
 from ibprobe.probe import probe_i_yh
@@ -44,11 +45,13 @@ def measure_jobs(run_dir: str | os.PathLike, specs: list[JobSpec], settings: Set
     """(mi.csv rows, changes.csv rows) of the conditional jobs `specs` (repeat 0; `repeats` seeds in all).
 
     A job that failed (or whose reference failed) gives a failed row saying why; `results` ({job id: result} from
-    the run) says why for jobs that left nothing on disk (e.g. their worker died).
+    the run) says why for jobs that left nothing on disk (e.g. their worker died). A finished job made from other
+    inputs than the folder's is a DataError: rows made from different inputs are never mixed.
     """
     run_dir = Path(run_dir)
     source, ds = open_source(run_dir)
     fit_idx, test_idx = decoder_split(ds, settings.decoder_data, settings.seed)
+    digests = _check_made_from(run_dir, specs, settings, source, ds.images[fit_idx], ds.images[test_idx], repeats)
     dims = int(np.prod(ds.image_shape))
     ref_res = read_result(JobSpec(None).job_dir(run_dir)) or (results or {}).get(JobSpec(None).key)
     if ref_res is None or ref_res.get("status") != "ok":
@@ -56,11 +59,9 @@ def measure_jobs(run_dir: str | os.PathLike, specs: list[JobSpec], settings: Set
         rows = [failed_row(**_where(s, run_dir), error=reason) for s in specs]
         return rows, []
     name = choose(_candidates(run_dir, specs, 0, "val"), settings.reference)
-    plain = _nll(JobSpec(None).job_dir(run_dir), "test")
+    plain = _nll(JobSpec(None).job_dir(run_dir), "test", n=len(test_idx))
     ref_test = [_reference_nll(run_dir, specs, name, r, "test") for r in range(repeats)]
     store = ActivationStore(run_dir / "activations")
-    keys = {split: images_key(ds.images[idx], source.normalize) for split, idx in (("fit", fit_idx),
-                                                                                    ("test", test_idx))}
     rows, nll, infos = [], {}, {}
     for s in specs:
         res = read_result(s.job_dir(run_dir)) or (results or {}).get(s.key)
@@ -69,10 +70,12 @@ def measure_jobs(run_dir: str | os.PathLike, specs: list[JobSpec], settings: Set
             continue
         probe = None
         if settings.probe and len(np.unique(ds.labels[fit_idx])) > 1:
+            keys = {k: codes_key(ds.images[idx], source, digests[str(s.epoch)]) for k, idx in (("fit", fit_idx),
+                                                                                                ("test", test_idx))}
             probe = probe_i_yh(store.read(s.epoch, s.layer, "fit", keys["fit"]), ds.labels[fit_idx],
                                store.read(s.epoch, s.layer, "test", keys["test"]), ds.labels[test_idx],
                                num_classes=ds.num_classes, seed=settings.seed)
-        nll[(s.layer, s.epoch)] = _nll(s.job_dir(run_dir), "test")
+        nll[(s.layer, s.epoch)] = _nll(s.job_dir(run_dir), "test", n=len(test_idx))
         infos[(s.layer, s.epoch)] = res
         est = estimate(ref_test[0], nll[(s.layer, s.epoch)], dims=dims, probe=probe, ref=name,
                        h_x_plain_bits=float(np.mean(plain)))
@@ -85,12 +88,27 @@ def measure_jobs(run_dir: str | os.PathLike, specs: list[JobSpec], settings: Set
     return rows, changes(rows, nll, chain)
 
 
+def _check_made_from(run_dir: Path, specs: list[JobSpec], settings: Settings, source, x_fit, x_test,
+                     repeats: int) -> dict:
+    """Check that every finished job this table reads was made from the folder's inputs; returns the pinned
+    checkpoint digests {epoch (str): digest}."""
+    digests = read_inputs(run_dir)["checkpoints"]
+    plain = job_inputs(settings, x_fit, x_test)
+    for r in range(repeats):
+        for s in [JobSpec(None, repeat=r), JobSpec(None, labels=True, repeat=r)] + [s.again(r) for s in specs]:
+            res = read_result(s.job_dir(run_dir))
+            if res is not None and res.get("status") == "ok":
+                check_inputs(s.job_dir(run_dir), res, plain if s.layer is None else job_inputs(
+                    settings, x_fit, x_test, source=source, checkpoint=digests.get(str(s.epoch))))
+    return digests
+
+
 def _where(s: JobSpec, run_dir: Path) -> dict:
     return dict(epoch=s.epoch, checkpoint=relative_to_run(s.checkpoint, run_dir), layer=s.layer)
 
 
-def _nll(job_dir: Path, which: str, mixture: bool = False) -> np.ndarray:
-    return np.load(job_dir / f"{'mix_' if mixture else ''}{which}_nll_bits.npy").astype(np.float64)
+def _nll(job_dir: Path, which: str, mixture: bool = False, n: int | None = None) -> np.ndarray:
+    return load_nll(job_dir / f"{'mix_' if mixture else ''}{which}_nll_bits.npy", n)
 
 
 def _candidates(run_dir: Path, specs: list[JobSpec], repeat: int, which: str) -> dict[str, np.ndarray]:

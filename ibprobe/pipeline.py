@@ -19,15 +19,16 @@ import numpy as np
 
 from ibprobe.backends import Backend, LocalBackend
 from ibprobe.baselines import write_baselines
-from ibprobe.capture import ActivationStore, fill_store
+from ibprobe.capture import ActivationStore, check_layers, fill_store
 from ibprobe.config import AnalysisConfig, Settings, TrainConfig, apply_overrides, resolve_device
 from ibprobe.data import load_dataset
 from ibprobe.errors import ConfigError, UserError
 from ibprobe.fit import plan_jobs, reference_jobs, resolve_jobs, write_job_index
-from ibprobe.folder import pin_settings
+from ibprobe.folder import claim, source_inputs
 from ibprobe.fsutil import atomic_write_json
 from ibprobe.kid import KidConfig
 from ibprobe.measure import measure_jobs, write_changes_csv, write_mi_csv
+from ibprobe.models import build_model
 from ibprobe.presets import Preset, get_preset
 from ibprobe.report import draw_figures
 from ibprobe.source import ModelSource, dataset, decoder_split, default_chain, resolve_side, source_from_run
@@ -41,7 +42,8 @@ def run_analysis(out_dir: str | os.PathLike, source: ModelSource, dataset_spec: 
 
     `settings` default to `cfg` resolved against the data; `backend` (ibprobe.backends) runs the decoder jobs,
     default `cfg.jobs` processes on this machine. Resumable and idempotent: finished jobs are kept, killed ones
-    resume; a folder that holds results keeps the settings pinned in its analysis.json.
+    resume; a folder that holds results keeps the settings and inputs pinned in its analysis.json (checkpoint
+    contents included), refusing others before any work, and is held by this process until it returns.
     """
     run_dir = Path(out_dir)
     if not source.checkpoints:
@@ -52,12 +54,19 @@ def run_analysis(out_dir: str | os.PathLike, source: ModelSource, dataset_spec: 
     settings = settings or cfg.settings(ds.image_shape, ds.levels, resolve_side(ds, cfg.decoder_data))
     fit_idx, test_idx = decoder_split(ds, settings.decoder_data, settings.seed)
     run_dir.mkdir(parents=True, exist_ok=True)
-    layers = pin_settings(run_dir, settings, dataset_spec, cfg.layers)
+    inputs = source_inputs(source, run_dir)
+    with claim(run_dir, settings, dataset_spec, cfg.layers, inputs) as layers:
+        return _analyse(run_dir, source, ds, cfg, settings, layers, inputs["checkpoints"], fit_idx, test_idx,
+                        backend)
+
+
+def _analyse(run_dir: Path, source: ModelSource, ds, cfg: AnalysisConfig, settings: Settings, layers: list[str],
+             digests: dict, fit_idx, test_idx, backend: Backend | None) -> list[dict]:
     atomic_write_json(run_dir / "source.json", source.to_dict(run_dir))
     device = resolve_device(cfg.device)
     fill_store(ActivationStore(run_dir / "activations"), source, {"fit": ds.images[fit_idx],
                                                                   "test": ds.images[test_idx]},
-               cfg.layers, levels=ds.levels, device=device, progress=cfg.progress)
+               cfg.layers, levels=ds.levels, device=device, progress=cfg.progress, digests=digests)
 
     refs = reference_jobs(settings, labelled=len(np.unique(ds.labels[fit_idx])) > 1)
     specs = plan_jobs(source, cfg.layers)
@@ -131,6 +140,8 @@ def run_preset(preset: str | Preset, out_dir: str | os.PathLike, *, regimes=None
     for regime, run_dir in dirs.items():
         tcfg, acfg = preset_configs(p, regime, **overrides)
         ds = load_dataset(**tcfg.dataset_spec(), download=True) if tcfg.download else dataset(tcfg.dataset_spec())
+        check_layers(build_model(tcfg.model, in_shape=ds.image_shape, num_classes=ds.num_classes, **tcfg.model_args),
+                     acfg.layers)  # the model and the layers, before any training
         plans[regime] = (run_dir, tcfg, acfg, acfg.settings(ds.image_shape, ds.levels,
                                                             resolve_side(ds, acfg.decoder_data)))
     results = {}

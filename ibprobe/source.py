@@ -140,8 +140,17 @@ def open_source(run_dir: str | os.PathLike) -> tuple[ModelSource, Dataset]:
     if not (run_dir / "source.json").exists() or not (run_dir / "analysis.json").exists():
         raise UserError(f"{run_dir} holds no analysis (no source.json/analysis.json); run `ibprobe run` or "
                         f"`ibprobe analyze` first")
-    source = ModelSource.from_dict(read_json(run_dir / "source.json"), run_dir)
-    return source, dataset(read_json(run_dir / "analysis.json")["dataset"])
+    try:
+        source = ModelSource.from_dict(read_json(run_dir / "source.json"), run_dir)
+    except (ValueError, TypeError, KeyError) as e:
+        raise DataError(f"{run_dir / 'source.json'} is damaged ({type(e).__name__}); rerun the `ibprobe run` or "
+                        f"`ibprobe analyze` command that made {run_dir} to write it again") from None
+    try:
+        spec = read_json(run_dir / "analysis.json")["dataset"]
+    except (ValueError, TypeError, KeyError) as e:
+        raise DataError(f"{run_dir / 'analysis.json'} is damaged ({type(e).__name__}); analyse into a new --out "
+                        f"folder, or delete it (and the folder's decoders/ and analysis/) to start over") from None
+    return source, dataset(spec)
 
 
 def dataset_spec(name: str | None = None, *, data_root=None, images=None, labels=None,

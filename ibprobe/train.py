@@ -28,11 +28,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from decoders.progress import progress as progress_report
-from ibprobe.checkpoints import load_run_checkpoint
+from ibprobe.checkpoints import list_checkpoints, load_run_checkpoint, load_run_config
 from ibprobe.config import TrainConfig, apply_overrides, config_from_dict, resolve_device
 from ibprobe.data import load_dataset, to_model_input
-from ibprobe.errors import ConfigError
-from ibprobe.fsutil import atomic_torch_save, atomic_write_json, atomic_write_text, cpu_state, epoch_dirname, read_json
+from ibprobe.errors import CheckpointError, ConfigError
+from ibprobe.fsutil import (atomic_torch_save, atomic_write_json, atomic_write_text, cpu_state, epoch_dirname,
+                            remove_stale_temps, try_lock)
 from ibprobe.models import build_model
 
 RUN_FORMAT = "ibprobe-run/1"
@@ -49,19 +50,28 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 def train_config(out_dir: str | os.PathLike, given: dict | None = None) -> TrainConfig:
-    """The TrainConfig of run folder `out_dir`: the one stored in its config.json, which the `given` settings must
-    agree with (a rerun with no settings resumes it), else one built from `given`."""
+    """The TrainConfig of run folder `out_dir`: the one its checkpoints were trained with (config.json), which the
+    `given` settings must agree with (a rerun with no settings resumes it), else one built from `given`."""
     given = dict(given or {})
-    stored_path = Path(out_dir) / "config.json"
-    if not stored_path.is_file():
+    stored_conf = stored_config(out_dir)
+    if stored_conf is None:
         return apply_overrides(TrainConfig(), given, "training setting")
-    stored = config_from_dict(read_json(stored_path))
+    stored = config_from_dict(stored_conf)
     want = apply_overrides(stored, given, "training setting")
     diff = [k for k in given if k != "download" and _comparable(asdict(want))[k] != _comparable(asdict(stored))[k]]
     if diff:
         raise ConfigError(f"{out_dir} already holds a run with different {', '.join(diff)}; rerun with only "
                           f"--out {out_dir} to resume it, or choose another --out")
     return want
+
+
+def stored_config(out_dir: str | os.PathLike) -> dict | None:
+    """The config a run folder is bound to, or None while it holds no checkpoint: a config.json left by a first
+    `train` that failed before its first checkpoint binds nothing, so the corrected command is not refused."""
+    ckdir = Path(out_dir) / "checkpoints"
+    if not (ckdir / "last.pt").exists() and not list_checkpoints(out_dir):
+        return None
+    return load_run_config(out_dir)
 
 
 def _run_config(cfg: TrainConfig, ds) -> dict:
@@ -136,33 +146,42 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, *, device: str = "auto",
           _after_epoch: Callable[[int], None] | None = None) -> Path:
     """Train per `cfg` into out_dir (see the module docstring); resume if a run is there. Returns out_dir.
 
-    A finished run is left as it is. A different config for an existing run folder is a ConfigError.
+    A finished run is left as it is. A different config for an existing run folder is a ConfigError. Everything
+    is checked (data, model, optimizer) before config.json is written, and a folder without checkpoints takes a new
+    config, so a first run that failed never binds the folder. One process trains a folder at a time: another
+    waits for it, then resumes or finds the run finished.
     """
     out = Path(out_dir)
-    ckdir = out / "checkpoints"
     dev = resolve_device(device)
     ds = load_dataset(download=cfg.download, **cfg.dataset_spec())
     if cfg.regime == "classify" and ds.num_classes < 2:
         raise ConfigError(f"dataset {cfg.dataset!r} has {ds.num_classes} class; use --regime autoencode")
-    run_cfg = _run_config(cfg, ds)
-    if (out / "config.json").exists():
-        old = read_json(out / "config.json")
-        if _comparable(old) != _comparable(run_cfg):
-            diff = sorted(k for k, v in _comparable(run_cfg).items() if _comparable(old).get(k) != v)
-            raise ConfigError(f"{out} already holds a run with a different config ({', '.join(diff)}); "
-                              f"use another --out, or rerun with only --out {out} to resume it")
-    else:
-        atomic_write_json(out / "config.json", run_cfg)
-
     g_data = seed_everything(cfg.seed)
-    g_aug = torch.Generator().manual_seed(cfg.seed + 1)
     model = build_model(cfg.model, in_shape=ds.image_shape, num_classes=ds.num_classes, **cfg.model_args)
+    with try_lock(out / ".train.lock", wait=True):
+        remove_stale_temps(out / "checkpoints")  # left by a kill; no other process writes there now
+        remove_stale_temps(out, ("config.json", "metrics.jsonl"))
+        return _train(cfg, out, ds, model, g_data, dev, progress, _after_epoch)
+
+
+def _train(cfg: TrainConfig, out: Path, ds, model: nn.Module, g_data: torch.Generator, dev: torch.device,
+           progress: bool, _after_epoch: Callable[[int], None] | None) -> Path:
+    ckdir = out / "checkpoints"
+    run_cfg = _run_config(cfg, ds)
+    old = stored_config(out)
+    if old is not None and _comparable(old) != _comparable(run_cfg):
+        diff = sorted(k for k, v in _comparable(run_cfg).items() if _comparable(old).get(k) != v)
+        raise ConfigError(f"{out} already holds a run with a different config ({', '.join(diff)}); "
+                          f"use another --out, or rerun with only --out {out} to resume it")
+    g_aug = torch.Generator().manual_seed(cfg.seed + 1)
     model.to(dev)
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "sgd":
         opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     else:
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if old is None:
+        atomic_write_json(out / "config.json", run_cfg)
 
     x_train, y_train = ds.split("train")  # with max_train, the seeded subset load_dataset keeps
     x_test, y_test = ds.split("test")
@@ -174,7 +193,11 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, *, device: str = "auto",
     epoch, step, history = 0, 0, []
     last = ckdir / "last.pt"
     if last.exists():
-        ck = load_run_checkpoint(last)
+        try:
+            ck = load_run_checkpoint(last)
+        except CheckpointError as e:
+            raise CheckpointError(f"{e}; it is the run's resume point: delete it and rerun to train the run again "
+                                  f"from epoch 0 (on a CPU, to the same weights)") from None
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         epoch, step, history = int(ck["epoch"]), int(ck["step"]), list(ck["history"])

@@ -21,6 +21,7 @@ from decoders.progress import progress as progress_report
 from ibprobe.backends.tasks import chunks, lost_unless_done, split_finished, worker_runtime
 from ibprobe.config import Runtime
 from ibprobe.fit import _worker_init, cpu_count, find_job, read_job_index, run_jobs
+from ibprobe.folder import hold
 
 _DEVICE: str | None = None  # the device of this pool worker (set once, when it starts)
 
@@ -38,12 +39,13 @@ def run_task(run_dir: str | os.PathLike, job_ids: Sequence[str], runtime: Runtim
         torch.set_num_threads(int(threads))
     index = {s.key: s for s in read_job_index(run_dir)}
     specs = [index.get(k) or find_job(run_dir, k) for k in job_ids]  # find_job says which ids there are
-    if len(devices) > 1:
-        return LocalBackend(workers=len(devices), devices=tuple(devices)).run(
-            Path(run_dir), specs, runtime, retry_failed=retry_failed)
-    if devices:
-        runtime = replace(runtime, device=devices[0])
-    return run_jobs(Path(run_dir), specs, runtime, jobs=1, retry_failed=retry_failed, desc="task")
+    with hold(run_dir):  # held shared: no process can re-pin the folder under these jobs
+        if len(devices) > 1:
+            return LocalBackend(workers=len(devices), devices=tuple(devices)).run(
+                Path(run_dir), specs, runtime, retry_failed=retry_failed)
+        if devices:
+            runtime = replace(runtime, device=devices[0])
+        return run_jobs(Path(run_dir), specs, runtime, jobs=1, retry_failed=retry_failed, desc="task")
 
 
 @dataclass(frozen=True)

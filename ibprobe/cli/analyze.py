@@ -44,7 +44,8 @@ def add_parser(sub) -> None:
     p.add_argument("--normalize", default=None, metavar="MEAN,STD",
                    help="per-channel normalisation after scaling to [0, 1]: 'MEAN,STD' for all channels, "
                    "'M1,..,MC,S1,..,SC' per channel, or a preset: " + ", ".join(NORMALIZE_PRESETS))
-    p.add_argument("--out", required=True, metavar="DIR", help="analysis folder (created; rerun to resume)")
+    p.add_argument("--out", required=True, type=flags.out_dir, metavar="DIR",
+                   help="analysis folder (created; rerun to resume)")
     flags.add_analysis(p, jobs_default=1)
     flags.add_estimators(p)
     p.add_argument("--chain", metavar="A,B,C", help="layers each of which is a function of the one before, for the "

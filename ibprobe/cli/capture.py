@@ -9,6 +9,7 @@ from ibprobe.checkpoints import build_run_model, load_run_config
 from ibprobe.cli import flags
 from ibprobe.config import resolve_device
 from ibprobe.errors import ConfigError
+from ibprobe.folder import hold
 from ibprobe.source import dataset, decoder_split, parse_layers, resolve_side, source_from_run
 
 
@@ -26,7 +27,7 @@ def add_parser(sub) -> None:
     p.add_argument("--decoder-data", default="auto", choices=["auto", "heldout", "train"],
                    help="the side of the network's training split the images come from (default auto)")
     flags.add_seed(p, "seed of the split into fit and test images")
-    p.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default 256)")
+    p.add_argument("--batch-size", type=flags.count(1), default=256, help="images per forward pass (default 256)")
     p.add_argument("--overwrite", action="store_true", help="recompute entries already stored")
     flags.add_device(p)
     flags.add_quiet(p)
@@ -39,8 +40,6 @@ def handler(args) -> int:
     splits = flags.parse_list(args.splits)
     if not splits or any(s not in SPLITS for s in splits):
         raise ConfigError(f"--splits must list fit and/or test, got {args.splits!r}")
-    if args.batch_size < 1:
-        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     source, spec = source_from_run(run)
     if not source.checkpoints:
         raise ConfigError(f"{run} has no checkpoints yet; run `ibprobe train --out {run}` first")
@@ -53,9 +52,10 @@ def handler(args) -> int:
     ds = dataset(spec)
     sets = dict(zip(SPLITS, decoder_split(ds, resolve_side(ds, args.decoder_data), args.seed)))
     store = ActivationStore(run / "activations")
-    fill_store(store, source, {s: ds.images[sets[s]] for s in splits}, layers, levels=ds.levels, epochs=wanted,
-               device=resolve_device(args.device), batch_size=args.batch_size, overwrite=args.overwrite,
-               progress=not args.quiet)
+    with hold(run):  # an analysis starting now leaves this process's temp files alone
+        fill_store(store, source, {s: ds.images[sets[s]] for s in splits}, layers, levels=ds.levels, epochs=wanted,
+                   device=resolve_device(args.device), batch_size=args.batch_size, overwrite=args.overwrite,
+                   progress=not args.quiet)
     if not args.quiet:
         print(f"stored {len(layers)} layer(s) x {len(splits)} split(s) in {store.root}", file=sys.stderr)
     return 0

@@ -27,11 +27,12 @@ def add_parser(sub) -> None:
         "metrics.jsonl. With several --run folders, also OUT/figures/complexity.{png,pdf,csv} with all of them.",
         epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     flags.add_lens_source(p, several_runs=True)
-    p.add_argument("--batch", type=int, default=1000, metavar="N",
+    p.add_argument("--batch", type=flags.count(0), default=1000, metavar="N",
                    help="training images the margins are taken on (default 1000; 0: all)")
     p.add_argument("--margin-quantile", type=float, default=0.1, metavar="Q",
                    help="the margin is this quantile of the training margins (default 0.1)")
-    p.add_argument("--out", metavar="DIR", help="output folder (default: the --run folder; with several runs, the "
+    p.add_argument("--out", type=flags.out_dir, metavar="DIR",
+                   help="output folder (default: the --run folder; with several runs, the "
                    "folder of the figure that compares them)")
     flags.add_device(p)
     flags.add_seed(p, "seed of the images and of the power iterations")

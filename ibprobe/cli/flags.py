@@ -4,10 +4,11 @@ lens looks at. Also the parsers of `K=V` values and lists, and the two things ev
 mi.csv rows and the files it wrote."""
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from ibprobe.backends import BACKENDS, Backend, make_backend
 from ibprobe.config import AnalysisConfig
@@ -15,7 +16,36 @@ from ibprobe.data import DATASET_NAMES
 from ibprobe.errors import ConfigError
 from ibprobe.kid import KidConfig
 from ibprobe.lenses import LensTarget, target_from_run, target_from_spec
+from ibprobe.options import check_int, check_seed
 from ibprobe.source import NORMALIZE_PRESETS, dataset_spec
+
+
+# ------------------------------------------------------------------------------------------------ types
+def count(lo: int = 0) -> Callable[[str], int]:
+    """An argparse type: an integer >= lo (argparse reports a bad one in one line, before any work)."""
+    def parse(text: str) -> int:
+        try:
+            v = float(text) if any(c in text for c in ".eE") else int(text)
+            return check_int("value", v, lo)
+        except (ValueError, ConfigError):
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= {lo}") from None
+    parse.__name__ = f"integer >= {lo}"
+    return parse
+
+
+def seed(text: str) -> int:
+    """An argparse type: a seed, an integer in 0..2**63-1."""
+    try:
+        return check_seed(int(text))
+    except (ValueError, ConfigError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a seed (an integer from 0 to 2**63-1)") from None
+
+
+def out_dir(text: str) -> str:
+    """An argparse type: a folder path, not empty (an empty --out would write into the current folder)."""
+    if not text.strip() or "\0" in text:
+        raise argparse.ArgumentTypeError("the folder must be a non-empty path, e.g. --out runs/mine")
+    return text
 
 
 # ------------------------------------------------------------------------------------------------ groups
@@ -29,7 +59,7 @@ def add_quiet(p) -> None:
 
 
 def add_seed(p, what: str = "seed for the split, the networks and the decoders", default: int | None = 0) -> None:
-    p.add_argument("--seed", type=int, default=default, help=f"{what} (default {default or 0})")
+    p.add_argument("--seed", type=seed, default=default, help=f"{what} (default {default or 0})")
 
 
 def add_data_source(p) -> None:
@@ -41,7 +71,7 @@ def add_data_source(p) -> None:
                                                            "--data-root")
     g.add_argument("--images", metavar="X.npy", help="your images: integer array [N,C,H,W] (or [N,H,W,C], [N,H,W])")
     g.add_argument("--labels", metavar="Y.npy", help="your labels: integer array [N]")
-    g.add_argument("--levels", type=int, metavar="L",
+    g.add_argument("--levels", type=count(2), metavar="L",
                    help="intensity levels of --images (256 for 8-bit); with --dataset, re-quantise to L levels")
 
 
@@ -65,7 +95,7 @@ def add_analysis(p, jobs_default: int) -> None:
                    help="override DecoderConfig fields, e.g. nr_resnet=1 nr_filters=32 (repeatable)")
     g.add_argument("--fit", action="extend", nargs="+", metavar="K=V",
                    help="override FitConfig fields, e.g. epochs=20 lr=1e-3 (repeatable)")
-    g.add_argument("--jobs", type=int, default=jobs_default,
+    g.add_argument("--jobs", type=count(0), default=jobs_default,
                    help=f"decoder tasks at once: local worker processes (0: one per CPU core on CPU, 1 on CUDA); "
                    f"ray: the CPUs of a local Ray (0: all); slurm: the array's parallelism (0: no cap) "
                    f"(default {jobs_default})")
@@ -79,9 +109,9 @@ def add_analysis(p, jobs_default: int) -> None:
     g.add_argument("--reference", default="best", choices=["best", "plain"],
                    help="the reference for H(X): the best valid density on validation images (default), or the "
                    "plain q(x) as in the paper")
-    g.add_argument("--mixture-codes", type=int, default=16, metavar="M",
+    g.add_argument("--mixture-codes", type=count(0), default=16, metavar="M",
                    help="codes per code-mixture reference; costs M forward passes per scored image (0: none)")
-    g.add_argument("--repeats", type=int, default=1, metavar="K",
+    g.add_argument("--repeats", type=count(1), default=1, metavar="K",
                    help="fit every decoder with K seeds and report the spread (i_xh_seed_sd); K times the work")
 
 
@@ -91,7 +121,7 @@ def add_backend(p) -> None:
     g.add_argument("--backend", default="local", choices=BACKENDS,
                    help="local: processes on this machine (default); ray: Ray tasks; slurm: Slurm job arrays "
                    "through submitit; none: fit nothing, prepare the folder for `ibprobe run-job`")
-    g.add_argument("--jobs-per-task", type=int, default=1, metavar="K",
+    g.add_argument("--jobs-per-task", type=count(1), default=1, metavar="K",
                    help="decoder jobs one after another in one worker or array task (default 1)")
     g.add_argument("--devices", metavar="D1,D2", help="one worker per device, each with its device, e.g. "
                    "cuda:0,cuda:1 (repeat one for two workers on it); with slurm, within each task")
@@ -107,13 +137,13 @@ def add_backend(p) -> None:
 def add_estimators(p) -> None:
     """The binning and KDE baselines (computed beside the decoder estimate) and the KID of decoder samples."""
     g = p.add_argument_group("other estimators")
-    g.add_argument("--bins", type=int, default=AnalysisConfig.bins, metavar="N",
+    g.add_argument("--bins", type=count(1), default=AnalysisConfig.bins, metavar="N",
                    help=f"binning baseline: bins over each layer's observed range (default {AnalysisConfig.bins})")
     g.add_argument("--kde-noise-var", type=float, default=AnalysisConfig.kde_noise_var, metavar="V",
                    help="KDE baseline: variance of the noise added to the codes, in the activations' units squared "
                    f"(default {AnalysisConfig.kde_noise_var})")
     g.add_argument("--no-kid", action="store_true", help="skip the KID of decoder samples (computed with the figures)")
-    g.add_argument("--kid-samples", type=int, default=KidConfig.samples, metavar="N",
+    g.add_argument("--kid-samples", type=count(4), default=KidConfig.samples, metavar="N",
                    help=f"KID: test images per decoder, one sample each (default {KidConfig.samples})")
     g.add_argument("--kid-features", default="run", metavar="SPEC",
                    help="KID features: run (the analysed network's penultimate layer at its last checkpoint, the "
@@ -180,9 +210,7 @@ def add_figures(p) -> None:
 
 # ------------------------------------------------------------------------------------------------ values
 def analysis_config(args, layers=None) -> AnalysisConfig:
-    """The AnalysisConfig of the shared analysis flags."""
-    if args.jobs < 0:
-        raise ConfigError(f"--jobs must be >= 0 (0: automatic), got {args.jobs}")
+    """The AnalysisConfig of the shared analysis flags (AnalysisConfig checks every value's range)."""
     return AnalysisConfig(layers=tuple(layers or ()), decoder=parse_kv(args.decoder, "--decoder"),
                           fit=parse_kv(args.fit, "--fit"), device=args.device, jobs=args.jobs, seed=args.seed,
                           probe=not args.no_probe, retry_failed=args.retry_failed, progress=not args.quiet,

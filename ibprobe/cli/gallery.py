@@ -14,8 +14,10 @@ def add_parser(sub) -> None:
         "(layer, checkpoint) decoder of DIR, plus the unconditional q(x). Writes DIR/figures/gallery.png, "
         ".pdf and gallery.npz (the drawn pixels).")
     p.add_argument("dir", metavar="DIR", help="run folder written by `ibprobe run` or `ibprobe analyze`")
-    p.add_argument("--n-images", type=int, default=4, metavar="N", help="held-out images, chosen by --seed (default 4)")
-    p.add_argument("--samples", type=int, default=4, metavar="K", help="samples per image and decoder (default 4)")
+    p.add_argument("--n-images", type=flags.count(1), default=4, metavar="N",
+                   help="held-out images, chosen by --seed (default 4)")
+    p.add_argument("--samples", type=flags.count(1), default=4, metavar="K",
+                   help="samples per image and decoder (default 4)")
     flags.add_layers(p)
     p.add_argument("--epochs", default=None, metavar="0,10", help="comma-separated checkpoint epochs (default: all)")
     flags.add_seed(p, "chooses the images and seeds the samples")

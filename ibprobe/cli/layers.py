@@ -22,7 +22,7 @@ def add_parser(sub) -> None:
     p.add_argument("--model-arg", action="extend", nargs="+", metavar="K=V", help="model option (repeatable)")
     p.add_argument("--dataset", default="digits", help="gives the input shape and classes (default digits)")
     p.add_argument("--in-shape", metavar="C,H,W", help="input shape, instead of --dataset")
-    p.add_argument("--num-classes", type=int, help="number of classes, instead of --dataset")
+    p.add_argument("--num-classes", type=flags.count(1), help="number of classes, instead of --dataset")
     p.add_argument("--all", action="store_true", help="every named module, not only those that fire once per forward")
     p.set_defaults(handler=handler)
 

@@ -24,8 +24,9 @@ def add_parser(sub) -> None:
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--preset", choices=sorted(PRESETS), help="the jobs `ibprobe run --preset NAME` would fit")
     what.add_argument("--run", metavar="DIR", help="the jobs of an analysed folder (with their state)")
-    p.add_argument("--workers", type=int, default=1, metavar="K", help="workers (processes, tasks at once; default 1)")
-    p.add_argument("--jobs-per-task", type=int, default=1, metavar="K", help="jobs per task (default 1)")
+    p.add_argument("--workers", type=flags.count(1), default=1, metavar="K",
+                   help="workers (processes, tasks at once; default 1)")
+    p.add_argument("--jobs-per-task", type=flags.count(1), default=1, metavar="K", help="jobs per task (default 1)")
     p.add_argument("--backend", default="local", choices=BACKENDS[:3],
                    help="local and ray start a worker once, slurm once per task (default local)")
     p.add_argument("--price-per-hour", type=float, metavar="P", help="price of one worker-hour: adds a cost column")

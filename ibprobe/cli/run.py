@@ -22,7 +22,7 @@ def add_parser(sub) -> None:
     p.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS),
                    help=f"what to run (default {DEFAULT_PRESET}); " +
                    "; ".join(f"{k}: {v.description}" for k, v in PRESETS.items()))
-    p.add_argument("--out", default=None, metavar="DIR", help="run folder (default runs/<preset>)")
+    p.add_argument("--out", default=None, type=flags.out_dir, metavar="DIR", help="run folder (default runs/<preset>)")
     p.add_argument("--regime", action="append", choices=["classify", "autoencode"],
                    help="only this regime of a two-regime preset (repeatable)")
     p.add_argument("--data-root", default=None, metavar="DIR", help="folder holding the preset's data set")

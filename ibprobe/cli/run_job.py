@@ -22,9 +22,11 @@ def add_parser(sub) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="a folder prepared by `ibprobe run` or `ibprobe analyze`")
     p.add_argument("job_ids", nargs="*", metavar="JOB_ID",
                    help="e.g. _unconditional or layer2@10 (see RUN_DIR/decoders/jobs.json)")
-    p.add_argument("--task", type=int, metavar="I", help="instead of ids: the I-th (0-based) task of the "
-                   "conditional jobs, e.g. $SLURM_ARRAY_TASK_ID; `ibprobe plan --run RUN_DIR` counts the tasks")
-    p.add_argument("--jobs-per-task", type=int, default=1, metavar="K", help="jobs per task with --task (default 1)")
+    p.add_argument("--task", type=flags.count(0), metavar="I", help="instead of ids: the I-th (0-based) task of the "
+                   "jobs after q0(x) (_unconditional_init), e.g. $SLURM_ARRAY_TASK_ID; `ibprobe plan --run RUN_DIR` "
+                   "counts the tasks")
+    p.add_argument("--jobs-per-task", type=flags.count(1), default=1, metavar="K",
+                   help="jobs per task with --task (default 1)")
     p.add_argument("--devices", metavar="D1,D2", help="spread the jobs over these devices, one worker each")
     p.add_argument("--retry-failed", action="store_true", help="rerun jobs that failed before")
     p.add_argument("--keep-fit-state", action="store_true", help="keep each finished job's fit_state.pt")

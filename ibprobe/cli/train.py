@@ -23,7 +23,7 @@ def add_parser(sub) -> None:
         description="Train a network and write DIR/config.json, DIR/checkpoints/epoch_XXXX.pt (epoch 0 = the "
         "initialisation) and DIR/metrics.jsonl. Rerun with only --out DIR to resume after a kill. Training "
         f"settings (--train K=V): {', '.join(f.name for f in TrainConfig.__dataclass_fields__.values())}.")
-    p.add_argument("--out", required=True, metavar="DIR", help="run folder")
+    p.add_argument("--out", required=True, type=flags.out_dir, metavar="DIR", help="run folder")
     flags.add_data_source(p)
     flags.add_model(p)
     flags.add_train(p)

@@ -19,12 +19,13 @@ import numpy as np
 import torch
 from einops import rearrange
 
-from decoders import load_decoder
+from decoders import DecoderError, load_decoder
 from decoders.progress import progress as progress_report
 from ibprobe.capture import capture
 from ibprobe.config import resolve_device
 from ibprobe.errors import DataError, UserError
 from ibprobe.fit import job_state, read_job_index
+from ibprobe.folder import check_checkpoints, refit_hint
 from ibprobe.fsutil import atomic_write_bytes, sanitize_name
 from ibprobe.measure import read_mi_csv
 from ibprobe.source import open_source
@@ -139,6 +140,7 @@ def sample_gallery(run_dir: str | os.PathLike, *, n_images: int = 4, n_samples: 
     pairs = _select(found, layers, epochs)
 
     source, dataset = open_source(run_dir)
+    check_checkpoints(run_dir, source)  # codes from other weights than the decoders were fitted on would mislead
     test_idx = np.asarray(dataset.test_idx)
     index = choose_images(test_idx, n_images, seed)
     images = np.asarray(dataset.images[index])  # (N, C, H, W) uint8
@@ -176,7 +178,11 @@ def sample_decoders(found: dict, pairs: list[tuple[str, int]], images: np.ndarra
         del model
     with torch.no_grad():
         for layer, epoch in bar:
-            decoder = load_decoder(found[(layer, epoch)], map_location="cpu").to(dev).eval()
+            try:
+                decoder = load_decoder(found[(layer, epoch)], map_location="cpu").to(dev).eval()
+            except DecoderError as e:
+                raise DataError(f"{found[(layer, epoch)]} is damaged ({type(e).__name__}); "
+                                f"{refit_hint(found[(layer, epoch)].parent)}") from None
             g = torch.Generator(device=dev)
             g.manual_seed(_row_seed(seed, layer, epoch))
             if layer is None:

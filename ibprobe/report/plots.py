@@ -27,17 +27,20 @@ _MARKERS = "osD^vP*Xhp<>"
 
 # ----------------------------------------------------------------------------------------------- reading
 def read_metrics(path: str | os.PathLike) -> list[dict]:
-    """Read metrics.jsonl (one JSON object per line); blank or truncated trailing lines are skipped."""
+    """Read metrics.jsonl, one JSON object per line; a truncated last line is skipped, other damage is a DataError."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        lines = [line.strip() for line in f if line.strip()]
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a line cut by a killed writer
+    for i, line in enumerate(lines):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = {} if i == len(lines) - 1 else None  # the last line may be cut by a killed writer
+        if not isinstance(row, dict):
+            raise DataError(f"{path} line {i + 1} is not a JSON object; rerun `ibprobe train --out "
+                            f"{Path(path).parent}` to rewrite it from the run's checkpoints")
+        if row:
+            rows.append(row)
     return rows
 
 
@@ -373,6 +376,7 @@ def plot_run(run_dir: str | os.PathLike, *, estimators: list[str] | None = None,
     if not mi_path.is_file():
         raise UserError(f"{mi_path} not found; run `ibprobe run --out {run_dir}` or `ibprobe analyze` first")
     rows = read_mi_csv(mi_path)
+    metrics = read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").is_file() else None
     cfg = _run_config(run_dir)
     title = _run_title(cfg)
     figdir = run_dir / "figures"
@@ -385,9 +389,7 @@ def plot_run(run_dir: str | os.PathLike, *, estimators: list[str] | None = None,
     changes = read_mi_csv(changes_path) if changes_path.is_file() else None
     if epoch_rows:
         written += save_figure(mi_vs_epoch(rows, changes=changes, title=title), figdir / "mi_vs_epoch", epoch_rows)
-    metrics_path = run_dir / "metrics.jsonl"
-    if metrics_path.is_file():
-        metrics = read_metrics(metrics_path)
+    if metrics is not None:
         try:
             fig = training_curves(metrics, title=title, regime=cfg.get("regime"))
         except DataError:

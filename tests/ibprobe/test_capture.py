@@ -204,10 +204,12 @@ def test_cli_layers_and_capture(tmp_path, capsys):
     assert "bottleneck" in capsys.readouterr().out.split()
 
 
-def test_a_store_entry_from_other_images_is_never_read_as_this_one(tmp_path):
-    """Entries carry the digest of the images (and normalisation) they were captured from: fill_store captures
-    again when the images change, and a read under another digest is refused rather than served stale."""
-    from ibprobe.capture import fill_store, images_key
+def test_a_store_entry_from_other_inputs_is_never_read_as_this_one(tmp_path):
+    """Entries carry the digest of the images, the network and its normalisation, and the checkpoint's content:
+    fill_store captures again when any of them changes, and a read under another key is refused rather than served
+    stale."""
+    from ibprobe.capture import codes_key, fill_store
+    from ibprobe.fsutil import file_digest
     from ibprobe.source import ModelSource
 
     torch.manual_seed(0)
@@ -219,9 +221,31 @@ def test_a_store_entry_from_other_images_is_never_read_as_this_one(tmp_path):
     store = ActivationStore(tmp_path / "acts")
     a, b = (np.random.default_rng(s).integers(0, 17, (6, 1, 8, 8)).astype(np.uint8) for s in (1, 2))
     keys = fill_store(store, source, {"test": a}, ["layer1"], levels=17, progress=False)
-    assert keys == {"test": images_key(a)} and store.has(0, "layer1", "test", keys["test"])
+    assert keys == {0: {"test": codes_key(a, source, file_digest(ck))}}
+    assert store.has(0, "layer1", "test", keys[0]["test"])
     with pytest.raises(LayerError, match="captured from other images"):
-        store.read(0, "layer1", "test", images_key(b))
+        store.read(0, "layer1", "test", codes_key(b, source, file_digest(ck)))
     fill_store(store, source, {"test": b}, ["layer1"], levels=17, progress=False)
-    np.testing.assert_allclose(store.read(0, "layer1", "test", images_key(b)),
+    np.testing.assert_allclose(store.read(0, "layer1", "test", codes_key(b, source, file_digest(ck))),
                                capture(model, b, ["layer1"], levels=17)["layer1"].astype(np.float16))
+
+    # other weights under the same file name: captured again, never the old codes
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(-1.0)
+    torch.save(model.state_dict(), ck)
+    key = fill_store(store, source, {"test": b}, ["layer1"], levels=17, progress=False)[0]["test"]
+    np.testing.assert_allclose(store.read(0, "layer1", "test", key),
+                               capture(model, b, ["layer1"], levels=17)["layer1"].astype(np.float16))
+    # another normalisation: another key
+    other = ModelSource(**{**source.__dict__, "normalize": ((0.5,), (0.25,))})
+    assert codes_key(b, other, file_digest(ck)) != key
+    # a damaged entry is captured again, not read
+    store.path(0, "layer1", "test").write_bytes(b"garbage")
+    assert not store.has(0, "layer1", "test", key)
+    fill_store(store, source, {"test": b}, ["layer1"], levels=17, progress=False)
+    assert store.has(0, "layer1", "test", key)
+    (store.epoch_dir(0) / "manifest.json").write_text("{truncated")
+    assert store.manifest(0) == {} and not store.has(0, "layer1", "test", key)
+    fill_store(store, source, {"test": b}, ["layer1"], levels=17, progress=False)
+    assert store.has(0, "layer1", "test", key)

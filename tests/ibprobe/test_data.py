@@ -130,14 +130,16 @@ def _write_folder(root, classes, n_per_class, size=(4, 4), mode="L", seed=0):
     return arrays
 
 
-def test_image_folder_grayscale(tmp_path):
+def test_image_folder_grayscale(tmp_path, monkeypatch):
+    monkeypatch.setenv("IBPROBE_CACHE", str(tmp_path / "cache"))
     arrays = _write_folder(tmp_path / "imgs", ["cat", "dog"], 5)
     ds = load_dataset("folder", data_root=tmp_path / "imgs", seed=1)
     _check_invariants(ds)
     assert ds.classes == ["cat", "dog"] and ds.images.shape == (10, 1, 4, 4) and ds.levels == 256
     assert np.array_equal(ds.images[0, 0], arrays[("cat", 0)])  # lossless PNG round trip
     assert set(ds.labels[ds.test_idx]) == {0, 1}
-    assert (tmp_path / "imgs" / ".ibprobe_cache.npz").is_file()
+    assert len(list((tmp_path / "cache").glob("folder-*.npz"))) == 1  # cached outside the data folder
+    assert sorted(p.name for p in (tmp_path / "imgs").iterdir()) == ["cat", "dog"]
     again = load_dataset("folder", data_root=tmp_path / "imgs", seed=1)  # from the cache
     assert np.array_equal(again.images, ds.images) and again.classes == ds.classes
     from PIL import Image
