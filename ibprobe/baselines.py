@@ -40,10 +40,11 @@ import numpy as np
 from scipy.special import logsumexp
 
 from decoders.progress import progress as progress_report
-from ibprobe.capture import ActivationStore, images_key
+from ibprobe.capture import ActivationStore, codes_key
 from ibprobe.config import Settings
 from ibprobe.errors import ConfigError, DataError, UserError
 from ibprobe.fit import JobSpec
+from ibprobe.folder import read_inputs
 from ibprobe.measure import write_table
 from ibprobe.source import decoder_split, open_source
 
@@ -294,14 +295,14 @@ def measure_baselines(run_dir: str | os.PathLike, specs: Sequence[JobSpec], sett
     run_dir = Path(run_dir)
     source, ds = open_source(run_dir)
     _, test_idx = decoder_split(ds, settings.decoder_data, settings.seed)
-    key = images_key(ds.images[test_idx], source.normalize)
+    digests = read_inputs(run_dir)["checkpoints"]  # the store keys codes by checkpoint content
     labels = ds.labels[test_idx] if len(np.unique(ds.labels[test_idx])) > 1 else None
     store = ActivationStore(run_dir / "activations")
     counts = sorted({int(b) for b in sweep} | {int(bins)})
     rows, sens = [], []
     for s in progress_report(list(specs), enabled=progress, desc="baselines", unit="layer"):
         try:
-            a = store.read(s.epoch, s.layer, "test", key)
+            a = store.read(s.epoch, s.layer, "test", codes_key(ds.images[test_idx], source, digests.get(str(s.epoch), "")))
             rows += baseline_rows({(s.epoch, s.layer): a}, labels, bins=(bins,), noise_vars=(noise_var,))
             sens += [{"epoch": int(s.epoch), "layer": s.layer, **r} for r in binning_sensitivity(a, labels, counts)]
         except UserError as e:

@@ -377,8 +377,7 @@ def plot_run(run_dir: str | os.PathLike, *, estimators: list[str] | None = None,
         raise UserError(f"{mi_path} not found; run `ibprobe run --out {run_dir}` or `ibprobe analyze` first")
     rows = read_mi_csv(mi_path)
     metrics = read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").is_file() else None
-    cfg = _run_config(run_dir)
-    title = _run_title(cfg)
+    title = _run_title(cfg := _run_config(run_dir))
     figdir = run_dir / "figures"
     written: list[Path] = []
     plane_rows = _ok(rows, "i_xh_bits", "i_yh_bits", "epoch")
@@ -389,13 +388,12 @@ def plot_run(run_dir: str | os.PathLike, *, estimators: list[str] | None = None,
     changes = read_mi_csv(changes_path) if changes_path.is_file() else None
     if epoch_rows:
         written += save_figure(mi_vs_epoch(rows, changes=changes, title=title), figdir / "mi_vs_epoch", epoch_rows)
-    if metrics is not None:
-        try:
-            fig = training_curves(metrics, title=title, regime=cfg.get("regime"))
-        except DataError:
-            fig = None
-        if fig is not None:
-            written += save_figure(fig, figdir / "training_curves", metrics)
+    try:
+        fig = None if metrics is None else training_curves(metrics, title=title, regime=cfg.get("regime"))
+    except DataError:  # nothing to draw in it
+        fig = None
+    if fig is not None:
+        written += save_figure(fig, figdir / "training_curves", metrics)
     written += plot_estimators(run_dir, rows, estimators=estimators, layout=layout, title=title)
     if not written:
         raise DataError(f"{mi_path} has no finished rows to draw (all {len(rows)} failed or empty)")
