@@ -114,11 +114,13 @@ def jobs_of_run(run_dir: str | Path) -> list[PlannedJob]:
     ds = dataset(spec)
     fit_idx, test_idx = decoder_split(ds, settings.decoder_data, settings.seed)
     store = ActivationStore(run_dir / "activations")
+    config = run_dir / "config.json"  # a trained run says its regime; an analysed folder of your own has none
+    regime = (read_json(config).get("regime") if config.is_file() else None) or "-"
     out = []
     for s in read_job_index(run_dir):
         shape = ds.num_classes if s.labels else None if s.layer is None else \
             store.read(s.epoch, s.layer, "fit").shape[1:]
-        job = _planned(s, run_dir.name, settings, len(fit_idx), len(test_idx), shape)
+        job = _planned(s, regime, settings, len(fit_idx), len(test_idx), shape)
         state = job_state(s.job_dir(run_dir))
         log = s.job_dir(run_dir) / "fit_log.json"
         took = sum(r["seconds"] for r in read_json(log)["curve"]) if state == "done" and log.exists() else None
