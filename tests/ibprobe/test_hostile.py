@@ -128,6 +128,18 @@ OPTIONS = [
     ("run-job unknown job", ["run-job", F, "nope@3"], "no job"),
     ("plot a folder that is not there", ["plot", T], "does not exist"),
     ("layers bad in-shape", ["layers", "--model", "resnet", "--in-shape", "a,b"], "--in-shape"),
+    ("run jobs-per-task 0", ["run", "--out", T, "--jobs-per-task", "0"], "--jobs-per-task"),
+    ("run unknown backend", ["run", "--out", T, "--backend", "mpi"], "--backend"),
+    ("run slurm option not K=V", ["run", "--out", T, *TRAIN, "--backend", "slurm", "--slurm", "partition"], "KEY=VALUE"),
+    ("run bins 0", ["run", "--out", T, "--bins", "0"], "--bins"),
+    ("run kde noise 0", ["run", "--out", T, *TRAIN, "--kde-noise-var", "0"], "--kde-noise-var"),
+    ("run kid samples 2", ["run", "--out", T, "--kid-samples", "2"], "--kid-samples"),
+    ("analyze kid weights missing", [*ANALYZE, "--kid-weights", "{T}/nope.pt"], "--kid-weights"),
+    ("run-job task negative", ["run-job", F, "--task", "-1"], "--task"),
+    ("run-job task and ids", ["run-job", F, "pool@1", "--task", "0"], "one of the two"),
+    ("run-job task beyond the jobs", ["run-job", F, "--task", "999"], "task"),
+    ("plan workers 0", ["plan", "--run", F, "--workers", "0"], "--workers"),
+    ("plot unknown estimator", ["plot", F, "--estimators", "decoder,mine"], "mine"),
 ]
 
 
