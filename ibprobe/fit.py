@@ -17,13 +17,8 @@ flock holds on one machine; on a cluster, give each job to one worker (`ibprobe 
 """
 from __future__ import annotations
 
-import ctypes
 import dataclasses
-import multiprocessing as mp
 import os
-import signal
-import traceback
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -341,60 +336,16 @@ def resolve_jobs(jobs: int, device) -> int:
     return 1 if resolve_device(device).type == "cuda" else max(1, min(8, cpu_count()))
 
 
-def run_jobs(run_dir: Path, specs: list[JobSpec], runtime: Runtime, *, jobs: int = 1, retry_failed: bool = False,
+def run_jobs(run_dir: Path, specs: list[JobSpec], runtime: Runtime, *, retry_failed: bool = False,
              desc: str = "decoder jobs") -> dict[str, dict]:
-    """Run `specs` (jobs at once: `jobs` worker processes, or this one for 1) and wait for those that other
-    processes hold; returns {job id: result}."""
+    """Run `specs` one after another in this process (ibprobe.backends hands them to several) and wait for those
+    that other processes hold; returns {job id: result}."""
     out: dict[str, dict | None] = {}
-    if jobs <= 1 or len(specs) <= 1:
-        for s in progress_report(specs, enabled=runtime.progress, desc=desc, unit="job"):
-            out[s.key] = run_job(run_dir, s, runtime, retry_failed=retry_failed)
-    else:
-        out.update(_run_pool(run_dir, specs, runtime, jobs, retry_failed, desc))
+    for s in progress_report(specs, enabled=runtime.progress, desc=desc, unit="job"):
+        out[s.key] = run_job(run_dir, s, runtime, retry_failed=retry_failed)
     for s in specs:  # jobs another process held: wait for them, then read their results
         if out.get(s.key) is None:
             with try_lock(s.job_dir(run_dir) / ".lock", wait=True):
                 pass
             out[s.key] = run_job(run_dir, s, runtime, retry_failed=False)
     return out  # type: ignore[return-value]
-
-
-def _run_pool(run_dir: Path, specs: list[JobSpec], runtime: Runtime, jobs: int, retry_failed: bool,
-              desc: str) -> dict:
-    threads = max(1, cpu_count() // jobs)
-    worker_runtime = Runtime(device=runtime.device, progress=False, keep_fit_state=runtime.keep_fit_state,
-                             fit=runtime.fit)
-    out: dict = {}
-    bugs: list[str] = []
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init,
-                             initargs=(threads,)) as pool:
-        futs = [pool.submit(_worker_run, str(run_dir), s, worker_runtime, retry_failed) for s in specs]
-        for f in progress_report(as_completed(futs), enabled=runtime.progress, desc=desc, total=len(futs),
-                                 unit="job"):
-            key, res, bug = f.result()
-            out[key] = res
-            if bug:
-                bugs.append(f"job {key}:\n{bug}")
-    if bugs:
-        raise RuntimeError("decoder job(s) crashed:\n" + "\n".join(bugs))
-    return out
-
-
-def _worker_init(threads: int) -> None:
-    """Single-threaded tiny decoders run fastest one per core. On Linux, have the kernel kill this worker when its
-    parent dies (e.g. kill -9 of `ibprobe run`), so no orphan keeps fitting a job whose parent is gone."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-    torch.set_num_threads(threads)
-
-
-def _worker_run(run_dir: str, spec: JobSpec, runtime: Runtime, retry_failed: bool) -> tuple[str, dict | None,
-                                                                                               str | None]:
-    try:
-        return spec.key, run_job(run_dir, spec, runtime, retry_failed=retry_failed), None
-    except (UserError, OSError):  # the user's to fix (a damaged input, a full disk): the parent says it in one line
-        raise
-    except Exception:  # a bug: keep its traceback for the parent
-        return spec.key, None, traceback.format_exc()

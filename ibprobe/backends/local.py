@@ -6,8 +6,10 @@ A killed worker breaks the pool: the jobs it and the others had not finished com
 """
 from __future__ import annotations
 
+import ctypes
 import multiprocessing as mp
 import os
+import signal
 import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -20,7 +22,7 @@ import torch
 from decoders.progress import progress as progress_report
 from ibprobe.backends.tasks import chunks, lost_unless_done, split_finished, worker_runtime
 from ibprobe.config import Runtime
-from ibprobe.fit import _worker_init, cpu_count, find_job, read_job_index, run_jobs
+from ibprobe.fit import cpu_count, find_job, read_job_index, run_jobs
 from ibprobe.folder import hold
 
 _DEVICE: str | None = None  # the device of this pool worker (set once, when it starts)
@@ -45,7 +47,7 @@ def run_task(run_dir: str | os.PathLike, job_ids: Sequence[str], runtime: Runtim
                 Path(run_dir), specs, runtime, retry_failed=retry_failed)
         if devices:
             runtime = replace(runtime, device=devices[0])
-        return run_jobs(Path(run_dir), specs, runtime, jobs=1, retry_failed=retry_failed, desc="task")
+        return run_jobs(Path(run_dir), specs, runtime, retry_failed=retry_failed, desc="task")
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,7 @@ class LocalBackend:
         run_dir = Path(run_dir)
         here = replace(runtime, device=self.devices[0]) if self.devices else runtime  # this process's jobs
         if self.workers <= 1 or len(specs) <= 1:
-            return run_jobs(run_dir, specs, here, jobs=1, retry_failed=retry_failed, desc=desc)
+            return run_jobs(run_dir, specs, here, retry_failed=retry_failed, desc=desc)
         out, todo = split_finished(run_dir, specs, retry_failed)
         out.update(self._pool(run_dir, todo, runtime, retry_failed, desc))  # a task waits for jobs others hold
         return out
@@ -126,3 +128,13 @@ class NoBackend:
             out[s.key] = {"status": "failed", "pending": True,
                           "error": f"not run (--backend none): `ibprobe run-job {run_dir} {s.key}` runs it"}
         return out
+
+
+def _worker_init(threads: int) -> None:
+    """Single-threaded tiny decoders run fastest one per core. On Linux, have the kernel kill this worker when its
+    parent dies (e.g. kill -9 of `ibprobe run`), so no orphan keeps fitting a job whose parent is gone."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    torch.set_num_threads(threads)
