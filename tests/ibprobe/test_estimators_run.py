@@ -3,6 +3,7 @@ the gallery's KID captions and `ibprobe plot --estimators`."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -14,22 +15,14 @@ from ibprobe.errors import ConfigError
 from ibprobe.kid import KID_COLUMNS, KidConfig
 from ibprobe.measure import read_mi_csv
 from ibprobe.pipeline import run_preset
-from ibprobe.presets import Preset
 from ibprobe.report import draw_figures
 from ibprobe.report.estimators import estimator_planes
 from ibprobe.report.gallery import kid_captions
 from ibprobe.report.kid_run import measure_kid
 
-TINY = Preset(
-    name="tiny",
-    description="test",
-    train=dict(dataset="digits", model="resnet", model_args={"widths": (8, 16, 16), "blocks": (1, 1, 1)}, epochs=1,
-               checkpoint_epochs=(0, 1), optimizer="adam", lr=3e-3, batch_size=64, max_train=400),
-    layers={"classify": ("layer1", "pool")},
-    decoder=dict(nr_resnet=1, nr_filters=8, nr_mix=2, dropout=0.0),
-    fit=dict(epochs=1, batch_size=64, patience=1),
-    init_epochs=1,
-)
+import tiny_analysis
+
+TINY = replace(tiny_analysis.TINY, init_epochs=1)  # q0 fitted for 1 epoch
 PAIRS = [(0, "layer1"), (0, "pool"), (1, "layer1"), (1, "pool")]
 
 

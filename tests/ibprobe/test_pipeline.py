@@ -22,18 +22,7 @@ from ibprobe.fit import JobSpec, run_job
 from ibprobe.fsutil import try_lock
 from ibprobe.measure import MI_COLUMNS, read_mi_csv
 from ibprobe.pipeline import run_preset
-from ibprobe.presets import Preset
-
-TINY = Preset(
-    name="tiny",
-    description="test",
-    train=dict(dataset="digits", model="resnet", model_args={"widths": (8, 16, 16), "blocks": (1, 1, 1)}, epochs=1,
-               checkpoint_epochs=(0, 1), optimizer="adam", lr=3e-3, batch_size=64, max_train=400),
-    layers={"classify": ("layer1", "pool")},
-    decoder=dict(nr_resnet=1, nr_filters=8, nr_mix=2, dropout=0.0),
-    fit=dict(epochs=1, batch_size=64, patience=1),
-)
-
+from tiny_analysis import TINY
 
 def _n_test() -> int:
     """The decoders' test images of TINY: a fifth of the 400 training images (digits' held-out 359 are too few)."""

@@ -1,12 +1,24 @@
 """One tiny analysis for the backend tests: digits-quick cut to 2 layers x 2 checkpoints, decoders of 4 filters
 fitted on a fifth of the images (test_fraction=0.8), by flags (FLAGS) and in this process (`analyse`), on copies of
-one trained network (`trained_copy`)."""
+one trained network (`trained_copy`); and TINY, a preset of 2 layers x 2 checkpoints of a 400-image digits run for
+the pipeline's end-to-end tests."""
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 
 from ibprobe.pipeline import run_preset
+from ibprobe.presets import Preset
+
+TINY = Preset(
+    name="tiny",
+    description="test",
+    train=dict(dataset="digits", model="resnet", model_args={"widths": (8, 16, 16), "blocks": (1, 1, 1)}, epochs=1,
+               checkpoint_epochs=(0, 1), optimizer="adam", lr=3e-3, batch_size=64, max_train=400),
+    layers={"classify": ("layer1", "pool")},
+    decoder=dict(nr_resnet=1, nr_filters=8, nr_mix=2, dropout=0.0),
+    fit=dict(epochs=1, batch_size=64, patience=1),
+)
 
 TRAIN = {"epochs": 1, "checkpoint_epochs": (0, 1), "test_fraction": 0.8}
 LAYERS = ("layer1", "pool")
