@@ -80,23 +80,27 @@ def pixel_products(rows: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tenso
     return y + bias if bias is not None else y
 
 
-def _conv_rows(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int) -> torch.Tensor:
+def _conv_rows(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int,
+               weight_t: torch.Tensor | None = None) -> torch.Tensor:
     """conv2d as one (B, K) x (K, C') product per output pixel, all pixels in one bmm."""
     b, cout, (kh, kw) = x.shape[0], weight.shape[0], weight.shape[2:]
     ho, wo = (x.shape[2] - kh) // stride + 1, (x.shape[3] - kw) // stride + 1
-    y = pixel_products(im2col_rows(x.permute(0, 2, 3, 1), kh, kw, stride), weight_rows(weight), bias)
+    weight_t = weight_rows(weight) if weight_t is None else weight_t
+    y = pixel_products(im2col_rows(x.permute(0, 2, 3, 1), kh, kw, stride), weight_t, bias)
     return y.permute(1, 2, 0).view(b, cout, ho, wo)  # (B, C', Ho, Wo)
 
 
-def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int = 1) -> torch.Tensor:
+def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int = 1,
+           weight_t: torch.Tensor | None = None) -> torch.Tensor:
     """Unpadded convolution (B, C, H, W) -> (B, C', H', W'); size-independent per pixel inside exact_kernels().
 
     On CPU a 1x1 convolution of a contiguous input is one batched matrix product per image, (C', C) x (C, H*W):
     oneDNN's 1x1 convolution ran at a third of its 2x3 ones' FLOP rate (forward and backward at 3x32x32,
-    batch 16, 128 -> 32 channels: 7.5 vs 17.7 ms).
+    batch 16, 128 -> 32 channels: 7.5 vs 17.7 ms). weight_t: weight_rows(weight), precomputed by a caller that
+    applies one weight many times (the cached sampler); used inside exact_kernels().
     """
     if exact_here(x):
-        return _conv_rows(x, weight, bias, stride)
+        return _conv_rows(x, weight, bias, stride, weight_t)
     if x.device.type == "cpu" and weight.shape[-2:] == (1, 1) and stride == 1 and x.is_contiguous():
         b, c, h, w = x.shape
         n = weight.shape[0]

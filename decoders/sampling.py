@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from decoders import mixture
-from decoders.layers import (GatedResnet, concat_elu, conv2d, conv_transpose2d_s2, elu, exact_here, gate,
-                             im2col_rows, pixel_products, weight_rows)
+from decoders.layers import (GatedResnet, concat_elu, conv2d, conv_transpose2d_s2, elu, gate, pixel_products,
+                             weight_rows)
 
 Tensor = torch.Tensor
 
@@ -76,15 +76,11 @@ class _Conv:
 
     def __init__(self, mod: torch.nn.Module):
         self.w, self.b, self.stride = mod.conv.weight, mod.conv.bias, getattr(mod, "stride", 1)
-        self.kh, self.kw = self.w.shape[2:]
+        self.kw = self.w.shape[-1]
         self.wt = weight_rows(self.w)  # (K, C')
-        self.exact = exact_here(self.w)
 
     def row(self, buf: Tensor) -> Tensor:  # (B, kh, W', C) -> (B, C', 1, W_out)
-        if not self.exact:
-            return conv2d(buf.permute(0, 3, 1, 2), self.w, self.b, self.stride)
-        y = pixel_products(im2col_rows(buf, self.kh, self.kw, self.stride), self.wt, self.b)  # (W_out, B, C')
-        return y.permute(1, 2, 0).unsqueeze(2)
+        return conv2d(buf.permute(0, 3, 1, 2), self.w, self.b, self.stride, self.wt)
 
     def at(self, window: Tensor) -> Tensor:  # (B, kh, kw, C), or (B, C, 1, 1) for a 1x1 conv -> (B, C', 1, 1)
         b = window.shape[0]
@@ -115,7 +111,7 @@ class _Block:
         self.inp.put_row(concat_elu(x))
         y = self.conv_input.row(self.inp.buf)
         if a is not None:
-            y = y + conv2d(concat_elu(a), self.nin.w, self.nin.b)
+            y = y + conv2d(concat_elu(a), self.nin.w, self.nin.b, weight_t=self.nin.wt)
         self.mid.put_row(concat_elu(y))
         return gate(x, self.conv_out.row(self.mid.buf), self.c)
 
