@@ -214,10 +214,15 @@ class PixelCNNPP(nn.Module):
                                     f"outside [0, {self.cfg.levels - 1}]")
         return x
 
+    def _input(self, x: torch.Tensor) -> torch.Tensor:
+        """Network input (B, C+1, H, W) for integer images x (B, C, H, W): values scaled to [-1, 1] and a channel of
+        ones (zero in the convs' padding, so the border is visible); the cached sampler builds its rows with it."""
+        xs = mixture.scale_values(x, self.cfg.levels)  # (B, C, H, W) in [-1, 1]
+        return torch.cat((xs, torch.ones_like(xs[:, :1])), dim=1)
+
     def _network(self, x: torch.Tensor, cond) -> torch.Tensor:
         """Mixture parameters (B, P, H', W') for x (B, C, H', W'), H' <= H a multiple of 4 (a top crop is exact)."""
-        xs = mixture.scale_values(x, self.cfg.levels)  # (B, C, H, W) in [-1, 1]
-        xs = torch.cat((xs, torch.ones_like(xs[:, :1])), dim=1)  # (B, C+1, H, W)
+        xs = self._input(x)  # (B, C+1, H, W)
 
         def hs(level: int) -> torch.Tensor | None:  # conditioning input of the blocks at this resolution
             if cond is None or isinstance(cond, torch.Tensor):

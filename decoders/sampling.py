@@ -154,11 +154,6 @@ class CachedSampler:
                 for b in blocks:
                     b.c = b.blk.cond_term(cond)
 
-    def _xs(self, x: Tensor) -> Tensor:
-        """Network input (B, C+1, ., .): scaled values and a channel of ones, as `_network` builds it."""
-        xs = mixture.scale_values(x, self.model.cfg.levels)
-        return torch.cat((xs, torch.ones_like(xs[:, :1])), dim=1)
-
     # ------------------------------------------------------------------------------------- u stream, rows
     def _start_row(self, x: Tensor, i: int) -> None:
         """Advance every cache of the resolutions whose row starts at image row i; compute their u rows."""
@@ -172,13 +167,13 @@ class CachedSampler:
                     self.last_ul[lv].next_row()
             self.xs_u.next_row()
             self.xs_right.next_row()
-            prev = self._xs(x[:, :, i - 1:i])  # (B, C+1, 1, W)
+            prev = self.model._input(x[:, :, i - 1:i])  # (B, C+1, 1, W)
             self.xs_u.put_row(prev)
             self.xs_down.put_row(prev)
             self.u0 = self.u_init.row(self.xs_u.buf)  # down_shift: row i of u holds row i-1 of the conv
             self.ul0_down = self.ul_init_down.row(self.xs_down.buf)
         else:  # row 0 of u and of the ul input's down term are down_shift's zero row
-            blank = torch.zeros_like(self._xs(x[:, :, :1]))  # (B, C+1, 1, W)
+            blank = torch.zeros_like(self.model._input(x[:, :, :1]))  # (B, C+1, 1, W)
             self.u0 = torch.zeros_like(conv2d(F.pad(blank, self.model.u_init.pad), self.u_init.w, self.u_init.b))
             self.ul0_down = torch.zeros_like(self.u0)
         if not isinstance(self.cond, Tensor) and self.cond is not None:  # spatial features: this row's terms
@@ -256,5 +251,5 @@ class CachedSampler:
             self._start_row(x, i)
             for j in range(w):
                 x[:, :, i, j] = mixture.sample(self._params(i, j), cfg.levels, cfg.nr_mix, cfg.channels, generator)
-                self.xs_right.put(j, self._xs(x[:, :, i:i + 1, j:j + 1]))
+                self.xs_right.put(j, self.model._input(x[:, :, i:i + 1, j:j + 1]))
         return x
