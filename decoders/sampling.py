@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from decoders import mixture
-from decoders.layers import (GatedResnet, concat_elu, conv2d, conv_transpose2d_s2, elu, gate, pixel_products,
-                             weight_rows)
+from decoders.layers import (GatedResnet, concat_elu, concat_elu_of_cat, conv2d, conv_transpose2d_s2, elu, gate,
+                             pixel_products, weight_rows)
 
 Tensor = torch.Tensor
 
@@ -93,7 +93,9 @@ def _deconv(mod: torch.nn.Module) -> Callable[[Tensor], Tensor]:
 
 
 class _Block:
-    """One gated residual block with its two input caches, evaluated a row or a position at a time."""
+    """One gated residual block with its two input caches, evaluated a row or a position at a time. Like
+    `GatedResnet.forward` in `_network`, it takes concat_elu of its input and of its skip from the caller, which
+    computes each stream tensor's activation once."""
 
     def __init__(self, blk: GatedResnet, width: int):
         self.blk = blk
@@ -107,19 +109,19 @@ class _Block:
         self.inp.next_row()
         self.mid.next_row()
 
-    def row(self, x: Tensor, a: Tensor | None) -> Tensor:  # (B, F, 1, W) -> (B, F, 1, W)
-        self.inp.put_row(concat_elu(x))
+    def row(self, x: Tensor, x_act: Tensor, a_act: Tensor | None) -> Tensor:  # (B, F, 1, W) -> (B, F, 1, W)
+        self.inp.put_row(x_act)
         y = self.conv_input.row(self.inp.buf)
-        if a is not None:
-            y = y + conv2d(concat_elu(a), self.nin.w, self.nin.b, weight_t=self.nin.wt)
+        if a_act is not None:
+            y = y + conv2d(a_act, self.nin.w, self.nin.b, weight_t=self.nin.wt)
         self.mid.put_row(concat_elu(y))
         return gate(x, self.conv_out.row(self.mid.buf), self.c)
 
-    def at(self, q: int, x: Tensor, a: Tensor | None) -> Tensor:  # (B, F, 1, 1) at column q -> (B, F, 1, 1)
-        self.inp.put(q, concat_elu(x))
+    def at(self, q: int, x: Tensor, x_act: Tensor, a_act: Tensor | None) -> Tensor:  # (B, F, 1, 1) at column q
+        self.inp.put(q, x_act)
         y = self.conv_input.at(self.inp.window(q, self.kw))
-        if a is not None:
-            y = y + self.nin.at(concat_elu(a))
+        if a_act is not None:
+            y = y + self.nin.at(a_act)
         self.mid.put(q, concat_elu(y))
         c = self.c if self.c is None or self.c.shape[-1] == 1 else self.c[:, :, :, q:q + 1]
         return gate(x, self.conv_out.at(self.mid.window(q, self.kw)), c)
@@ -181,45 +183,58 @@ class CachedSampler:
                 h = self.cond[lv][:, :, (i >> lv):(i >> lv) + 1]
                 for b in self.levels[lv]:
                     b.c = b.blk.cond_term(h)
-        for lv in due:
+        for lv in due:  # every u row travels with its concat_elu: the next block's input and a skip
             x_in = self.u0 if lv == 0 else self.downsize_u[lv - 1].row(self.last_u[lv - 1].buf)
-            ups = [x_in]
+            ups = [(x_in, concat_elu(x_in))]
             for b in self.up_u[lv]:
-                ups.append(b.row(ups[-1], None))
+                u = b.row(*ups[-1], None)
+                ups.append((u, concat_elu(u)))
             if lv < 2:
-                self.last_u[lv].put_row(ups[-1])
+                self.last_u[lv].put_row(ups[-1][0])
             self.u_ups[lv] = ups
         for lv in reversed(due):
             skips = list(self.u_ups[lv])
-            u = skips.pop() if lv == 2 else self.u_upsized[lv][:, :, (i >> lv) % 2:(i >> lv) % 2 + 1]
+            if lv == 2:
+                u, ua = skips.pop()
+            else:
+                u = self.u_upsized[lv][:, :, (i >> lv) % 2:(i >> lv) % 2 + 1]
+                ua = concat_elu(u)
             downs = []
             for b in self.down_u[lv]:
-                u = b.row(u, skips.pop())
-                downs.append(u)
+                u = b.row(u, ua, skips.pop()[1])
+                ua = concat_elu(u)
+                downs.append(ua)
             self.u_downs[lv] = downs
             if lv > 0:
                 self.u_upsized[lv - 1] = self.upsize_u[lv - 1](u)  # (B, F, 2, W_{lv-1}): two finer rows
 
     # ----------------------------------------------------------------------------------- ul stream, positions
-    def _ul_up(self, lv: int, q: int, j: int) -> list[Tensor]:
+    def _ul_up(self, lv: int, q: int, j: int) -> list[tuple[Tensor, Tensor]]:
         if lv == 0:
             right = (self.ul_init_right.at(self.xs_right.window(j - 1, 1)) if j > 0
                      else torch.zeros_like(self.ul0_down[:, :, :, :1]))
             x_in = self.ul0_down[:, :, :, j:j + 1] + right  # down_shift(...) + right_shift(...)
         else:
             x_in = self.downsize_ul[lv - 1].at(self.last_ul[lv - 1].window(2 * q, 2))
-        ups = [x_in]
+        ups = [(x_in, concat_elu(x_in))]  # the ul at (q, .) with its concat_elu, after each up block
         for k, b in enumerate(self.up_ul[lv]):
-            ups.append(b.at(q, ups[-1], self.u_ups[lv][k + 1][:, :, :, q:q + 1]))
+            ul = b.at(q, *ups[-1], self.u_ups[lv][k + 1][1][:, :, :, q:q + 1])
+            ups.append((ul, concat_elu(ul)))
         if lv < 2:
-            self.last_ul[lv].put(q, ups[-1])
+            self.last_ul[lv].put(q, ups[-1][0])
         return ups
 
-    def _ul_down(self, lv: int, p: int, q: int, skips: list[Tensor]) -> Tensor:
-        ul = skips.pop() if lv == 2 else self.ul_upsized[lv][:, :, p % 2:p % 2 + 1, q:q + 1]
-        for k, b in enumerate(self.down_ul[lv]):
-            a = torch.cat((self.u_downs[lv][k][:, :, :, q:q + 1], skips.pop()), dim=1)
-            ul = b.at(q, ul, a)
+    def _ul_down(self, lv: int, p: int, q: int, skips: list[tuple[Tensor, Tensor]]) -> Tensor:
+        if lv == 2:
+            ul, ula = skips.pop()
+        else:
+            ul = self.ul_upsized[lv][:, :, p % 2:p % 2 + 1, q:q + 1]
+            ula = concat_elu(ul)
+        blocks = self.down_ul[lv]
+        for k, b in enumerate(blocks):
+            ul = b.at(q, ul, ula, concat_elu_of_cat(self.u_downs[lv][k][:, :, :, q:q + 1], skips.pop()[1]))
+            if k + 1 < len(blocks):  # the last ul goes on through elu or an up-sampling alone
+                ula = concat_elu(ul)
         if lv > 0:
             up = self.upsize_ul[lv - 1](ul)  # (B, F, 2, 2): the finer level's block (2p.., 2q..)
             if self.ul_upsized[lv - 1] is None:
@@ -243,8 +258,8 @@ class CachedSampler:
         cfg = self.model.cfg
         _, h, w = self.shape
         h = h if rows is None else rows
-        self.u_ups: list = [None] * 3  # per resolution: this row's u before and after each up block
-        self.u_downs: list = [None] * 3  # per resolution: this row's u after each down block
+        self.u_ups: list = [None] * 3  # per resolution: this row's (u, concat_elu(u)) before and after each up block
+        self.u_downs: list = [None] * 3  # per resolution: concat_elu of this row's u after each down block
         self.u_upsized: list = [None] * 2  # per finer resolution: its next two u rows, up-sampled
         self.ul_upsized: list = [None] * 2  # per finer resolution: its next two ul rows, up-sampled
         for i in range(h):
