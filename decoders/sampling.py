@@ -102,7 +102,6 @@ class _Block:
         self.conv_input, self.conv_out = _Conv(blk.conv_input), _Conv(blk.conv_out)
         self.nin = _Conv(blk.nin_skip) if blk.nin_skip is not None else None
         self.inp, self.mid = _rows_for(blk.conv_input, width), _rows_for(blk.conv_out, width)
-        self.kw = blk.conv_input.conv.weight.shape[-1]
         self.c: Tensor | None = None  # conditioning term: (B, 2F, 1, 1) vector or the current row's (B, 2F, 1, W)
 
     def next_row(self) -> None:
@@ -119,12 +118,12 @@ class _Block:
 
     def at(self, q: int, x: Tensor, x_act: Tensor, a_act: Tensor | None) -> Tensor:  # (B, F, 1, 1) at column q
         self.inp.put(q, x_act)
-        y = self.conv_input.at(self.inp.window(q, self.kw))
+        y = self.conv_input.at(self.inp.window(q, self.conv_input.kw))
         if a_act is not None:
             y = y + self.nin.at(a_act)
         self.mid.put(q, concat_elu(y))
         c = self.c if self.c is None or self.c.shape[-1] == 1 else self.c[:, :, :, q:q + 1]
-        return gate(x, self.conv_out.at(self.mid.window(q, self.kw)), c)
+        return gate(x, self.conv_out.at(self.mid.window(q, self.conv_out.kw)), c)
 
 
 class CachedSampler:
@@ -251,7 +250,7 @@ class CachedSampler:
                 self._ul_down(2, i // 4, j // 4, self._ul_up(2, j // 4, j))
             self._ul_down(1, i // 2, j // 2, ups1)
         ul = self._ul_down(0, i, j, ups0)
-        return self.nin_out.at(elu(ul))[:, :, 0, 0].contiguous()
+        return self.nin_out.at(elu(ul))[:, :, 0, 0]  # contiguous: a view of the (B, P) product
 
     def run(self, x: Tensor, generator: torch.Generator | None, rows: int | None = None) -> Tensor:
         """Fill x (B, C, H, W) int64 in raster order (the first `rows` rows), channels within a pixel; returns x."""
