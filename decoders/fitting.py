@@ -265,6 +265,7 @@ def fit(model: torch.nn.Module, images, codes=None, cfg: FitConfig = FitConfig()
     gen = torch.Generator()  # data order
     dims = int(np.prod(mcfg.image_shape))
 
+    best_val_nll = None  # per-image validation NLL (bits) of best_state, when this call computed it
     if state is None:
         torch.manual_seed(cfg.seed)  # dropout draws from the global generator
         gen.manual_seed(cfg.seed + 1)
@@ -320,8 +321,8 @@ def fit(model: torch.nn.Module, images, codes=None, cfg: FitConfig = FitConfig()
                 bar.update(1)
                 bar.set_postfix_str(f"ep {epoch + 1} train {value:.3f} b/d"
                                     + (f" val {curve[-1]['val_bits_per_dim']:.3f}" if curve else ""), refresh=False)
-            val = float(_eval_nll(model, images, codes, val_idx, setup, cfg.eval_batch_size, cfg.eval_bf16).mean())
-            val /= dims
+            val_nll = _eval_nll(model, images, codes, val_idx, setup, cfg.eval_batch_size, cfg.eval_bf16)
+            val = float(val_nll.mean()) / dims
             if not math.isfinite(val):
                 raise NonFiniteLossError(f"{label}: validation NLL is {val} bits/dim at epoch {epoch + 1}")
             epoch += 1
@@ -329,7 +330,7 @@ def fit(model: torch.nn.Module, images, codes=None, cfg: FitConfig = FitConfig()
                           "lr": lr, "seconds": time.perf_counter() - t0})
             if val < best_val - cfg.min_delta:
                 best_val, best_epoch, bad_epochs = val, epoch, 0
-                best_state = cpu_state(model.state_dict())
+                best_state, best_val_nll = cpu_state(model.state_dict()), val_nll
             else:
                 bad_epochs += 1
                 stopped = cfg.patience > 0 and bad_epochs >= cfg.patience
@@ -344,7 +345,9 @@ def fit(model: torch.nn.Module, images, codes=None, cfg: FitConfig = FitConfig()
     if eval_images is not None:
         eval_nll = _eval_nll(model, eval_images, eval_codes, np.arange(_num(eval_images)), setup,
                              cfg.eval_batch_size, cfg.eval_bf16)
-    val_nll = _eval_nll(model, images, codes, val_idx, setup, cfg.eval_batch_size, cfg.eval_bf16)
+    val_nll = best_val_nll
+    if val_nll is None:  # the best weights came with a resumed state
+        val_nll = _eval_nll(model, images, codes, val_idx, setup, cfg.eval_batch_size, cfg.eval_bf16)
     return FitResult(eval_nll_bits=eval_nll, curve=curve, best_epoch=best_epoch, best_val_bits_per_dim=best_val,
                      epochs_run=epoch, stopped_early=stopped, resumed_from_epoch=resumed_from, n_train=n_train,
                      n_val=n_val, extra={"device": str(setup.device), "bf16": setup.bf16,
