@@ -85,7 +85,8 @@ def _to(x: torch.Tensor, c: torch.Tensor | None, setup: DeviceSetup):
     return x, c
 
 
-def _timed(fn, n: int, device: torch.device) -> float:
+def timed(fn, n: int, device: torch.device) -> float:
+    """Seconds for n calls of fn, the device synchronised before and after (all n, not per call)."""
     synchronize(device)
     t0 = time.perf_counter()
     for _ in range(n):
@@ -135,8 +136,8 @@ def run_bench(args: argparse.Namespace, out=None) -> dict[str, float]:
     step = make_train_step(model, optimizer, setup, grad_clip=100.0, bits_per_image_to_loss=1.0 / dims)
     model.train()
     losses: list[torch.Tensor] = []
-    _timed(lambda: step(x, c), args.warmup, setup.device)
-    dt = _timed(lambda: losses.append(step(x, c)[0]), args.steps, setup.device)
+    timed(lambda: step(x, c), args.warmup, setup.device)
+    dt = timed(lambda: losses.append(step(x, c)[0]), args.steps, setup.device)
     figures["train_images_per_s"] = args.steps * args.batch / dt
     figures["train_peak_memory_mib"] = peak_memory_mib(setup.device)
     say(f"train_bits_per_dim (random images, last step): {float(losses[-1]):.4f}")
@@ -147,8 +148,8 @@ def run_bench(args: argparse.Namespace, out=None) -> dict[str, float]:
         def eval_step():
             with autocast(setup, enabled=args.eval_bf16):
                 model.nll_bits(x, c)
-        _timed(eval_step, args.warmup, setup.device)
-        figures["eval_images_per_s"] = args.steps * args.batch / _timed(eval_step, args.steps, setup.device)
+        timed(eval_step, args.warmup, setup.device)
+        figures["eval_images_per_s"] = args.steps * args.batch / timed(eval_step, args.steps, setup.device)
 
         n = min(args.batch, 8) if args.sample_n is None else args.sample_n
         if n > 0:
@@ -208,7 +209,7 @@ def bench_sampling(model, code, n: int, naive_rows: int, check: bool, seed: int,
     def draw(method: str, rows: int | None, exact: bool = True) -> tuple[float, torch.Tensor]:
         gen = torch.Generator(device=device).manual_seed(seed)
         got = []
-        dt = _timed(lambda: got.append(model._sample(code, n, gen, method, rows, exact)), 1, device)
+        dt = timed(lambda: got.append(model._sample(code, n, gen, method, rows, exact)), 1, device)
         return dt, got[0]
 
     figures = {"samples_per_s": n / draw("cached", None)[0]}

@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 from decoders import DecoderConfig, FitConfig, PixelCNNPP
-from decoders.device import autocast, eval_mode, setup_device, synchronize
+from decoders.bench import timed
+from decoders.device import autocast, eval_mode, setup_device
 from decoders.fitting import make_train_step
 from ibprobe.backends.tasks import number_of_tasks
 from ibprobe.capture import ActivationStore, capture
@@ -196,23 +197,14 @@ def _measure(cfg: DecoderConfig, fit: FitConfig, device: str, steps: int) -> Spe
     step = make_train_step(model, opt, setup, fit.grad_clip, 1.0 / x[0].numel())
     model.train()
     step(x, c)  # warm-up
-    train_s = _timed(lambda: step(x, c), steps, setup.device)
+    train_s = timed(lambda: step(x, c), steps, setup.device) / steps
     with eval_mode(model), torch.no_grad():
         def evaluate():
             with autocast(setup, enabled=fit.eval_bf16):
                 model.nll_bits(x, c)
         evaluate()
-        eval_s = _timed(evaluate, 2, setup.device) / len(x)
+        eval_s = timed(evaluate, 2, setup.device) / 2 / len(x)
     return Speed(train_s, eval_s)
-
-
-def _timed(fn, n: int, device) -> float:
-    synchronize(device)
-    t0 = time.perf_counter()
-    for _ in range(n):
-        fn()
-    synchronize(device)
-    return (time.perf_counter() - t0) / n
 
 
 def measure_startup() -> float:
