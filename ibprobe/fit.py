@@ -299,11 +299,13 @@ def _job_args(run_dir: Path, spec: JobSpec, job_dir: Path, runtime: Runtime) -> 
     source, ds = open_source(run_dir)
     fit_idx, test_idx = decoder_split(ds, settings.decoder_data, settings.seed)
     x_fit, x_test = ds.images[fit_idx], ds.images[test_idx]
+    digest = read_inputs(run_dir)["checkpoints"].get(str(spec.epoch)) if spec.role == "conditional" else None
+    inputs = job_inputs(settings, x_fit, x_test, source=source, checkpoint=digest)  # each image set hashed once
+    plain = {**inputs, "checkpoint": None, "codes": None}  # what a reference (and q0) is made from
     q0 = None
     if settings.paired and not spec.init:
-        q0 = Start.from_dir(JobSpec(None, init=True, repeat=spec.repeat).job_dir(run_dir),
-                            job_inputs(settings, x_fit, x_test))
-    kw = dict(workdir=job_dir, q0=q0, repeat=spec.repeat, desc=spec.key, inputs=job_inputs(settings, x_fit, x_test))
+        q0 = Start.from_dir(JobSpec(None, init=True, repeat=spec.repeat).job_dir(run_dir), plain)
+    kw = dict(workdir=job_dir, q0=q0, repeat=spec.repeat, desc=spec.key, inputs=plain)
     if spec.role in ("q0", "reference"):
         return (settings, runtime, spec.role, x_fit, None, x_test, None), kw
     if spec.labels:
@@ -311,13 +313,14 @@ def _job_args(run_dir: Path, spec: JobSpec, job_dir: Path, runtime: Runtime) -> 
         onehot = np.eye(ds.num_classes, dtype=np.float32)
         return (settings, runtime, "labels", x_fit, onehot[y_fit], x_test, onehot[y_test]), \
             {**kw, "mixture": label_mixture(y_fit, ds.num_classes)}
-    digest = read_inputs(run_dir)["checkpoints"].get(str(spec.epoch))  # as pinned when the analysis began
+    # no pinned digest (a hand-edited analysis.json): keys under which nothing is stored, so the read says so
+    keys = inputs["codes"] or {"fit": codes_key(x_fit, source, digest), "test": codes_key(x_test, source, digest)}
     store = ActivationStore(run_dir / "activations")
-    codes_fit = store.read(spec.epoch, spec.layer, "fit", codes_key(x_fit, source, digest))
-    codes_test = store.read(spec.epoch, spec.layer, "test", codes_key(x_test, source, digest))
+    codes_fit = store.read(spec.epoch, spec.layer, "fit", keys["fit"])
+    codes_test = store.read(spec.epoch, spec.layer, "test", keys["test"])
     mixture = settings.mixture_codes if settings.reference != "plain" and settings.mixture_codes > 0 else None
-    kw["inputs"] = job_inputs(settings, x_fit, x_test, source=source, checkpoint=digest)
-    return (settings, runtime, "conditional", x_fit, codes_fit, x_test, codes_test), {**kw, "mixture": mixture}
+    return (settings, runtime, "conditional", x_fit, codes_fit, x_test, codes_test), \
+        {**kw, "inputs": inputs, "mixture": mixture}
 
 
 # ------------------------------------------------------------------------------------------------ many jobs
