@@ -32,7 +32,7 @@ from decoders.progress import progress as progress_report
 from ibprobe.capture import ActivationStore, codes_key
 from ibprobe.config import Runtime, Settings, resolve_device
 from ibprobe.errors import DataError, JobFailed, UserError
-from ibprobe.folder import check_inputs, job_inputs, load_nll, read_inputs, read_job_file, read_pinned, refit_hint
+from ibprobe.folder import check_inputs, job_inputs, load_nll, read_job_file, read_pinned_analysis, refit_hint
 from ibprobe.fsutil import atomic_np_save, atomic_write_json, epoch_dirname, read_json, sanitize_name, try_lock
 from ibprobe.reference import code_mixture, label_mixture, mixture_nll_bits
 from ibprobe.source import decoder_split, open_source, relative_to_run
@@ -295,11 +295,12 @@ def run_job(run_dir: str | os.PathLike, spec: JobSpec, runtime: Runtime = Runtim
 
 def _job_args(run_dir: Path, spec: JobSpec, job_dir: Path, runtime: Runtime) -> tuple[tuple, dict]:
     """The arguments of `fit_decoder` for one job, every input read and checked."""
-    settings, data_spec, _ = read_pinned(run_dir)
-    source, ds = open_source(run_dir)
+    meta = read_pinned_analysis(run_dir)  # analysis.json, read once
+    settings = Settings.from_dict(meta["settings"])
+    source, ds = open_source(run_dir, meta["dataset"])
     fit_idx, test_idx = decoder_split(ds, settings.decoder_data, settings.seed)
     x_fit, x_test = ds.images[fit_idx], ds.images[test_idx]
-    digest = read_inputs(run_dir)["checkpoints"].get(str(spec.epoch)) if spec.role == "conditional" else None
+    digest = meta["inputs"]["checkpoints"].get(str(spec.epoch)) if spec.role == "conditional" else None
     inputs = job_inputs(settings, x_fit, x_test, source=source, checkpoint=digest)  # each image set hashed once
     plain = {**inputs, "checkpoint": None, "codes": None}  # what a reference (and q0) is made from
     q0 = None

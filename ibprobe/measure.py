@@ -22,7 +22,7 @@ from ibprobe.checks import CHANGE_COLUMNS, changes, self_checks
 from ibprobe.config import Settings
 from ibprobe.errors import DataError
 from ibprobe.fit import JobSpec, read_result
-from ibprobe.folder import check_inputs, job_inputs, load_nll, read_inputs
+from ibprobe.folder import check_inputs, job_inputs, load_nll, read_pinned_analysis
 from ibprobe.fsutil import atomic_write_text
 from ibprobe.paired import MIEstimate, estimate
 from ibprobe.probe import probe_i_yh
@@ -49,9 +49,11 @@ def measure_jobs(run_dir: str | os.PathLike, specs: list[JobSpec], settings: Set
     inputs than the folder's is a DataError: rows made from different inputs are never mixed.
     """
     run_dir = Path(run_dir)
-    source, ds = open_source(run_dir)
+    meta = read_pinned_analysis(run_dir)  # analysis.json, read once
+    source, ds = open_source(run_dir, meta["dataset"])
     fit_idx, test_idx = decoder_split(ds, settings.decoder_data, settings.seed)
-    inputs = _check_made_from(run_dir, specs, settings, source, ds.images[fit_idx], ds.images[test_idx], repeats)
+    inputs = _check_made_from(run_dir, specs, settings, source, ds.images[fit_idx], ds.images[test_idx], repeats,
+                              meta["inputs"]["checkpoints"])
     dims = int(np.prod(ds.image_shape))
     ref_res = read_result(JobSpec(None).job_dir(run_dir)) or (results or {}).get(JobSpec(None).key)
     if ref_res is None or ref_res.get("status") != "ok":
@@ -88,10 +90,10 @@ def measure_jobs(run_dir: str | os.PathLike, specs: list[JobSpec], settings: Set
 
 
 def _check_made_from(run_dir: Path, specs: list[JobSpec], settings: Settings, source, x_fit, x_test,
-                     repeats: int) -> dict:
-    """Check that every finished job this table reads was made from the folder's inputs; returns what the jobs of
-    each checkpoint are made from, {epoch (str): job_inputs} (the same for all its layers and repeats)."""
-    digests = read_inputs(run_dir)["checkpoints"]
+                     repeats: int, digests: dict) -> dict:
+    """Check that every finished job this table reads was made from the folder's inputs (`digests`: the pinned
+    checkpoint digests, {epoch (str): digest}); returns what the jobs of each checkpoint are made from,
+    {epoch (str): job_inputs} (the same for all its layers and repeats)."""
     plain = job_inputs(settings, x_fit, x_test)
     inputs = {str(e): job_inputs(settings, x_fit, x_test, source=source, checkpoint=digests.get(str(e)))
               for e in dict.fromkeys(s.epoch for s in specs)}
