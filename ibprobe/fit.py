@@ -99,6 +99,14 @@ def read_result(job_dir: Path) -> dict | None:
     return None
 
 
+def finished_result(job_dir: Path, retry_failed: bool) -> dict | None:
+    """The result of a job that is finished (done, or failed and not to be retried); None if it is still to run."""
+    state = job_state(job_dir)
+    if state == "done" or (state == "failed" and not retry_failed):
+        return read_result(job_dir)
+    return None
+
+
 def reference_jobs(settings: Settings, labelled: bool) -> list[JobSpec]:
     """q0(x) (with paired fitting), q(x) and, where labels can make a better reference, q(x|y), in fitting order."""
     return ([JobSpec(None, init=True)] if settings.paired else []) + [JobSpec(None)] + \
@@ -275,15 +283,15 @@ def run_job(run_dir: str | os.PathLike, spec: JobSpec, runtime: Runtime = Runtim
     file system, raises and leaves the job pending."""
     run_dir = Path(run_dir)
     job_dir = spec.job_dir(run_dir)
-    state = job_state(job_dir)
-    if state == "done" or (state == "failed" and not retry_failed):
-        return read_result(job_dir)
+    res = finished_result(job_dir, retry_failed)
+    if res is not None:
+        return res
     with try_lock(job_dir / ".lock") as mine:
         if not mine:
             return None
-        state = job_state(job_dir)  # someone may have finished it while we waited
-        if state == "done" or (state == "failed" and not retry_failed):
-            return read_result(job_dir)
+        res = finished_result(job_dir, retry_failed)  # someone may have finished it while we waited
+        if res is not None:
+            return res
         args, kwargs = _job_args(run_dir, spec, job_dir, runtime)
         (job_dir / "failed.json").unlink(missing_ok=True)
         try:

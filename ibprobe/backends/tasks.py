@@ -11,7 +11,7 @@ import torch
 
 from ibprobe.config import Runtime
 from ibprobe.errors import ConfigError
-from ibprobe.fit import JobSpec, job_state, read_job_index, read_result
+from ibprobe.fit import JobSpec, finished_result, read_job_index, read_result
 
 
 def chunks(specs: Sequence[JobSpec], k: int) -> list[list[str]]:
@@ -42,9 +42,9 @@ def split_finished(run_dir: Path, specs: Sequence[JobSpec], retry_failed: bool) 
     """({job id: result} of the finished jobs, the jobs still to run): a rerun hands out only what is left."""
     done, todo = {}, []
     for s in specs:
-        state = job_state(s.job_dir(run_dir))
-        if state == "done" or (state == "failed" and not retry_failed):
-            done[s.key] = read_result(s.job_dir(run_dir))
+        res = finished_result(s.job_dir(run_dir), retry_failed)
+        if res is not None:
+            done[s.key] = res
         else:
             todo.append(s)
     return done, todo
