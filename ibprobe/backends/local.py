@@ -102,9 +102,15 @@ class LocalBackend:
 
 
 def _init(threads: int, slots) -> None:
-    """A pool worker: single-threaded kernels, killed with its parent, and with its own device if given."""
+    """A pool worker: `threads` CPU threads (single-threaded tiny decoders run fastest one per core), its own device
+    if given, and killed with its parent: on Linux the kernel kills this worker when its parent dies (e.g. kill -9
+    of `ibprobe run`), so no orphan keeps fitting a job whose parent is gone."""
     global _DEVICE
-    _worker_init(threads)
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    torch.set_num_threads(threads)
     _DEVICE = slots.get() if slots is not None else None
 
 
@@ -128,13 +134,3 @@ class NoBackend:
             out[s.key] = {"status": "failed", "pending": True,
                           "error": f"not run (--backend none): `ibprobe run-job {run_dir} {s.key}` runs it"}
         return out
-
-
-def _worker_init(threads: int) -> None:
-    """Single-threaded tiny decoders run fastest one per core. On Linux, have the kernel kill this worker when its
-    parent dies (e.g. kill -9 of `ibprobe run`), so no orphan keeps fitting a job whose parent is gone."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-    torch.set_num_threads(threads)

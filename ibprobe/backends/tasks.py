@@ -2,6 +2,7 @@
 worker died, the Runtime of a worker, and the import of an optional engine."""
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 from pathlib import Path
@@ -65,8 +66,7 @@ def lost_unless_done(run_dir: Path, ids: Sequence[str], specs: Sequence[JobSpec]
 
 def worker_runtime(runtime: Runtime, device: str | None = None) -> Runtime:
     """The Runtime of a worker: no progress bars (many workers would interleave them), this device if given."""
-    return Runtime(device=device or runtime.device, progress=False, keep_fit_state=runtime.keep_fit_state,
-                   fit=runtime.fit)
+    return dataclasses.replace(runtime, device=device or runtime.device, progress=False)
 
 
 def check_devices(devices: Sequence[str]) -> tuple[str, ...]:
