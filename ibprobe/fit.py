@@ -341,6 +341,11 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+def threads_per_worker(workers: int) -> int:
+    """torch's CPU threads for each of `workers` processes: the cores shared out, at least one."""
+    return max(1, cpu_count() // workers)
+
+
 def resolve_jobs(jobs: int, device) -> int:
     """`jobs` if > 0; else automatic: one job per CPU core (at most 8) on CPU, one at a time on CUDA."""
     if int(jobs) > 0:

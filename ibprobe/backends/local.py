@@ -22,7 +22,7 @@ import torch
 from decoders.progress import progress as progress_report
 from ibprobe.backends.tasks import chunks, lost_unless_done, split_finished, worker_runtime
 from ibprobe.config import Runtime
-from ibprobe.fit import cpu_count, find_job, read_job_index, run_jobs
+from ibprobe.fit import find_job, read_job_index, run_jobs, threads_per_worker
 from ibprobe.folder import hold
 
 _DEVICE: str | None = None  # the device of this pool worker (set once, when it starts)
@@ -78,7 +78,7 @@ class LocalBackend:
         slots = ctx.Queue()
         for d in self.devices:
             slots.put(d)
-        threads = max(1, cpu_count() // workers)
+        threads = threads_per_worker(workers)
         out: dict = {}
         bugs: list[str] = []
         with progress_report(total=len(todo), enabled=runtime.progress, desc=desc, unit="job") as bar, \
