@@ -262,7 +262,7 @@ def fit_decoder(settings: Settings, runtime: Runtime, role: str, images_train, c
                 atomic_np_save(workdir / f"{k}_bits.npy", getattr(out, k))
         atomic_write_json(workdir / "result.json", out.info)
         if not runtime.keep_fit_state:
-            (workdir / "fit_state.pt").unlink(missing_ok=True)
+            (workdir / decoder_fitting.STATE_FILE).unlink(missing_ok=True)
     return out
 
 
