@@ -64,6 +64,7 @@ def measure_jobs(run_dir: str | os.PathLike, specs: list[JobSpec], settings: Set
     plain = _nll(JobSpec(None).job_dir(run_dir), "test", n=len(test_idx))
     ref_test = [_reference_nll(run_dir, specs, name, r, "test") for r in range(repeats)]
     store = ActivationStore(run_dir / "activations")
+    probed = settings.probe and len(np.unique(ds.labels[fit_idx])) > 1
     rows, nll, infos = [], {}, {}
     for s in specs:
         res = read_result(s.job_dir(run_dir)) or (results or {}).get(s.key)
@@ -71,7 +72,7 @@ def measure_jobs(run_dir: str | os.PathLike, specs: list[JobSpec], settings: Set
             rows.append(failed_row(**_where(s, run_dir), error=(res or {}).get("error") or "did not finish"))
             continue
         probe = None
-        if settings.probe and len(np.unique(ds.labels[fit_idx])) > 1:
+        if probed:
             keys = inputs[str(s.epoch)]["codes"]
             probe = probe_i_yh(store.read(s.epoch, s.layer, "fit", keys["fit"]), ds.labels[fit_idx],
                                store.read(s.epoch, s.layer, "test", keys["test"]), ds.labels[test_idx],
