@@ -223,24 +223,31 @@ class ActivationStore:
         entry = self.manifest(epoch).get(layer, {}).get("splits", {}).get(split)
         if not isinstance(entry, dict) or (key is not None and entry.get("key") != key):
             return False
+        return self._intact(epoch, layer, split, entry) is not None
+
+    def _intact(self, epoch: int, layer: str, split: str, entry: dict) -> np.memmap | None:
+        """The entry's file as a read-only memmap if its header matches the manifest `entry`, else None."""
         try:
             a = np.load(self.path(epoch, layer, split), mmap_mode="r")
         except (OSError, ValueError, EOFError):  # missing, truncated or not an array
-            return False
-        return a.dtype == np.float16 and list(a.shape) == list(entry.get("shape", ()))
+            return None
+        return a if a.dtype == np.float16 and list(a.shape) == list(entry.get("shape", ())) else None
 
     def read(self, epoch: int, layer: str, split: str, key: str | None = None) -> np.memmap:
         """Read-only float16 memmap [N, ...]; LayerError if it was never captured (or, given a key, if it was
         captured from other images or another source)."""
         p = self.path(epoch, layer, split)
-        if key is not None and self.has(epoch, layer, split) and not self.has(epoch, layer, split, key):
+        manifest = self.manifest(epoch)
+        entry = manifest.get(layer, {}).get("splits", {}).get(split)
+        a = self._intact(epoch, layer, split, entry) if isinstance(entry, dict) else None
+        if a is None:
+            raise LayerError(f"no stored activations for layer {layer!r}, split {split!r} at {epoch_dirname(epoch)} "
+                             f"({p}); stored layers there: {', '.join(sorted(manifest)) or 'none'}; run "
+                             f"`ibprobe capture`")
+        if key is not None and entry.get("key") != key:
             raise LayerError(f"the stored activations {p} were captured from other images or another source than "
                              f"this analysis uses; rerun the command to capture them again")
-        if not self.has(epoch, layer, split):
-            stored = sorted(self.manifest(epoch))
-            raise LayerError(f"no stored activations for layer {layer!r}, split {split!r} at {epoch_dirname(epoch)} "
-                             f"({p}); stored layers there: {', '.join(stored) or 'none'}; run `ibprobe capture`")
-        return np.load(p, mmap_mode="r")
+        return a
 
     def epochs(self) -> list[int]:
         return sorted(int(p.name.split("_")[1]) for p in self.root.glob("epoch_*") if p.is_dir())

@@ -32,7 +32,7 @@ from decoders.progress import progress as progress_report
 from ibprobe.capture import ActivationStore, codes_key
 from ibprobe.config import Runtime, Settings, resolve_device
 from ibprobe.errors import DataError, JobFailed, UserError
-from ibprobe.folder import check_inputs, job_inputs, load_nll, read_inputs, read_job_file, read_pinned, refit_hint
+from ibprobe.folder import check_inputs, job_inputs, load_nll, read_job_file, read_pinned_analysis, refit_hint
 from ibprobe.fsutil import atomic_np_save, atomic_write_json, epoch_dirname, read_json, sanitize_name, try_lock
 from ibprobe.reference import code_mixture, label_mixture, mixture_nll_bits
 from ibprobe.source import decoder_split, open_source, relative_to_run
@@ -96,6 +96,14 @@ def read_result(job_dir: Path) -> dict | None:
         p = job_dir / name
         if p.exists():
             return read_job_file(p)
+    return None
+
+
+def finished_result(job_dir: Path, retry_failed: bool) -> dict | None:
+    """The result of a job that is finished (done, or failed and not to be retried); None if it is still to run."""
+    state = job_state(job_dir)
+    if state == "done" or (state == "failed" and not retry_failed):
+        return read_result(job_dir)
     return None
 
 
@@ -254,7 +262,7 @@ def fit_decoder(settings: Settings, runtime: Runtime, role: str, images_train, c
                 atomic_np_save(workdir / f"{k}_bits.npy", getattr(out, k))
         atomic_write_json(workdir / "result.json", out.info)
         if not runtime.keep_fit_state:
-            (workdir / "fit_state.pt").unlink(missing_ok=True)
+            (workdir / decoder_fitting.STATE_FILE).unlink(missing_ok=True)
     return out
 
 
@@ -275,15 +283,15 @@ def run_job(run_dir: str | os.PathLike, spec: JobSpec, runtime: Runtime = Runtim
     file system, raises and leaves the job pending."""
     run_dir = Path(run_dir)
     job_dir = spec.job_dir(run_dir)
-    state = job_state(job_dir)
-    if state == "done" or (state == "failed" and not retry_failed):
-        return read_result(job_dir)
+    res = finished_result(job_dir, retry_failed)
+    if res is not None:
+        return res
     with try_lock(job_dir / ".lock") as mine:
         if not mine:
             return None
-        state = job_state(job_dir)  # someone may have finished it while we waited
-        if state == "done" or (state == "failed" and not retry_failed):
-            return read_result(job_dir)
+        res = finished_result(job_dir, retry_failed)  # someone may have finished it while we waited
+        if res is not None:
+            return res
         args, kwargs = _job_args(run_dir, spec, job_dir, runtime)
         (job_dir / "failed.json").unlink(missing_ok=True)
         try:
@@ -295,15 +303,18 @@ def run_job(run_dir: str | os.PathLike, spec: JobSpec, runtime: Runtime = Runtim
 
 def _job_args(run_dir: Path, spec: JobSpec, job_dir: Path, runtime: Runtime) -> tuple[tuple, dict]:
     """The arguments of `fit_decoder` for one job, every input read and checked."""
-    settings, data_spec, _ = read_pinned(run_dir)
-    source, ds = open_source(run_dir)
+    meta = read_pinned_analysis(run_dir)  # analysis.json, read once
+    settings = Settings.from_dict(meta["settings"])
+    source, ds = open_source(run_dir, meta["dataset"])
     fit_idx, test_idx = decoder_split(ds, settings.decoder_data, settings.seed)
     x_fit, x_test = ds.images[fit_idx], ds.images[test_idx]
+    digest = meta["inputs"]["checkpoints"].get(str(spec.epoch)) if spec.role == "conditional" else None
+    inputs = job_inputs(settings, x_fit, x_test, source=source, checkpoint=digest)  # each image set hashed once
+    plain = {**inputs, "checkpoint": None, "codes": None}  # what a reference (and q0) is made from
     q0 = None
     if settings.paired and not spec.init:
-        q0 = Start.from_dir(JobSpec(None, init=True, repeat=spec.repeat).job_dir(run_dir),
-                            job_inputs(settings, x_fit, x_test))
-    kw = dict(workdir=job_dir, q0=q0, repeat=spec.repeat, desc=spec.key, inputs=job_inputs(settings, x_fit, x_test))
+        q0 = Start.from_dir(JobSpec(None, init=True, repeat=spec.repeat).job_dir(run_dir), plain)
+    kw = dict(workdir=job_dir, q0=q0, repeat=spec.repeat, desc=spec.key, inputs=plain)
     if spec.role in ("q0", "reference"):
         return (settings, runtime, spec.role, x_fit, None, x_test, None), kw
     if spec.labels:
@@ -311,13 +322,14 @@ def _job_args(run_dir: Path, spec: JobSpec, job_dir: Path, runtime: Runtime) -> 
         onehot = np.eye(ds.num_classes, dtype=np.float32)
         return (settings, runtime, "labels", x_fit, onehot[y_fit], x_test, onehot[y_test]), \
             {**kw, "mixture": label_mixture(y_fit, ds.num_classes)}
-    digest = read_inputs(run_dir)["checkpoints"].get(str(spec.epoch))  # as pinned when the analysis began
+    # no pinned digest (a hand-edited analysis.json): keys under which nothing is stored, so the read says so
+    keys = inputs["codes"] or {"fit": codes_key(x_fit, source, digest), "test": codes_key(x_test, source, digest)}
     store = ActivationStore(run_dir / "activations")
-    codes_fit = store.read(spec.epoch, spec.layer, "fit", codes_key(x_fit, source, digest))
-    codes_test = store.read(spec.epoch, spec.layer, "test", codes_key(x_test, source, digest))
+    codes_fit = store.read(spec.epoch, spec.layer, "fit", keys["fit"])
+    codes_test = store.read(spec.epoch, spec.layer, "test", keys["test"])
     mixture = settings.mixture_codes if settings.reference != "plain" and settings.mixture_codes > 0 else None
-    kw["inputs"] = job_inputs(settings, x_fit, x_test, source=source, checkpoint=digest)
-    return (settings, runtime, "conditional", x_fit, codes_fit, x_test, codes_test), {**kw, "mixture": mixture}
+    return (settings, runtime, "conditional", x_fit, codes_fit, x_test, codes_test), \
+        {**kw, "inputs": inputs, "mixture": mixture}
 
 
 # ------------------------------------------------------------------------------------------------ many jobs
@@ -327,6 +339,11 @@ def cpu_count() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:
         return os.cpu_count() or 1
+
+
+def threads_per_worker(workers: int) -> int:
+    """torch's CPU threads for each of `workers` processes: the cores shared out, at least one."""
+    return max(1, cpu_count() // workers)
 
 
 def resolve_jobs(jobs: int, device) -> int:

@@ -105,16 +105,18 @@ def _pin(run_dir: Path, settings: Settings, dataset_spec: dict, new_layers: list
 
 def read_pinned(run_dir: str | os.PathLike) -> tuple[Settings, dict, list[str]]:
     """(Settings, dataset spec, layers) pinned in DIR/analysis.json."""
-    meta = _read_pinned(run_dir)
+    meta = read_pinned_analysis(run_dir)
     return Settings.from_dict(meta["settings"]), meta["dataset"], list(meta.get("layers", []))
 
 
 def read_inputs(run_dir: str | os.PathLike) -> dict:
     """The inputs pinned in DIR/analysis.json: {"network": ..., "checkpoints": {epoch (str): digest}}."""
-    return _read_pinned(run_dir)["inputs"]
+    return read_pinned_analysis(run_dir)["inputs"]
 
 
-def _read_pinned(run_dir: str | os.PathLike) -> dict:
+def read_pinned_analysis(run_dir: str | os.PathLike) -> dict:
+    """DIR/analysis.json, checked: its "settings" (Settings.to_dict), "dataset" (the data spec), "inputs" (see
+    read_inputs) and "layers", for a caller that needs several of them from one read."""
     path = Path(run_dir) / "analysis.json"
     if not path.is_file():
         raise ConfigError(f"{run_dir} holds no analysis (no analysis.json); run `ibprobe run` or "

@@ -17,12 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from ibprobe.capture import ActivationStore, codes_key
+from ibprobe.capture import ActivationStore
 from ibprobe.checks import CHANGE_COLUMNS, changes, self_checks
 from ibprobe.config import Settings
 from ibprobe.errors import DataError
 from ibprobe.fit import JobSpec, read_result
-from ibprobe.folder import check_inputs, job_inputs, load_nll, read_inputs
+from ibprobe.folder import check_inputs, job_inputs, load_nll, read_pinned_analysis
 from ibprobe.fsutil import atomic_write_text
 from ibprobe.paired import MIEstimate, estimate
 from ibprobe.probe import probe_i_yh
@@ -49,9 +49,11 @@ def measure_jobs(run_dir: str | os.PathLike, specs: list[JobSpec], settings: Set
     inputs than the folder's is a DataError: rows made from different inputs are never mixed.
     """
     run_dir = Path(run_dir)
-    source, ds = open_source(run_dir)
+    meta = read_pinned_analysis(run_dir)  # analysis.json, read once
+    source, ds = open_source(run_dir, meta["dataset"])
     fit_idx, test_idx = decoder_split(ds, settings.decoder_data, settings.seed)
-    digests = _check_made_from(run_dir, specs, settings, source, ds.images[fit_idx], ds.images[test_idx], repeats)
+    inputs = _check_made_from(run_dir, specs, settings, source, ds.images[fit_idx], ds.images[test_idx], repeats,
+                              meta["inputs"]["checkpoints"])
     dims = int(np.prod(ds.image_shape))
     ref_res = read_result(JobSpec(None).job_dir(run_dir)) or (results or {}).get(JobSpec(None).key)
     if ref_res is None or ref_res.get("status") != "ok":
@@ -62,6 +64,7 @@ def measure_jobs(run_dir: str | os.PathLike, specs: list[JobSpec], settings: Set
     plain = _nll(JobSpec(None).job_dir(run_dir), "test", n=len(test_idx))
     ref_test = [_reference_nll(run_dir, specs, name, r, "test") for r in range(repeats)]
     store = ActivationStore(run_dir / "activations")
+    probed = settings.probe and len(np.unique(ds.labels[fit_idx])) > 1
     rows, nll, infos = [], {}, {}
     for s in specs:
         res = read_result(s.job_dir(run_dir)) or (results or {}).get(s.key)
@@ -69,9 +72,8 @@ def measure_jobs(run_dir: str | os.PathLike, specs: list[JobSpec], settings: Set
             rows.append(failed_row(**_where(s, run_dir), error=(res or {}).get("error") or "did not finish"))
             continue
         probe = None
-        if settings.probe and len(np.unique(ds.labels[fit_idx])) > 1:
-            keys = {k: codes_key(ds.images[idx], source, digests[str(s.epoch)]) for k, idx in (("fit", fit_idx),
-                                                                                                ("test", test_idx))}
+        if probed:
+            keys = inputs[str(s.epoch)]["codes"]
             probe = probe_i_yh(store.read(s.epoch, s.layer, "fit", keys["fit"]), ds.labels[fit_idx],
                                store.read(s.epoch, s.layer, "test", keys["test"]), ds.labels[test_idx],
                                num_classes=ds.num_classes, seed=settings.seed)
@@ -89,18 +91,19 @@ def measure_jobs(run_dir: str | os.PathLike, specs: list[JobSpec], settings: Set
 
 
 def _check_made_from(run_dir: Path, specs: list[JobSpec], settings: Settings, source, x_fit, x_test,
-                     repeats: int) -> dict:
-    """Check that every finished job this table reads was made from the folder's inputs; returns the pinned
-    checkpoint digests {epoch (str): digest}."""
-    digests = read_inputs(run_dir)["checkpoints"]
+                     repeats: int, digests: dict) -> dict:
+    """Check that every finished job this table reads was made from the folder's inputs (`digests`: the pinned
+    checkpoint digests, {epoch (str): digest}); returns what the jobs of each checkpoint are made from,
+    {epoch (str): job_inputs} (the same for all its layers and repeats)."""
     plain = job_inputs(settings, x_fit, x_test)
+    inputs = {str(e): job_inputs(settings, x_fit, x_test, source=source, checkpoint=digests.get(str(e)))
+              for e in dict.fromkeys(s.epoch for s in specs)}
     for r in range(repeats):
         for s in [JobSpec(None, repeat=r), JobSpec(None, labels=True, repeat=r)] + [s.again(r) for s in specs]:
             res = read_result(s.job_dir(run_dir))
             if res is not None and res.get("status") == "ok":
-                check_inputs(s.job_dir(run_dir), res, plain if s.layer is None else job_inputs(
-                    settings, x_fit, x_test, source=source, checkpoint=digests.get(str(s.epoch))))
-    return digests
+                check_inputs(s.job_dir(run_dir), res, plain if s.layer is None else inputs[str(s.epoch)])
+    return inputs
 
 
 def _where(s: JobSpec, run_dir: Path) -> dict:

@@ -134,8 +134,9 @@ def _load_dataset(frozen_spec: tuple) -> Dataset:
     return load_dataset(**{k: (list(v) if isinstance(v, tuple) else v) for k, v in frozen_spec})
 
 
-def open_source(run_dir: str | os.PathLike) -> tuple[ModelSource, Dataset]:
-    """(ModelSource, Dataset) of an analysed run folder, from its source.json and analysis.json."""
+def open_source(run_dir: str | os.PathLike, spec: dict | None = None) -> tuple[ModelSource, Dataset]:
+    """(ModelSource, Dataset) of an analysed run folder, from its source.json and analysis.json (or `spec`, the data
+    spec of an analysis.json the caller has read already)."""
     run_dir = Path(run_dir)
     if not (run_dir / "source.json").exists() or not (run_dir / "analysis.json").exists():
         raise UserError(f"{run_dir} holds no analysis (no source.json/analysis.json); run `ibprobe run` or "
@@ -145,6 +146,8 @@ def open_source(run_dir: str | os.PathLike) -> tuple[ModelSource, Dataset]:
     except (ValueError, TypeError, KeyError) as e:
         raise DataError(f"{run_dir / 'source.json'} is damaged ({type(e).__name__}); rerun the `ibprobe run` or "
                         f"`ibprobe analyze` command that made {run_dir} to write it again") from None
+    if spec is not None:
+        return source, dataset(spec)
     try:
         spec = read_json(run_dir / "analysis.json")["dataset"]
     except (ValueError, TypeError, KeyError) as e:
@@ -338,7 +341,4 @@ def probe_layers(net, ds: Dataset, layers, normalize, spec: str = "") -> dict:
         msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
         raise ConfigError(f"the model failed on images of shape {tuple(x.shape[1:])} (float in [0, 1]"
                           f"{', normalised' if normalize else ''}): {type(e).__name__}: {msg}") from None
-    for layer, a in acts.items():
-        if not np.all(np.isfinite(a)):
-            raise DataError(f"layer {layer} gives non-finite activations on the test images; check the checkpoints")
     return {l: tuple(acts[l].shape[1:]) for l in layers}

@@ -22,7 +22,7 @@ import torch
 from decoders.progress import progress as progress_report
 from ibprobe.backends.tasks import chunks, lost_unless_done, split_finished, worker_runtime
 from ibprobe.config import Runtime
-from ibprobe.fit import cpu_count, find_job, read_job_index, run_jobs
+from ibprobe.fit import find_job, read_job_index, run_jobs, threads_per_worker
 from ibprobe.folder import hold
 
 _DEVICE: str | None = None  # the device of this pool worker (set once, when it starts)
@@ -78,7 +78,7 @@ class LocalBackend:
         slots = ctx.Queue()
         for d in self.devices:
             slots.put(d)
-        threads = max(1, cpu_count() // workers)
+        threads = threads_per_worker(workers)
         out: dict = {}
         bugs: list[str] = []
         with progress_report(total=len(todo), enabled=runtime.progress, desc=desc, unit="job") as bar, \
@@ -102,9 +102,15 @@ class LocalBackend:
 
 
 def _init(threads: int, slots) -> None:
-    """A pool worker: single-threaded kernels, killed with its parent, and with its own device if given."""
+    """A pool worker: `threads` CPU threads (single-threaded tiny decoders run fastest one per core), its own device
+    if given, and killed with its parent: on Linux the kernel kills this worker when its parent dies (e.g. kill -9
+    of `ibprobe run`), so no orphan keeps fitting a job whose parent is gone."""
     global _DEVICE
-    _worker_init(threads)
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    torch.set_num_threads(threads)
     _DEVICE = slots.get() if slots is not None else None
 
 
@@ -128,13 +134,3 @@ class NoBackend:
             out[s.key] = {"status": "failed", "pending": True,
                           "error": f"not run (--backend none): `ibprobe run-job {run_dir} {s.key}` runs it"}
         return out
-
-
-def _worker_init(threads: int) -> None:
-    """Single-threaded tiny decoders run fastest one per core. On Linux, have the kernel kill this worker when its
-    parent dies (e.g. kill -9 of `ibprobe run`), so no orphan keeps fitting a job whose parent is gone."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-    torch.set_num_threads(threads)

@@ -2,6 +2,7 @@
 worker died, the Runtime of a worker, and the import of an optional engine."""
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 from pathlib import Path
@@ -11,7 +12,7 @@ import torch
 
 from ibprobe.config import Runtime
 from ibprobe.errors import ConfigError
-from ibprobe.fit import JobSpec, job_state, read_job_index, read_result
+from ibprobe.fit import JobSpec, finished_result, read_job_index, read_result
 
 
 def chunks(specs: Sequence[JobSpec], k: int) -> list[list[str]]:
@@ -42,9 +43,9 @@ def split_finished(run_dir: Path, specs: Sequence[JobSpec], retry_failed: bool) 
     """({job id: result} of the finished jobs, the jobs still to run): a rerun hands out only what is left."""
     done, todo = {}, []
     for s in specs:
-        state = job_state(s.job_dir(run_dir))
-        if state == "done" or (state == "failed" and not retry_failed):
-            done[s.key] = read_result(s.job_dir(run_dir))
+        res = finished_result(s.job_dir(run_dir), retry_failed)
+        if res is not None:
+            done[s.key] = res
         else:
             todo.append(s)
     return done, todo
@@ -65,8 +66,7 @@ def lost_unless_done(run_dir: Path, ids: Sequence[str], specs: Sequence[JobSpec]
 
 def worker_runtime(runtime: Runtime, device: str | None = None) -> Runtime:
     """The Runtime of a worker: no progress bars (many workers would interleave them), this device if given."""
-    return Runtime(device=device or runtime.device, progress=False, keep_fit_state=runtime.keep_fit_state,
-                   fit=runtime.fit)
+    return dataclasses.replace(runtime, device=device or runtime.device, progress=False)
 
 
 def check_devices(devices: Sequence[str]) -> tuple[str, ...]:

@@ -9,7 +9,7 @@ from ibprobe.backends import BACKENDS
 from ibprobe.cli import flags
 from ibprobe.config import resolve_device
 from ibprobe.errors import ConfigError
-from ibprobe.fit import cpu_count
+from ibprobe.fit import threads_per_worker
 from ibprobe.presets import PRESETS
 from ibprobe.source import parse_layers
 
@@ -54,7 +54,7 @@ def handler(args) -> int:
         where = f"from {args.bench} ({device})"
     else:
         device = resolve_device(args.device)
-        threads = max(1, cpu_count() // args.workers) if device.type == "cpu" else None
+        threads = threads_per_worker(args.workers) if device.type == "cpu" else None
         speeds = plan.measure_speeds(jobs, device=str(device), threads=threads, log=log)
         startup = plan.measure_startup()
         where = f"measured here ({device}, {threads or 'default'} thread(s) per worker)"
