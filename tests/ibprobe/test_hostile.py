@@ -206,6 +206,21 @@ def test_a_damaged_file_is_named_in_one_line(finished, tmp_path, capsys, rel, co
     assert not temps(run)
 
 
+@pytest.mark.parametrize("key,value,needle", [("mixture_codes", "x", "pinned settings"),
+                                                ("seed", "x", "pinned settings"),
+                                                ("init_epochs", "x", "init_epochs must be an integer"),
+                                                ("init_epochs", 0, "init_epochs must be an integer >= 1")])
+def test_a_damaged_pinned_setting_is_one_line(finished, tmp_path, capsys, key, value, needle):
+    run = _copy(finished, tmp_path)
+    p = run / "analysis.json"
+    meta = json.loads(p.read_text())
+    meta["settings"][key] = value
+    p.write_text(json.dumps(meta))
+    before = digest(run)
+    one_line(capsys, main(["plan", "--run", str(run), "--quiet"]), needle)
+    assert digest(run) == before
+
+
 def test_a_result_made_from_other_inputs_is_never_measured(finished, tmp_path, capsys):
     run = _copy(finished, tmp_path)
     p = run / POOL1 / "result.json"
