@@ -13,7 +13,6 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
