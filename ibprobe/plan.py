@@ -94,11 +94,10 @@ def jobs_of_preset(name: str, *, data_root: str | None = None, device: str = "au
         tcfg, acfg = preset_configs(preset, regime, data_root=data_root, device=device, layers=layers)
         n_images, n_test, shape, levels, side = _split_sizes(tcfg.dataset_spec(), acfg.decoder_data)
         settings = acfg.settings(shape, levels, side)
-        model = build_model(tcfg.model, in_shape=shape, num_classes=DATASET_SHAPES.get(tcfg.dataset, (0, 10))[1],
-                            **dict(tcfg.model_args))
+        classes = DATASET_SHAPES.get(tcfg.dataset, (0, 10))[1]
+        model = build_model(tcfg.model, in_shape=shape, num_classes=classes, **dict(tcfg.model_args))
         codes = capture(model, np.zeros((2, *shape), np.uint8), list(acfg.layers), levels=levels)
         epochs = tcfg.schedule_epochs()
-        classes = DATASET_SHAPES.get(tcfg.dataset, (0, 10))[1]
         specs = reference_jobs(settings, labelled=classes > 1) + [JobSpec(layer, e) for e in epochs
                                                                     for layer in acfg.layers]
         out += [_planned(s, regime, settings, n_images, n_test, classes if s.labels else
