@@ -13,7 +13,6 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
@@ -244,16 +243,13 @@ class Settings:
     def __post_init__(self):
         if self.decoder.code_shape is not None:
             raise ConfigError("the pinned decoder config is the unconditional one; leave code_shape to the codes")
-        n = self.init_epochs
-        if n is not None and (isinstance(n, bool) or int(n) != n or int(n) < 1):
-            raise ConfigError(f"init_epochs must be a positive integer or None, got {n!r}")
+        if self.init_epochs is not None:
+            check_int("init_epochs", self.init_epochs, 1)
         if self.decoder_data not in ("heldout", "train"):
             raise ConfigError(f"decoder_data must be heldout or train, got {self.decoder_data!r}")
         if self.reference not in REFERENCES:
             raise ConfigError(f"--reference must be one of {', '.join(REFERENCES)}, got {self.reference!r}")
-        m = self.mixture_codes
-        if isinstance(m, bool) or int(m) != m or int(m) < 0:
-            raise ConfigError(f"--mixture-codes must be an integer >= 0, got {m!r}")
+        check_int("--mixture-codes", self.mixture_codes, 0)
 
     def decoder_for(self, code_shape=None) -> DecoderConfig:
         """The DecoderConfig of one job: the pinned one with the code's shape (None: unconditional)."""
@@ -307,7 +303,7 @@ class Settings:
                        probe=bool(d["probe"]), paired=bool(d["paired"]), init_epochs=d.get("init_epochs"),
                        decoder_data=d["decoder_data"], reference=d["reference"],
                        mixture_codes=int(d["mixture_codes"]))
-        except (KeyError, TypeError, DecoderError) as e:
+        except (KeyError, TypeError, ValueError, DecoderError) as e:
             raise ConfigError(f"pinned settings are incomplete or invalid ({type(e).__name__}: {e})") from None
 
 

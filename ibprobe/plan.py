@@ -82,7 +82,11 @@ class Speed:
 
 def speed_key(cfg: DecoderConfig, fit: FitConfig) -> str:
     """What a bench entry is matched on: the decoder (with its code shape) and the training batch size."""
-    return json.dumps({"decoder": cfg.to_dict(), "batch_size": int(fit.batch_size)}, sort_keys=True)
+    return _bench_key(cfg.to_dict(), int(fit.batch_size))
+
+
+def _bench_key(decoder: dict, batch_size) -> str:
+    return json.dumps({"decoder": decoder, "batch_size": batch_size}, sort_keys=True)
 
 
 # ------------------------------------------------------------------------------------------------ the jobs
@@ -95,11 +99,10 @@ def jobs_of_preset(name: str, *, data_root: str | None = None, device: str = "au
         tcfg, acfg = preset_configs(preset, regime, data_root=data_root, device=device, layers=layers)
         n_images, n_test, shape, levels, side = _split_sizes(tcfg.dataset_spec(), acfg.decoder_data)
         settings = acfg.settings(shape, levels, side)
-        model = build_model(tcfg.model, in_shape=shape, num_classes=DATASET_SHAPES.get(tcfg.dataset, (0, 10))[1],
-                            **dict(tcfg.model_args))
+        classes = DATASET_SHAPES.get(tcfg.dataset, (0, 10))[1]
+        model = build_model(tcfg.model, in_shape=shape, num_classes=classes, **dict(tcfg.model_args))
         codes = capture(model, np.zeros((2, *shape), np.uint8), list(acfg.layers), levels=levels)
         epochs = tcfg.schedule_epochs()
-        classes = DATASET_SHAPES.get(tcfg.dataset, (0, 10))[1]
         specs = reference_jobs(settings, labelled=classes > 1) + [JobSpec(layer, e) for e in epochs
                                                                     for layer in acfg.layers]
         out += [_planned(s, regime, settings, n_images, n_test, classes if s.labels else
@@ -239,8 +242,8 @@ def read_bench(path: str | Path, jobs: list[PlannedJob]) -> tuple[dict[str, Spee
         raise ConfigError(f"--bench {path}: unreadable ({type(e).__name__}: {e})") from None
     if not isinstance(meta, dict) or meta.get("format") != BENCH_FORMAT:
         raise ConfigError(f"--bench {path} is not a bench file of format {BENCH_FORMAT}")
-    speeds = {json.dumps({"decoder": e["decoder"], "batch_size": e["batch_size"]}, sort_keys=True):
-              Speed(float(e["train_step_s"]), float(e["eval_image_s"])) for e in meta["decoders"]}
+    speeds = {_bench_key(e["decoder"], e["batch_size"]): Speed(float(e["train_step_s"]), float(e["eval_image_s"]))
+              for e in meta["decoders"]}
     missing = sorted({j.key for j in jobs if speed_key(j.decoder, j.fit) not in speeds})
     if missing:
         raise ConfigError(f"--bench {path} has no speed for the decoders of job(s) {', '.join(missing[:6])}; make "

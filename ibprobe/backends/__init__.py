@@ -25,6 +25,7 @@ from ibprobe.backends.tasks import check_devices, number_of_tasks, task_job_ids
 from ibprobe.config import Runtime
 from ibprobe.errors import ConfigError
 from ibprobe.fit import JobSpec, resolve_jobs
+from ibprobe.options import check_int
 
 BACKENDS = ("local", "ray", "slurm", "none")
 
@@ -46,25 +47,24 @@ def make_backend(name: str = "local", *, jobs: int = 0, jobs_per_task: int = 1, 
     """
     if name not in BACKENDS:
         raise ConfigError(f"unknown backend {name!r}; choose one of: {', '.join(BACKENDS)}")
-    if int(jobs) < 0 or int(jobs_per_task) < 1:
-        raise ConfigError(f"--jobs must be >= 0 and --jobs-per-task >= 1, got {jobs} and {jobs_per_task}")
+    jobs, jobs_per_task = check_int("--jobs", jobs, 0), check_int("--jobs-per-task", jobs_per_task, 1)
     devices = check_devices(devices)
     if (ray or ray_address) and name != "ray":
         raise ConfigError("--ray and --ray-address go with --backend ray")
     if slurm and name != "slurm":
         raise ConfigError("--slurm goes with --backend slurm")
     if name == "local":
-        return LocalBackend(workers=len(devices) or resolve_jobs(jobs, device), jobs_per_task=int(jobs_per_task),
+        return LocalBackend(workers=len(devices) or resolve_jobs(jobs, device), jobs_per_task=jobs_per_task,
                             devices=devices)
     if name == "ray":
         if devices:
             raise ConfigError("--devices goes with the local and slurm backends; on Ray, give each task a GPU with "
                               "--ray num_gpus=1 (Ray sets which one it sees)")
-        backend = RayBackend(address=ray_address, jobs=int(jobs), jobs_per_task=int(jobs_per_task),
+        backend = RayBackend(address=ray_address, jobs=jobs, jobs_per_task=jobs_per_task,
                              options=tuple(sorted((ray or {}).items())))
     elif name == "slurm":
-        backend = SlurmBackend(params=tuple(sorted((slurm or {}).items())), jobs=int(jobs),
-                               jobs_per_task=int(jobs_per_task), devices=devices)
+        backend = SlurmBackend(params=tuple(sorted((slurm or {}).items())), jobs=jobs,
+                               jobs_per_task=jobs_per_task, devices=devices)
     else:
         return NoBackend()
     backend.check()

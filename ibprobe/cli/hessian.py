@@ -3,7 +3,6 @@ at initialisation, exactly; --run DIR or --model/--checkpoints: the top-k eigenv
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
 from ibprobe.cli import flags

@@ -8,7 +8,6 @@ from ibprobe import plan
 from ibprobe.backends import BACKENDS
 from ibprobe.cli import flags
 from ibprobe.config import resolve_device
-from ibprobe.errors import ConfigError
 from ibprobe.fit import threads_per_worker
 from ibprobe.presets import PRESETS
 from ibprobe.source import parse_layers
@@ -41,8 +40,6 @@ def add_parser(sub) -> None:
 
 
 def handler(args) -> int:
-    if args.workers < 1 or args.jobs_per_task < 1:
-        raise ConfigError("--workers and --jobs-per-task must be >= 1")
     if args.run:
         jobs = plan.jobs_of_run(args.run)
     else:

@@ -44,9 +44,9 @@ def handler(args) -> int:
     preset = get_preset(args.preset)
     out = Path(args.out or Path("runs") / preset.name)
     acfg = flags.analysis_config(args)
+    figures = not args.no_figures and args.backend != "none"
     results = run_preset(
-        preset, out, regimes=args.regime, figures=not args.no_figures and args.backend != "none",
-        backend=flags.backend(args), data_root=args.data_root,
+        preset, out, regimes=args.regime, figures=figures, backend=flags.backend(args), data_root=args.data_root,
         download=args.download, device=acfg.device, jobs=acfg.jobs, seed=acfg.seed,
         layers=parse_layers(args.layers) if args.layers else None, decoder=acfg.decoder, fit=acfg.fit,
         train_overrides=flags.parse_kv(args.train, "--train"), progress=acfg.progress, probe=acfg.probe,
@@ -57,7 +57,7 @@ def handler(args) -> int:
     written = []
     for regime, run_dir in regime_dirs(out, preset, args.regime).items():
         written.append(run_dir / "analysis" / "mi.csv")
-        if not args.no_figures and args.backend != "none":
+        if figures:
             written.append(run_dir / "figures")
         flags.print_summary(regime, results[regime], file=sys.stdout)
     return flags.print_written(t0, written, [r for rows in results.values() for r in rows], "mi.csv", args.backend)

@@ -14,6 +14,7 @@ from ibprobe.checkpoints import list_checkpoints
 from ibprobe.cli import flags
 from ibprobe.config import TrainConfig
 from ibprobe.errors import ConfigError
+from ibprobe.source import dataset_spec
 from ibprobe.train import train, train_config
 
 
@@ -34,6 +35,8 @@ def add_parser(sub) -> None:
 
 
 def handler(args) -> int:
+    if args.dataset or args.images or args.labels:  # the data flags must agree; the paths stay as given
+        dataset_spec(args.dataset, images=args.images, labels=args.labels, levels=args.levels)
     given = flags.parse_kv(args.train, "--train")
     named = {"dataset": args.dataset, "data_root": args.data_root, "images_path": args.images,
              "labels_path": args.labels, "levels": args.levels, "model": args.model, "seed": args.seed}
@@ -45,7 +48,7 @@ def handler(args) -> int:
         given["model_args"] = flags.parse_kv(args.model_arg, "--model-arg")
     if args.download:
         given["download"] = True
-    if args.images and args.dataset is None:
+    if args.images:
         given["dataset"] = "npy"
     out = train(train_config(args.out, given), args.out, device=args.device, progress=not args.quiet)
     if not args.quiet:

@@ -100,6 +100,9 @@ OPTIONS = [
     ("train checkpoint epoch not an integer", ["train", "--out", T, "--train", "checkpoint_epochs=0,1.5"],
      "checkpoint_epochs"),
     ("train unknown dataset", ["train", "--out", T, "--dataset", "nosuch"], "nosuch"),
+    ("train dataset and images", ["train", "--out", T, "--dataset", "digits", "--images", X0], "not both"),
+    ("train labels without images", ["train", "--out", T, "--labels", X0], "--labels goes with --images"),
+    ("train images without levels", ["train", "--out", T, "--images", X0], "--levels"),
     ("train unknown model", ["train", "--out", T, "--model", "nosuch", "--train", "epochs=0"], "nosuch"),
     ("train out empty", ["train", "--out", ""], "--out"),
     ("run out empty", ["run", "--out", ""], "--out"),
@@ -204,6 +207,21 @@ def test_a_damaged_file_is_named_in_one_line(finished, tmp_path, capsys, rel, co
     assert "delete" in line or "rerun" in line or "restore" in line or "use a new --out" in line, line
     assert digest(run) == before  # nothing else was touched
     assert not temps(run)
+
+
+@pytest.mark.parametrize("key,value,needle", [("mixture_codes", "x", "pinned settings"),
+                                                ("seed", "x", "pinned settings"),
+                                                ("init_epochs", "x", "init_epochs must be an integer"),
+                                                ("init_epochs", 0, "init_epochs must be an integer >= 1")])
+def test_a_damaged_pinned_setting_is_one_line(finished, tmp_path, capsys, key, value, needle):
+    run = _copy(finished, tmp_path)
+    p = run / "analysis.json"
+    meta = json.loads(p.read_text())
+    meta["settings"][key] = value
+    p.write_text(json.dumps(meta))
+    before = digest(run)
+    one_line(capsys, main(["plan", "--run", str(run), "--quiet"]), needle)
+    assert digest(run) == before
 
 
 def test_a_result_made_from_other_inputs_is_never_measured(finished, tmp_path, capsys):
