@@ -16,7 +16,6 @@ data set's train split). Every checkpoint sees the same seeded images.
 from __future__ import annotations
 
 import csv
-import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +33,7 @@ from ibprobe.errors import CheckpointError, ConfigError, DataError
 from ibprobe.fsutil import atomic_write_text
 from ibprobe.hessian import LINEAR_INITS, fixed_batch, hessian_rows, linear_resnet_table, synthetic_problem
 from ibprobe.report.lenses import condition_number_vs_depth, hessian_vs_epoch, save_complexity
-from ibprobe.report.plots import read_metrics, save_figure
+from ibprobe.report.plots import read_metrics, rows_to_csv, save_figure
 from ibprobe.source import ModelSource, dataset, model_failed, relative_to_run, source_from_run, spec_data, spec_source
 
 
@@ -139,7 +138,7 @@ def hessian_lens(target: LensTarget, out_dir: str | os.PathLike, *, k: int = 10,
                            seed=seed)[0]
         rows.append({**row, "n_images": len(x), "checkpoint": relative_to_run(path, out)})
     written = [write_rows(out / "analysis" / "hessian.csv", rows)]
-    written += save_figure(hessian_vs_epoch(rows, title=target.title), out / "figures" / "hessian", rows)
+    written += save_figure(hessian_vs_epoch(rows, title=target.title), out / "figures" / "hessian", written[0])
     return rows, written
 
 
@@ -216,7 +215,7 @@ def hessian_linear(out_dir: str | os.PathLike, *, shortcut_depths: Sequence[int]
     written = [write_rows(out / "analysis" / "hessian_linear.csv", rows)]
     fig = condition_number_vs_depth(rows, title=f"Hessian at initialisation, deep linear residual net, width {width}, "
                                     f"{'isotropic' if isotropic else 'generic'} residual moment")
-    return rows, written + save_figure(fig, out / "figures" / "hessian_linear", rows)
+    return rows, written + save_figure(fig, out / "figures" / "hessian_linear", written[0])
 
 
 def linear_table_text(rows: Sequence[dict]) -> str:
@@ -235,13 +234,7 @@ def linear_table_text(rows: Sequence[dict]) -> str:
 # ------------------------------------------------------------------------------------------------ tables
 def write_rows(path: str | os.PathLike, rows: Sequence[dict]) -> Path:
     """A CSV of dict rows (columns in first-seen order; floats round-trip exactly; None -> empty), atomically."""
-    cols: list[str] = list(dict.fromkeys(k for r in rows for k in r))
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: "" if r.get(k) is None else repr(r[k]) if isinstance(r[k], float) else r[k] for k in cols})
-    return atomic_write_text(path, buf.getvalue())
+    return atomic_write_text(path, rows_to_csv(rows))
 
 
 def read_rows(path: str | os.PathLike) -> list[dict]:
