@@ -26,7 +26,7 @@ import torch
 
 from decoders.progress import progress as progress_report
 from ibprobe.checkpoints import list_checkpoints, load_run_config
-from ibprobe.complexity import margins, model_complexity
+from ibprobe.complexity import complexity_rows
 from ibprobe.config import config_from_dict, resolve_device
 from ibprobe.data import to_model_input
 from ibprobe.errors import CheckpointError, ConfigError, DataError
@@ -160,16 +160,10 @@ def complexity_lens(target: LensTarget, out_dir: str | os.PathLike, *, n: int = 
     x = y = None
     if target.regime == "classify":
         x, y = (v.to(dev) for v in target.batch(n, seed, "classify"))
-    layers, summaries = [], []
-    for epoch, path in progress_report(ckpts, enabled=progress, desc="complexity", unit="checkpoint"):
-        model = target.source.load_model(path, device=str(dev))
-        rows, summary = model_complexity(model, x, y, in_shape=target.source.in_shape,
-                                         margin_quantile=margin_quantile, iters=iters, seed=seed)
-        layers += [{"epoch": epoch, **r} for r in rows]
-        if x is not None:
-            summary["train_acc_eval"] = float((margins(model, x, y) > 0).mean())
-            summary["n_images"] = len(x)
-        summaries.append({"epoch": epoch, **summary})
+    models = ((epoch, target.source.load_model(path, device=str(dev)))
+              for epoch, path in progress_report(ckpts, enabled=progress, desc="complexity", unit="checkpoint"))
+    layers, summaries = complexity_rows(models, x, y, in_shape=target.source.in_shape,
+                                        margin_quantile=margin_quantile, iters=iters, seed=seed)
     written = [write_rows(out / "analysis" / "complexity_layers.csv", layers),
                write_rows(out / "analysis" / "complexity.csv", summaries)]
     metrics = read_metrics(target.metrics_path) if target.metrics_path else []
