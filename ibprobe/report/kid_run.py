@@ -63,7 +63,7 @@ def measure_kid(run_dir: str | os.PathLike, cfg: KidConfig = KidConfig(), *, dev
     if dev.type == "cpu":
         torch.set_num_threads(1)  # per-pixel steps of small decoders: a second thread only adds waiting
     try:
-        rows = sample_decoders(found, pairs, images, source=source, levels=int(ds.levels), n_samples=1,
+        rows = sample_decoders(run_dir, found, pairs, images, source=source, levels=int(ds.levels), n_samples=1,
                                seed=cfg.seed, device=device, progress=progress, desc="KID: sampling")
     finally:
         torch.set_num_threads(threads)
