@@ -115,3 +115,16 @@ def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
             yield model
     finally:
         model.train(was_training)
+
+
+@contextlib.contextmanager
+def one_cpu_thread(device: torch.device) -> Iterator[None]:
+    """On the CPU, torch uses one thread for the block (the per-pixel steps of small decoders only wait on a
+    second); the previous thread count is back afterwards. A no-op on CUDA."""
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

@@ -176,12 +176,7 @@ def binning_sensitivity(acts: np.ndarray, labels: np.ndarray | None = None,
 
     The ceiling is log2 N, which I(X;T) reaches once every image falls in its own cell.
     """
-    rows, span = [], activation_range(acts)
-    for b in bin_counts:
-        e = binning_mi(acts, labels, bins=int(b), value_range=span)
-        rows.append({"bins": int(b), "i_xh_bits": e.i_xh_bits, "i_yh_bits": e.i_yh_bits, "n": e.n, "dims": e.dims,
-                     "ceiling_bits": math.log2(e.n)})
-    return rows
+    return _layer_rows(acts, labels, (), (), bin_counts)[1]
 
 
 # ----------------------------------------------------------------------------------------------- KDE
@@ -268,19 +263,31 @@ def baseline_rows(acts: Mapping[tuple[int, str], np.ndarray], labels: np.ndarray
     """
     rows = []
     for (epoch, layer), a in acts.items():
-        lo, hi = activation_range(a)
-        base = {"epoch": int(epoch), "layer": str(layer)}
-        for b in bins:
-            e = binning_mi(a, labels, bins=int(b), value_range=(lo, hi))
-            rows.append({**base, "estimator": "binning", "bins": int(b), "noise_var": None, "i_xh_bits": e.i_xh_bits,
-                         "i_yh_bits": e.i_yh_bits, "n": e.n, "dims": e.dims, "act_min": lo, "act_max": hi,
-                         "status": "ok", "error": ""})
-        for v in noise_vars:
-            e = kde_mi(a, labels, noise_var=float(v))
-            rows.append({**base, "estimator": "kde", "bins": None, "noise_var": float(v), "i_xh_bits": e.i_xh_bits,
-                         "i_yh_bits": e.i_yh_bits, "n": e.n, "dims": e.dims, "act_min": None, "act_max": None,
-                         "status": "ok", "error": ""})
+        rows += [{"epoch": int(epoch), "layer": str(layer), **r} for r in _layer_rows(a, labels, bins, noise_vars)[0]]
     return rows
+
+
+def _layer_rows(a: np.ndarray, labels: np.ndarray | None, bins: Sequence[int], noise_vars: Sequence[float],
+                sweep: Sequence[int] = ()) -> tuple[list[dict], list[dict]]:
+    """(baselines.csv rows less epoch and layer, binning_sensitivity rows over `sweep`) of one layer's codes; each
+    bin count is estimated once, over the codes' observed range."""
+    bins, sweep = [int(b) for b in bins], [int(b) for b in sweep]
+    lo, hi = activation_range(a)
+    est = {b: binning_mi(a, labels, bins=b, value_range=(lo, hi)) for b in dict.fromkeys(bins + sweep)}
+    rows = []
+    for b in bins:
+        e = est[b]
+        rows.append({"estimator": "binning", "bins": b, "noise_var": None, "i_xh_bits": e.i_xh_bits,
+                     "i_yh_bits": e.i_yh_bits, "n": e.n, "dims": e.dims, "act_min": lo, "act_max": hi,
+                     "status": "ok", "error": ""})
+    for v in noise_vars:
+        e = kde_mi(a, labels, noise_var=float(v))
+        rows.append({"estimator": "kde", "bins": None, "noise_var": float(v), "i_xh_bits": e.i_xh_bits,
+                     "i_yh_bits": e.i_yh_bits, "n": e.n, "dims": e.dims, "act_min": None, "act_max": None,
+                     "status": "ok", "error": ""})
+    sens = [{"bins": b, "i_xh_bits": est[b].i_xh_bits, "i_yh_bits": est[b].i_yh_bits, "n": est[b].n,
+             "dims": est[b].dims, "ceiling_bits": math.log2(est[b].n)} for b in sweep]
+    return rows, sens
 
 
 # ----------------------------------------------------------------------------------------------- a run folder
@@ -303,8 +310,9 @@ def measure_baselines(run_dir: str | os.PathLike, specs: Sequence[JobSpec], sett
     for s in progress_report(list(specs), enabled=progress, desc="baselines", unit="layer"):
         try:
             a = store.read(s.epoch, s.layer, "test", codes_key(ds.images[test_idx], source, digests.get(str(s.epoch), "")))
-            rows += baseline_rows({(s.epoch, s.layer): a}, labels, bins=(bins,), noise_vars=(noise_var,))
-            sens += [{"epoch": int(s.epoch), "layer": s.layer, **r} for r in binning_sensitivity(a, labels, counts)]
+            base, sens_rows = _layer_rows(a, labels, (bins,), (noise_var,), counts)
+            rows += [{"epoch": int(s.epoch), "layer": str(s.layer), **r} for r in base]
+            sens += [{"epoch": int(s.epoch), "layer": s.layer, **r} for r in sens_rows]
         except UserError as e:
             rows += [{"epoch": int(s.epoch), "layer": s.layer, "estimator": est, "bins": b, "noise_var": v,
                       "status": "failed", "error": str(e).replace("\n", " ")[:500]}

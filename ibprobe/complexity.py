@@ -340,18 +340,22 @@ def model_complexity(model: nn.Module, x: torch.Tensor | None = None, y: torch.T
                      seed: int = 0) -> tuple[list[dict], dict]:
     """(layer rows, summary) of one model. With data (x, y), the summary adds `margin` (the margin_quantile
     quantile of the margins on it), `bartlett_margin` and `residual_margin` (each complexity divided by that
-    margin; inf when the margin is <= 0, i.e. more than that fraction of x is misclassified)."""
+    margin; inf when the margin is <= 0, i.e. more than that fraction of x is misclassified), `train_acc_eval`
+    (the accuracy on x in eval mode) and `n_images` (len(x))."""
     if in_shape is None and x is not None:
         in_shape = tuple(x.shape[1:])
     rows = layer_norms(model, in_shape, iters=iters, seed=seed)
     summary = complexity_summary(rows)
     summary["param_norm_sq"] = float(sum(p.detach().double().pow(2).sum() for p in model.parameters()))
     if x is not None and y is not None:
-        gamma = float(np.quantile(margins(model, x, y), margin_quantile))
+        m = margins(model, x, y)
+        gamma = float(np.quantile(m, margin_quantile))
         summary["margin"] = gamma
         for k in ("bartlett", "residual_complexity"):
             key = "bartlett_margin" if k == "bartlett" else "residual_margin"
             summary[key] = summary[k] / gamma if gamma > 0 else math.inf
+        summary["train_acc_eval"] = float((m > 0).mean())
+        summary["n_images"] = len(x)
     return rows, summary
 
 

@@ -53,7 +53,6 @@ from ibprobe.errors import ConfigError, DataError, LayerError
 from ibprobe.models import build_model
 from ibprobe.models.autoencoder import ResNetAutoencoder
 
-REFERENCES = ("conditional", "unconditional", "split_half")
 KID_COLUMNS = ("epoch", "layer", "reference", "kid_mean", "kid_std", "subsets", "subset_size", "n_real", "n_fake",
                "features")
 
@@ -349,7 +348,7 @@ def default_input_size(spec: str) -> int | None:
     return 299 if str(spec) == "torchvision:inception_v3" else None
 
 
-__all__ = ["KID_COLUMNS", "KidConfig", "KidResult", "REFERENCES", "polynomial_kernel", "mmd2_unbiased", "kid",
+__all__ = ["KID_COLUMNS", "KidConfig", "KidResult", "polynomial_kernel", "mmd2_unbiased", "kid",
            "kid_halves", "kid_split_half", "kid_rows", "default_feature_layer", "kid_features", "FeatureNet",
            "feature_net", "input_channels", "load_feature_model", "default_input_size"]
 

@@ -16,7 +16,6 @@ data set's train split). Every checkpoint sees the same seeded images.
 from __future__ import annotations
 
 import csv
-import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,17 +25,16 @@ import numpy as np
 import torch
 
 from decoders.progress import progress as progress_report
-from ibprobe.checkpoints import list_checkpoints, load_run_config, load_weights, resolve_checkpoints
-from ibprobe.complexity import margins, model_complexity
+from ibprobe.checkpoints import list_checkpoints, load_run_config
+from ibprobe.complexity import complexity_rows
 from ibprobe.config import config_from_dict, resolve_device
-from ibprobe.data import load_dataset, to_model_input
+from ibprobe.data import to_model_input
 from ibprobe.errors import CheckpointError, ConfigError, DataError
 from ibprobe.fsutil import atomic_write_text
 from ibprobe.hessian import LINEAR_INITS, fixed_batch, hessian_rows, linear_resnet_table, synthetic_problem
-from ibprobe.models import build_model
 from ibprobe.report.lenses import condition_number_vs_depth, hessian_vs_epoch, save_complexity
-from ibprobe.report.plots import read_metrics, save_figure
-from ibprobe.source import ModelSource, check_dataset, dataset, parse_normalize, relative_to_run, source_from_run
+from ibprobe.report.plots import read_metrics, rows_to_csv, save_figure
+from ibprobe.source import ModelSource, dataset, model_failed, relative_to_run, source_from_run, spec_data, spec_source
 
 
 @dataclass(frozen=True)
@@ -92,24 +90,14 @@ def target_from_spec(*, model: str, checkpoints, dataset_spec: dict, model_args:
     """The LensTarget of a model spec and your checkpoints, on the data set's train split; checks that the data
     load, every checkpoint loads safely and fits the model, and the model takes two images and gives outputs
     that fit its regime (autoencode for resnet_ae, classify otherwise)."""
-    ds = load_dataset(**dataset_spec, download=True) if download else dataset(dataset_spec)
-    check_dataset(ds)
-    norm = parse_normalize(normalize, ds.image_shape[0]) if isinstance(normalize, str) else normalize
-    margs = dict(model_args or {})
-    num_classes = int(margs.pop("num_classes", ds.num_classes))
-    net = build_model(model, in_shape=ds.image_shape, num_classes=num_classes, **margs)
-    ckpts = resolve_checkpoints(checkpoints)
-    for _, path in ckpts:
-        load_weights(net, path)
+    ds, norm = spec_data(dataset_spec, normalize, download)
+    source, net = spec_source(model, checkpoints, ds, model_args=model_args, normalize=norm)
     regime = "autoencode" if model == "resnet_ae" else "classify"
-    _check_outputs(net.eval(), to_model_input(ds.images[ds.train_idx[:2]], ds.levels, norm), regime, num_classes,
-                   int(ds.labels.max()))
-    source = ModelSource(kind="spec", model=str(model), model_args=margs, in_shape=tuple(ds.image_shape),
-                         num_classes=num_classes, normalize=norm,
-                         checkpoints=tuple((int(e), str(Path(p).resolve())) for e, p in ckpts))
+    _check_outputs(net.eval(), to_model_input(ds.images[ds.train_idx[:2]], ds.levels, norm), regime,
+                   source.num_classes, int(ds.labels.max()))
     x, y = ds.split("train")
     return LensTarget(source=source, regime=regime, images=x, labels=y, levels=ds.levels, metrics_path=None,
-                      label=str(model), title=f"{model} on {ds.name}, {len(ckpts)} checkpoint(s)")
+                      label=str(model), title=f"{model} on {ds.name}, {len(source.checkpoints)} checkpoint(s)")
 
 
 def _check_outputs(net, x: torch.Tensor, regime: str, num_classes: int, max_label: int) -> None:
@@ -117,9 +105,7 @@ def _check_outputs(net, x: torch.Tensor, regime: str, num_classes: int, max_labe
         with torch.no_grad():
             out = net(x)
     except Exception as e:  # noqa: BLE001 - the user's model cannot take these images: say so in one line
-        msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-        raise ConfigError(f"the model failed on images of shape {tuple(x.shape[1:])}: {type(e).__name__}: {msg}") \
-            from None
+        raise model_failed(e, x.shape[1:]) from None
     if regime == "autoencode" and tuple(out.shape) != tuple(x.shape):
         raise ConfigError(f"an autoencoder must return images of its input's shape {tuple(x.shape)}, got "
                           f"{tuple(out.shape)}")
@@ -152,7 +138,7 @@ def hessian_lens(target: LensTarget, out_dir: str | os.PathLike, *, k: int = 10,
                            seed=seed)[0]
         rows.append({**row, "n_images": len(x), "checkpoint": relative_to_run(path, out)})
     written = [write_rows(out / "analysis" / "hessian.csv", rows)]
-    written += save_figure(hessian_vs_epoch(rows, title=target.title), out / "figures" / "hessian", rows)
+    written += save_figure(hessian_vs_epoch(rows, title=target.title), out / "figures" / "hessian", written[0])
     return rows, written
 
 
@@ -174,16 +160,10 @@ def complexity_lens(target: LensTarget, out_dir: str | os.PathLike, *, n: int = 
     x = y = None
     if target.regime == "classify":
         x, y = (v.to(dev) for v in target.batch(n, seed, "classify"))
-    layers, summaries = [], []
-    for epoch, path in progress_report(ckpts, enabled=progress, desc="complexity", unit="checkpoint"):
-        model = target.source.load_model(path, device=str(dev))
-        rows, summary = model_complexity(model, x, y, in_shape=target.source.in_shape,
-                                         margin_quantile=margin_quantile, iters=iters, seed=seed)
-        layers += [{"epoch": epoch, **r} for r in rows]
-        if x is not None:
-            summary["train_acc_eval"] = float((margins(model, x, y) > 0).mean())
-            summary["n_images"] = len(x)
-        summaries.append({"epoch": epoch, **summary})
+    models = ((epoch, target.source.load_model(path, device=str(dev)))
+              for epoch, path in progress_report(ckpts, enabled=progress, desc="complexity", unit="checkpoint"))
+    layers, summaries = complexity_rows(models, x, y, in_shape=target.source.in_shape,
+                                        margin_quantile=margin_quantile, iters=iters, seed=seed)
     written = [write_rows(out / "analysis" / "complexity_layers.csv", layers),
                write_rows(out / "analysis" / "complexity.csv", summaries)]
     metrics = read_metrics(target.metrics_path) if target.metrics_path else []
@@ -229,7 +209,7 @@ def hessian_linear(out_dir: str | os.PathLike, *, shortcut_depths: Sequence[int]
     written = [write_rows(out / "analysis" / "hessian_linear.csv", rows)]
     fig = condition_number_vs_depth(rows, title=f"Hessian at initialisation, deep linear residual net, width {width}, "
                                     f"{'isotropic' if isotropic else 'generic'} residual moment")
-    return rows, written + save_figure(fig, out / "figures" / "hessian_linear", rows)
+    return rows, written + save_figure(fig, out / "figures" / "hessian_linear", written[0])
 
 
 def linear_table_text(rows: Sequence[dict]) -> str:
@@ -248,13 +228,7 @@ def linear_table_text(rows: Sequence[dict]) -> str:
 # ------------------------------------------------------------------------------------------------ tables
 def write_rows(path: str | os.PathLike, rows: Sequence[dict]) -> Path:
     """A CSV of dict rows (columns in first-seen order; floats round-trip exactly; None -> empty), atomically."""
-    cols: list[str] = list(dict.fromkeys(k for r in rows for k in r))
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: "" if r.get(k) is None else repr(r[k]) if isinstance(r[k], float) else r[k] for k in cols})
-    return atomic_write_text(path, buf.getvalue())
+    return atomic_write_text(path, rows_to_csv(rows))
 
 
 def read_rows(path: str | os.PathLike) -> list[dict]:

@@ -305,28 +305,47 @@ def prepare_analysis(*, model: str, checkpoints, dataset_spec: dict, cfg: Analys
     and runs two test images through the last one to check that each layer exists and fires once.
     """
     cfg = AnalysisConfig(**{**asdict(cfg), "layers": parse_layers(cfg.layers)})
+    ds, norm = spec_data(dataset_spec, normalize, download)
+    settings = cfg.settings(ds.image_shape, ds.levels, resolve_side(ds, cfg.decoder_data))
+    decoder_split(ds, settings.decoder_data, settings.seed)  # enough images on that side?
+    source, net = spec_source(model, checkpoints, ds, model_args=model_args, normalize=norm)
+    code_shapes = probe_layers(net.eval(), ds, cfg.layers, norm, spec=str(model))
+    if cfg.progress:
+        print(f"{describe_sizes(ds)}; {model} with {len(source.checkpoints)} checkpoint(s) (epochs "
+              f"{', '.join(str(e) for e, _ in source.checkpoints)}); layers "
+              + ", ".join(f"{l} {tuple(s)}" for l, s in code_shapes.items()), file=sys.stderr)
+    return Prepared(source=source, dataset_spec=dict(dataset_spec), cfg=cfg, settings=settings, dataset=ds,
+                    code_shapes=code_shapes)
+
+
+def spec_data(dataset_spec: dict, normalize: str | tuple | None = None,
+              download: bool = False) -> tuple[Dataset, tuple | None]:
+    """(checked Dataset, normalisation) of a data spec (downloaded when asked) and a --normalize text or tuple."""
     ds = load_dataset(**dataset_spec, download=True) if download else dataset(dataset_spec)
     check_dataset(ds)
-    in_shape = ds.image_shape
-    norm = normalize if normalize is None or isinstance(normalize, tuple) else parse_normalize(normalize, in_shape[0])
-    settings = cfg.settings(in_shape, ds.levels, resolve_side(ds, cfg.decoder_data))
-    decoder_split(ds, settings.decoder_data, settings.seed)  # enough images on that side?
+    return ds, parse_normalize(normalize, ds.image_shape[0]) if isinstance(normalize, str) else normalize
+
+
+def spec_source(model: str, checkpoints, ds: Dataset, *, model_args: dict | None = None,
+                normalize: tuple | None = None) -> tuple[ModelSource, Any]:
+    """(ModelSource of a model spec and its checkpoints, the model with every checkpoint loaded into it in turn,
+    safely and strictly: the last one's weights); num_classes defaults to the data set's."""
     margs = dict(model_args or {})
     num_classes = int(margs.pop("num_classes", ds.num_classes))
-    net = build_model(model, in_shape=in_shape, num_classes=num_classes, **margs)
+    net = build_model(model, in_shape=ds.image_shape, num_classes=num_classes, **margs)
     ckpts = resolve_checkpoints(checkpoints)
     for _, path in ckpts:
         load_weights(net, path)
-    code_shapes = probe_layers(net.eval(), ds, cfg.layers, norm, spec=str(model))
-    if cfg.progress:
-        print(f"{describe_sizes(ds)}; {model} with {len(ckpts)} checkpoint(s) (epochs "
-              f"{', '.join(str(e) for e, _ in ckpts)}); layers "
-              + ", ".join(f"{l} {tuple(s)}" for l, s in code_shapes.items()), file=sys.stderr)
-    source = ModelSource(kind="spec", model=str(model), model_args=margs, in_shape=tuple(in_shape),
-                         num_classes=num_classes, normalize=norm,
+    source = ModelSource(kind="spec", model=str(model), model_args=margs, in_shape=tuple(ds.image_shape),
+                         num_classes=num_classes, normalize=normalize,
                          checkpoints=tuple((int(e), str(Path(p).resolve())) for e, p in ckpts))
-    return Prepared(source=source, dataset_spec=dict(dataset_spec), cfg=cfg, settings=settings, dataset=ds,
-                    code_shapes=code_shapes)
+    return source, net
+
+
+def model_failed(e: Exception, shape: tuple, detail: str = "") -> ConfigError:
+    """One line saying that the user's model cannot take images of `shape` (one image's), and why."""
+    msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+    return ConfigError(f"the model failed on images of shape {tuple(shape)}{detail}: {type(e).__name__}: {msg}")
 
 
 def probe_layers(net, ds: Dataset, layers, normalize, spec: str = "") -> dict:
@@ -338,7 +357,5 @@ def probe_layers(net, ds: Dataset, layers, normalize, spec: str = "") -> dict:
     except UserError:
         raise
     except Exception as e:  # noqa: BLE001 - the user's model cannot take these images: say so in one line
-        msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"the model failed on images of shape {tuple(x.shape[1:])} (float in [0, 1]"
-                          f"{', normalised' if normalize else ''}): {type(e).__name__}: {msg}") from None
+        raise model_failed(e, x.shape[1:], f" (float in [0, 1]{', normalised' if normalize else ''})") from None
     return {l: tuple(acts[l].shape[1:]) for l in layers}

@@ -53,8 +53,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-import torch
-
+from decoders.device import one_cpu_thread
 from ibprobe.config import resolve_device
 from ibprobe.estimate import estimate_mi
 
@@ -258,13 +257,8 @@ def run_validation(*, quick: bool = False, hard: bool = False, device: str = "au
     """
     plan = HARD if hard else QUICK if quick else FULL
     t0 = time.perf_counter()
-    threads = torch.get_num_threads()
-    if resolve_device(device).type == "cpu":
-        torch.set_num_threads(1)  # tiny decoders: OpenMP overhead outweighs a second thread
-    try:
+    with one_cpu_thread(resolve_device(device)):  # tiny decoders: OpenMP overhead outweighs a second thread
         return _run(plan, quick, device, seed, progress, log, t0, reference)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(plan: dict, quick: bool, device: str, seed: int, progress: bool, log, t0: float,

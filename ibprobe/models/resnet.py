@@ -90,8 +90,7 @@ class BasicBlock(nn.Module):
             if i < depth:
                 self.add_module(f"relu{i}", nn.ReLU(inplace=False))
         if stride != 1 or c_in != c_out:
-            self.shortcut: nn.Module = nn.Sequential(
-                nn.Conv2d(c_in, c_out, 1, stride=stride, bias=not batchnorm), _norm(c_out, batchnorm))
+            self.shortcut: nn.Module = make_projection(c_in, c_out, stride, batchnorm)
         else:
             self.shortcut = nn.Identity()
         self.relu_out = nn.ReLU(inplace=False)
@@ -123,6 +122,11 @@ def make_stage(c_in: int, c_out: int, n_blocks: int, stride: int, depth: int, ba
     blocks = [BasicBlock(c_in, c_out, stride, depth, batchnorm)]
     blocks += [BasicBlock(c_out, c_out, 1, depth, batchnorm) for _ in range(n_blocks - 1)]
     return nn.Sequential(*blocks)
+
+
+def make_projection(c_in: int, c_out: int, stride: int, batchnorm: bool) -> nn.Sequential:
+    """The projection shortcut of a block that changes width or resolution: a strided 1x1 conv and its norm."""
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=not batchnorm), _norm(c_out, batchnorm))
 
 
 def make_stem(c_in: int, c_out: int, batchnorm: bool) -> nn.Sequential:

@@ -24,7 +24,8 @@ import torch
 import torch.nn as nn
 
 from ibprobe.errors import ConfigError
-from ibprobe.models.resnet import INITS, ZERO_INIT_SCALE, GlobalPool, _norm, _tuple, default_strides, init_weights
+from ibprobe.models.resnet import (INITS, ZERO_INIT_SCALE, GlobalPool, _norm, _tuple, default_strides, init_weights,
+                                   make_projection, make_stem)
 
 
 @dataclass(frozen=True)
@@ -93,8 +94,7 @@ class RiRBlock(nn.Module):
         if not shortcut:
             self.shortcut: nn.Module | None = None
         elif stride != 1 or r_in != r_out:
-            self.shortcut = nn.Sequential(nn.Conv2d(r_in, r_out, 1, stride=stride, bias=not batchnorm),
-                                          _norm(r_out, batchnorm))
+            self.shortcut = make_projection(r_in, r_out, stride, batchnorm)
         else:
             self.shortcut = nn.Identity()
         self.relu_out = nn.ReLU(inplace=False)
@@ -144,8 +144,7 @@ class RiR(nn.Module):
         super().__init__()
         self.cfg = cfg
         r_in, t_in = cfg.widths[0], cfg.transient_widths[0]
-        self.stem = nn.Sequential(nn.Conv2d(cfg.in_channels, r_in + t_in, 3, padding=1, bias=not cfg.batchnorm),
-                                  _norm(r_in + t_in, cfg.batchnorm), nn.ReLU(inplace=False))
+        self.stem = make_stem(cfg.in_channels, r_in + t_in, cfg.batchnorm)
         for s, (r, t, n, stride) in enumerate(zip(cfg.widths, cfg.transient_widths, cfg.blocks, cfg.strides), 1):
             blocks = [RiRBlock(r_in, t_in, r, t, stride, cfg.shortcut_depth, cfg.batchnorm)]
             blocks += [RiRBlock(r, t, r, t, 1, cfg.shortcut_depth, cfg.batchnorm) for _ in range(n - 1)]

@@ -140,23 +140,26 @@ def sample_gallery(run_dir: str | os.PathLike, *, n_images: int = 4, n_samples: 
     pairs = _select(found, layers, epochs)
 
     source, dataset = open_source(run_dir)
-    check_checkpoints(run_dir, source)  # codes from other weights than the decoders were fitted on would mislead
     test_idx = np.asarray(dataset.test_idx)
     index = choose_images(test_idx, n_images, seed)
     images = np.asarray(dataset.images[index])  # (N, C, H, W) uint8
-    rows = sample_decoders(found, pairs, images, source=source, levels=int(dataset.levels), n_samples=n_samples,
-                           seed=seed, device=device, unconditional=unconditional, progress=progress)
+    rows = sample_decoders(run_dir, found, pairs, images, source=source, levels=int(dataset.levels),
+                           n_samples=n_samples, seed=seed, device=device, unconditional=unconditional,
+                           progress=progress)
     return GalleryData(images=images, image_index=index, levels=int(dataset.levels), rows=rows,
                        labels=np.asarray(dataset.labels[index], dtype=np.int64), classes=list(dataset.classes))
 
 
-def sample_decoders(found: dict, pairs: list[tuple[str, int]], images: np.ndarray, *, source, levels: int,
-                    n_samples: int = 1, seed: int = 0, device: str = "auto", unconditional: bool = True,
-                    progress: bool = True, desc: str = "gallery: sampling") -> list[GalleryRow]:
+def sample_decoders(run_dir: str | os.PathLike, found: dict, pairs: list[tuple[str, int]], images: np.ndarray, *,
+                    source, levels: int, n_samples: int = 1, seed: int = 0, device: str = "auto",
+                    unconditional: bool = True, progress: bool = True,
+                    desc: str = "gallery: sampling") -> list[GalleryRow]:
     """`n_samples` samples of q(x | h(x)) for each of `images` (uint8 [N, C, H, W]) from each (layer, epoch)
     decoder of `pairs` (paths in `found`, as `find_decoders` gives), preceded by N·K samples of q(x) when
     `unconditional` and found. Codes h(x) come from `source`'s network at that checkpoint (the decoder
-    standardises raw codes itself); each row's generator is seeded by (seed, layer, epoch) alone."""
+    standardises raw codes itself); each row's generator is seeded by (seed, layer, epoch) alone. A CheckpointError
+    when a checkpoint's content changed since run_dir was analysed."""
+    check_checkpoints(run_dir, source)  # codes from other weights than the decoders were fitted on would mislead
     dev = resolve_device(device)
     n_images = len(images)
     checkpoints = {int(e): p for e, p in source.checkpoints}

@@ -12,8 +12,8 @@ import os
 from pathlib import Path
 
 import numpy as np
-import torch
 
+from decoders.device import one_cpu_thread
 from ibprobe.config import resolve_device
 from ibprobe.errors import DataError
 from ibprobe.folder import read_pinned
@@ -59,14 +59,9 @@ def measure_kid(run_dir: str | os.PathLike, cfg: KidConfig = KidConfig(), *, dev
     images = np.asarray(ds.images[choose_images(test_idx, n, cfg.seed)])  # (N, C, H, W)
     net = run_features(source, ds.image_shape, cfg)  # before the sampling: a bad feature network fails fast
     dev = resolve_device(device)
-    threads = torch.get_num_threads()
-    if dev.type == "cpu":
-        torch.set_num_threads(1)  # per-pixel steps of small decoders: a second thread only adds waiting
-    try:
-        rows = sample_decoders(found, pairs, images, source=source, levels=int(ds.levels), n_samples=1,
+    with one_cpu_thread(dev):
+        rows = sample_decoders(run_dir, found, pairs, images, source=source, levels=int(ds.levels), n_samples=1,
                                seed=cfg.seed, device=device, progress=progress, desc="KID: sampling")
-    finally:
-        torch.set_num_threads(threads)
     feats = {(r.epoch, r.layer): net.features(r.samples[:, 0], levels=int(ds.levels), device=dev) for r in rows}
     unconditional = feats.pop((None, None), None)
     table = kid_rows(net.features(images, levels=int(ds.levels), device=dev), feats, unconditional=unconditional,

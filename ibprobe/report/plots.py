@@ -310,10 +310,9 @@ def _finite(v: Any) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------- saving
-def _rows_to_csv(rows: list[dict]) -> str:
-    cols: list[str] = []
-    for r in rows:
-        cols += [k for k in r if k not in cols]
+def rows_to_csv(rows: Sequence[dict]) -> str:
+    """CSV text of dict rows: columns in first-seen order, floats round-tripping exactly, None an empty cell."""
+    cols = list(dict.fromkeys(k for r in rows for k in r))
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
     w.writeheader()
@@ -338,7 +337,7 @@ def save_figure(fig, path_stem: str | os.PathLike, table: list[dict] | str | os.
     if isinstance(table, (str, os.PathLike)):
         out.append(atomic_write_bytes(csv_path, Path(table).read_bytes()))
     else:
-        out.append(atomic_write_text(csv_path, _rows_to_csv(list(table))))
+        out.append(atomic_write_text(csv_path, rows_to_csv(list(table))))
     return out
 
 
