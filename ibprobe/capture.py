@@ -359,5 +359,5 @@ def fill_store(store: ActivationStore, source, images: dict[str, np.ndarray], la
     return all_keys
 
 
-__all__ = ["tappable_layers", "call_order", "check_layers", "capture", "iter_capture", "ActivationStore", "capture_to_store",
-           "fill_store", "images_key", "codes_key", "SPLITS"]
+__all__ = ["tappable_layers", "call_order", "check_layers", "capture", "iter_capture", "ActivationStore",
+           "capture_to_store", "fill_store", "images_key", "codes_key", "SPLITS"]

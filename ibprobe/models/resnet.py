@@ -11,7 +11,6 @@ activation is never overwritten later in the forward pass.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
