@@ -33,8 +33,8 @@ from decoders.progress import progress as progress_report
 from ibprobe.config import resolve_device
 from ibprobe.data import to_model_input
 from ibprobe.errors import CheckpointError, LayerError
-from ibprobe.fsutil import (NpyStream, atomic_write_json, epoch_dirname, file_digest, jsonable, read_json,
-                            sanitize_name, try_lock)
+from ibprobe.rundir.files import NpyStream, atomic_write_json, file_digest, jsonable, read_json, try_lock
+from ibprobe.rundir.paths import epoch_dirname, sanitize_name
 
 SPLITS = ("fit", "test")  # the analysis image sets: the decoders' and probe's fitting images, their test images
 

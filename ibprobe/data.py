@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ibprobe.errors import ConfigError, DataError
-from ibprobe.fsutil import atomic_write_bytes
+from ibprobe.rundir.files import atomic_write_bytes
 
 DATASET_NAMES = ("digits", "cifar10", "cifar100", "svhn", "mnist", "fashion_mnist", "cinic10", "folder", "npy")
 

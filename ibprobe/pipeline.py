@@ -2,15 +2,17 @@
 
     train     (ibprobe.train)    -> DIR/checkpoints/, metrics.jsonl
     capture   (ibprobe.capture)  -> DIR/activations/   every tapped layer at every checkpoint
-    fit       (ibprobe.fit)      -> DIR/decoders/      q0(x), q(x), one q(x|h) per (checkpoint, layer)
+    fit       (ibprobe.jobs)     -> DIR/decoders/      q0(x), q(x), one q(x|h) per (checkpoint, layer)
     measure   (ibprobe.measure)  -> DIR/analysis/      Î(X;H) with 95% CIs, Î(Y;H), mi.csv; binning and KDE
-                                                       baselines (ibprobe.baselines) on the same test images
+                                                       baselines on the same test images; the KID of the samples
     report    (ibprobe.report)   -> DIR/figures/       information plane, MI against epoch, gallery
 
-Every stage skips what is already on disk, so rerunning a command resumes it.
+Every stage skips what is already on disk, so rerunning a command resumes it. The settings travel as objects: a
+TrainConfig and an AnalysisConfig (the user's request, whose decoder and fit overrides go over a preset's).
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -18,20 +20,24 @@ from pathlib import Path
 import numpy as np
 
 from ibprobe.backends import Backend, LocalBackend
-from ibprobe.baselines import write_baselines
 from ibprobe.capture import ActivationStore, check_layers, fill_store
 from ibprobe.config import AnalysisConfig, Settings, TrainConfig, apply_overrides, resolve_device
 from ibprobe.data import load_dataset
 from ibprobe.errors import ConfigError, UserError
-from ibprobe.fit import plan_jobs, reference_jobs, resolve_jobs, write_job_index
-from ibprobe.folder import claim, source_inputs
-from ibprobe.fsutil import atomic_write_json
-from ibprobe.kid import KidConfig
-from ibprobe.measure import measure_jobs, write_changes_csv, write_mi_csv
+from ibprobe.estimators.kid import KidConfig
+from ibprobe.jobs import plan_jobs, reference_jobs, resolve_jobs, write_job_index
+from ibprobe.measure.baselines import write_baselines
+from ibprobe.measure.kid import measure_kid
+from ibprobe.measure.mi import measure_jobs
 from ibprobe.models import build_model
 from ibprobe.presets import Preset, get_preset
-from ibprobe.report import draw_figures
-from ibprobe.source import ModelSource, dataset, decoder_split, default_chain, resolve_side, source_from_run
+from ibprobe.report import plot_run, save_gallery
+from ibprobe.rundir.files import atomic_write_json
+from ibprobe.rundir.paths import RunDir
+from ibprobe.rundir.pinning import claim, source_inputs
+from ibprobe.rundir.sources import ModelSource, dataset, decoder_split, default_chain, resolve_side, source_from_run
+from ibprobe.rundir.tables import CHANGES, MI, write_table
+from ibprobe.sample import find_decoders, kid_captions, sample_gallery
 from ibprobe.train import train
 
 
@@ -62,10 +68,10 @@ def run_analysis(out_dir: str | os.PathLike, source: ModelSource, dataset_spec: 
 
 def _analyse(run_dir: Path, source: ModelSource, ds, cfg: AnalysisConfig, settings: Settings, layers: list[str],
              digests: dict, fit_idx, test_idx, backend: Backend | None) -> list[dict]:
-    atomic_write_json(run_dir / "source.json", source.to_dict(run_dir))
+    run = RunDir(run_dir)
+    atomic_write_json(run.source, source.to_dict(run_dir))
     device = resolve_device(cfg.device)
-    fill_store(ActivationStore(run_dir / "activations"), source, {"fit": ds.images[fit_idx],
-                                                                  "test": ds.images[test_idx]},
+    fill_store(ActivationStore(run.activations), source, {"fit": ds.images[fit_idx], "test": ds.images[test_idx]},
                cfg.layers, levels=ds.levels, device=device, progress=cfg.progress, digests=digests)
 
     refs = reference_jobs(settings, labelled=len(np.unique(ds.labels[fit_idx])) > 1)
@@ -74,16 +80,58 @@ def _analyse(run_dir: Path, source: ModelSource, ds, cfg: AnalysisConfig, settin
     todo = [j.again(r) for r in range(cfg.repeats) for j in refs + specs]
     runtime = cfg.runtime()
     backend = backend or LocalBackend(workers=resolve_jobs(cfg.jobs, device))
-    starts = [j for j in todo if j.init]  # every other job of a repeat starts from its q0(x)
+    starts = [j for j in todo if j.role.value == "q0"]  # every other job of a repeat starts from its q0(x)
     results = backend.run(run_dir, starts, runtime, retry_failed=cfg.retry_failed, desc="q0(x)")
     if all(r and r.get("status") == "ok" for r in results.values()):
-        results.update(backend.run(run_dir, [j for j in todo if not j.init], runtime, retry_failed=cfg.retry_failed))
+        results.update(backend.run(run_dir, [j for j in todo if j not in starts], runtime,
+                                   retry_failed=cfg.retry_failed))
     rows, change_rows = measure_jobs(run_dir, specs, settings, repeats=cfg.repeats, results=results,
                                      chain=list(cfg.chain) or default_chain(source, cfg.layers))
-    write_mi_csv(run_dir / "analysis" / "mi.csv", rows)
-    write_changes_csv(run_dir / "analysis" / "changes.csv", change_rows)
+    write_table(run.table(MI.name), rows, MI)
+    write_table(run.table(CHANGES.name), change_rows, CHANGES)
     write_baselines(run_dir, specs, settings, bins=cfg.bins, noise_var=cfg.kde_noise_var, progress=cfg.progress)
     return rows
+
+
+# ------------------------------------------------------------------------------------------------ figures
+def draw_figures(run_dir: str | os.PathLike, *, progress: bool = True, gallery: bool = True, gallery_layers=None,
+                 gallery_epochs=None, device: str = "auto", kid: KidConfig | None = KidConfig()) -> list[Path]:
+    """KID (analysis/kid.csv; `kid` None skips it, a KID the folder cannot give is said and skipped), the plots and
+    the gallery of a finished run folder; returns the files written.
+
+    `gallery_layers` / `gallery_epochs` (a preset's choice) apply where the folder has decoders for them. When the
+    run's checkpoints or layers were overridden, missing preset layers are dropped (all layers if none is left) and
+    missing preset epochs give way to the first and last epochs the folder has.
+    """
+    written: list[Path] = []
+    try:
+        if kid is not None and measure_kid(run_dir, kid, device=device, progress=progress):
+            written.append(RunDir(run_dir).table("kid"))
+    except UserError as e:  # e.g. a network whose penultimate layer cannot be told: the figures still matter
+        print(f"KID skipped: {e}", file=sys.stderr)
+    written += plot_run(run_dir)
+    if gallery:
+        have = [k for k in find_decoders(run_dir) if k[0] is not None]
+        layers = [l for l in gallery_layers or () if l in {l for l, _ in have}] or None
+        epochs = list(gallery_epochs) if gallery_epochs is not None else None
+        have_epochs = sorted({e for _, e in have})
+        if epochs is not None and have_epochs and not set(epochs) <= set(have_epochs):
+            epochs = sorted({have_epochs[0], have_epochs[-1]})
+        written.append(make_gallery(run_dir, layers=layers, epochs=epochs, device=device, progress=progress))
+    return written
+
+
+def make_gallery(run_dir: str | os.PathLike, *, n_images: int = 4, n_samples: int = 4,
+                 layers: list[str] | None = None, epochs: list[int] | None = None, seed: int = 0,
+                 device: str = "auto", progress: bool = True) -> Path:
+    """Sample (ibprobe.sample) and draw (ibprobe.report.gallery) the gallery into run_dir/figures/: gallery.png
+    (returned), gallery.pdf, and gallery.npz (the drawn pixels). Rows get their KID from analysis/kid.csv."""
+    data = sample_gallery(run_dir, n_images=n_images, n_samples=n_samples, layers=layers, epochs=epochs,
+                          seed=seed, device=device, progress=progress)
+    notes = kid_captions(run_dir)
+    for row in data.rows:
+        row.note = notes.get((row.layer, row.epoch), "")
+    return save_gallery(data, RunDir(run_dir).figures)
 
 
 # ------------------------------------------------------------------------------------------------ presets
@@ -99,15 +147,13 @@ def regime_dirs(out_dir: str | os.PathLike, preset: Preset, regimes=None) -> dic
     return {r: out / r for r in regimes}
 
 
-def preset_configs(preset: str | Preset, regime: str, *, data_root: str | None = None, download: bool = False,
-                   seed: int = 0, train_overrides: dict | None = None, layers=None, decoder: dict | None = None,
-                   fit: dict | None = None, device: str = "auto", jobs: int = 0, progress: bool = True,
-                   probe: bool = True, retry_failed: bool = False, keep_fit_state: bool = False,
-                   decoder_data: str = "auto", reference: str = "best", mixture_codes: int = 16,
-                   repeats: int = 1, bins: int = 30, kde_noise_var: float = 0.1) -> tuple[TrainConfig, AnalysisConfig]:
-    """The TrainConfig and AnalysisConfig of one regime of a preset, with the user's overrides."""
+def preset_configs(preset: str | Preset, regime: str, request: AnalysisConfig = AnalysisConfig(), *,
+                   train_overrides: dict | None = None, data_root: str | None = None,
+                   download: bool = False) -> tuple[TrainConfig, AnalysisConfig]:
+    """The TrainConfig and AnalysisConfig of one regime of a preset under the user's `request`: its layers (when
+    given), decoder and fit overrides win over the preset's; `train_overrides` over the preset's training."""
     p = get_preset(preset) if isinstance(preset, str) else preset
-    tkw = dict(p.train, regime=regime, seed=seed)
+    tkw = dict(p.train, regime=regime, seed=request.seed)
     if regime == "autoencode":
         tkw["model"] = p.autoencoder
     if data_root is not None:
@@ -115,30 +161,39 @@ def preset_configs(preset: str | Preset, regime: str, *, data_root: str | None =
     if download:
         tkw["download"] = True
     tcfg = apply_overrides(TrainConfig(**tkw), train_overrides, "--train")
-    acfg = AnalysisConfig(layers=tuple(layers or p.layers[regime]), decoder={**p.decoder, **(decoder or {})},
-                          fit={**p.fit, **(fit or {})}, init_epochs=p.init_epochs, device=device, jobs=jobs,
-                          seed=seed, probe=probe, retry_failed=retry_failed, progress=progress,
-                          keep_fit_state=keep_fit_state, decoder_data=decoder_data, reference=reference,
-                          mixture_codes=mixture_codes, repeats=repeats, bins=bins, kde_noise_var=kde_noise_var)
+    acfg = dataclasses.replace(
+        request, layers=tuple(request.layers or p.layers[regime]), decoder={**p.decoder, **request.decoder},
+        fit={**p.fit, **request.fit}, init_epochs=p.init_epochs if request.init_epochs is None else request.init_epochs)
     return tcfg, acfg
 
 
-def run_preset(preset: str | Preset, out_dir: str | os.PathLike, *, regimes=None, figures: bool = True,
-               backend: Backend | None = None, kid: KidConfig | bool = True, **overrides) -> dict[str, list[dict]]:
-    """Train + analyse (+ draw) each regime of `preset`; returns {regime: mi.csv rows}.
+def run_preset(preset: str | Preset, out_dir: str | os.PathLike, request: AnalysisConfig = AnalysisConfig(), *,
+               regimes=None, figures: bool = True, backend: Backend | None = None, kid: KidConfig | bool = True,
+               train_overrides: dict | None = None, data_root: str | None = None,
+               download: bool = False) -> dict[str, list[dict]]:
+    """Train + analyse (+ draw) each regime of `preset` under the user's `request`; returns {regime: mi.csv rows}.
 
-    `kid`: the KID of decoder samples, computed with the figures: True (the defaults, seeded by `seed`), a KidConfig,
-    or False.
+    `kid`: the KID of decoder samples, computed with the figures: True (the defaults, seeded by the request's seed),
+    a KidConfig, or False. `backend`: who runs the decoder jobs (see run_analysis). Every setting is resolved before
+    any training starts.
 
-    `overrides`: the keywords of `preset_configs`; `backend`: who runs the decoder jobs (see run_analysis). Every
-    setting is resolved before any training starts.
+    >>> import tempfile
+    >>> tiny = Preset(name="tiny", description="a doctest", layers={"classify": ("layer1",)},
+    ...               train=dict(dataset="digits", model_args={"widths": (4, 8, 8), "blocks": (1, 1, 1)}, epochs=1,
+    ...                          checkpoint_epochs=(0, 1), max_train=300),
+    ...               decoder=dict(nr_resnet=1, nr_filters=4, nr_mix=1, dropout=0.0), fit=dict(epochs=1))
+    >>> rows = run_preset(tiny, tempfile.mkdtemp(), AnalysisConfig(device="cpu", jobs=1, progress=False),
+    ...                   figures=False)["classify"]
+    >>> [(r["layer"], r["epoch"], r["status"]) for r in rows]
+    [('layer1', 0, 'ok'), ('layer1', 1, 'ok')]
     """
     p = get_preset(preset) if isinstance(preset, str) else preset
     dirs = regime_dirs(out_dir, p, regimes)
-    kid = KidConfig(seed=overrides.get("seed", 0)) if kid is True else kid or None
+    kid = KidConfig(seed=request.seed) if kid is True else kid or None
     plans = {}
     for regime, run_dir in dirs.items():
-        tcfg, acfg = preset_configs(p, regime, **overrides)
+        tcfg, acfg = preset_configs(p, regime, request, train_overrides=train_overrides, data_root=data_root,
+                                    download=download)
         ds = load_dataset(**tcfg.dataset_spec(), download=True) if tcfg.download else dataset(tcfg.dataset_spec())
         check_layers(build_model(tcfg.model, in_shape=ds.image_shape, num_classes=ds.num_classes, **tcfg.model_args),
                      acfg.layers)  # the model and the layers, before any training
@@ -152,7 +207,7 @@ def run_preset(preset: str | Preset, out_dir: str | os.PathLike, *, regimes=None
         source, data_spec = source_from_run(run_dir)
         if acfg.progress:
             print(f"[{regime}] measuring {len(acfg.layers)} layers x {len(source.checkpoints)} checkpoints "
-                  f"-> {run_dir}/analysis/mi.csv", file=sys.stderr)
+                  f"-> {RunDir(run_dir).table(MI.name)}", file=sys.stderr)
         results[regime] = run_analysis(run_dir, source, data_spec, acfg, settings, backend)
         if figures:
             draw_figures(run_dir, progress=acfg.progress, gallery_layers=p.gallery_layers,

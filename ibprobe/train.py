@@ -28,13 +28,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from decoders.progress import progress as progress_report
-from ibprobe.checkpoints import list_checkpoints, load_run_checkpoint, load_run_config
 from ibprobe.config import TrainConfig, apply_overrides, config_from_dict, resolve_device
 from ibprobe.data import load_dataset, to_model_input
 from ibprobe.errors import CheckpointError, ConfigError
-from ibprobe.fsutil import (atomic_torch_save, atomic_write_json, atomic_write_text, cpu_state, epoch_dirname,
-                            remove_stale_temps, try_lock)
 from ibprobe.models import build_model
+from ibprobe.rundir.checkpoints import list_checkpoints, load_run_checkpoint, load_run_config
+from ibprobe.rundir.files import (atomic_torch_save, atomic_write_json, atomic_write_text, cpu_state,
+                                  remove_stale_temps, try_lock)
+from ibprobe.rundir.paths import RunDir, epoch_dirname
 
 RUN_FORMAT = "ibprobe-run/1"
 
@@ -68,8 +69,7 @@ def train_config(out_dir: str | os.PathLike, given: dict | None = None) -> Train
 def stored_config(out_dir: str | os.PathLike) -> dict | None:
     """The config a run folder is bound to, or None while it holds no checkpoint: a config.json left by a first
     `train` that failed before its first checkpoint binds nothing, so the corrected command is not refused."""
-    ckdir = Path(out_dir) / "checkpoints"
-    if not (ckdir / "last.pt").exists() and not list_checkpoints(out_dir):
+    if not RunDir(out_dir).last_checkpoint.exists() and not list_checkpoints(out_dir):
         return None
     return load_run_config(out_dir)
 
@@ -158,15 +158,17 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, *, device: str = "auto",
         raise ConfigError(f"dataset {cfg.dataset!r} has {ds.num_classes} class; use --regime autoencode")
     g_data = seed_everything(cfg.seed)
     model = build_model(cfg.model, in_shape=ds.image_shape, num_classes=ds.num_classes, **cfg.model_args)
+    run = RunDir(out)
     with try_lock(out / ".train.lock", wait=True):
-        remove_stale_temps(out / "checkpoints")  # left by a kill; no other process writes there now
-        remove_stale_temps(out, ("config.json", "metrics.jsonl"))
+        remove_stale_temps(run.checkpoints)  # left by a kill; no other process writes there now
+        remove_stale_temps(out, (run.config.name, run.metrics.name))
         return _train(cfg, out, ds, model, g_data, dev, progress, _after_epoch)
 
 
 def _train(cfg: TrainConfig, out: Path, ds, model: nn.Module, g_data: torch.Generator, dev: torch.device,
            progress: bool, _after_epoch: Callable[[int], None] | None) -> Path:
-    ckdir = out / "checkpoints"
+    run = RunDir(out)
+    ckdir = run.checkpoints
     run_cfg = _run_config(cfg, ds)
     old = stored_config(out)
     if old is not None and _comparable(old) != _comparable(run_cfg):
@@ -181,7 +183,7 @@ def _train(cfg: TrainConfig, out: Path, ds, model: nn.Module, g_data: torch.Gene
     else:
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if old is None:
-        atomic_write_json(out / "config.json", run_cfg)
+        atomic_write_json(run.config, run_cfg)
 
     x_train, y_train = ds.split("train")  # with max_train, the seeded subset load_dataset keeps
     x_test, y_test = ds.split("test")
@@ -191,7 +193,7 @@ def _train(cfg: TrainConfig, out: Path, ds, model: nn.Module, g_data: torch.Gene
     schedule = set(cfg.schedule_epochs())
 
     epoch, step, history = 0, 0, []
-    last = ckdir / "last.pt"
+    last = run.last_checkpoint
     if last.exists():
         try:
             ck = load_run_checkpoint(last)
@@ -281,7 +283,7 @@ def _metrics(epoch, tr_loss, tr_acc, te_loss, te_acc, lr, seconds, regime) -> di
 
 
 def _write_metrics(out: Path, history: list[dict]) -> None:
-    atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(m, sort_keys=True) + "\n" for m in history))
+    atomic_write_text(RunDir(out).metrics, "".join(json.dumps(m, sort_keys=True) + "\n" for m in history))
 
 
 __all__ = ["train", "train_config", "evaluate", "seed_everything", "RUN_FORMAT"]

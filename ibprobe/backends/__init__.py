@@ -22,10 +22,9 @@ from ibprobe.backends.local import LocalBackend, NoBackend, run_task
 from ibprobe.backends.ray import RayBackend
 from ibprobe.backends.slurm import SlurmBackend
 from ibprobe.backends.tasks import check_devices, number_of_tasks, task_job_ids
-from ibprobe.config import Runtime
+from ibprobe.config import Runtime, check_int
 from ibprobe.errors import ConfigError
-from ibprobe.fit import JobSpec, resolve_jobs
-from ibprobe.options import check_int
+from ibprobe.jobs import JobSpec, resolve_jobs
 
 BACKENDS = ("local", "ray", "slurm", "none")
 

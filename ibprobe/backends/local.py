@@ -22,8 +22,8 @@ import torch
 from decoders.progress import progress as progress_report
 from ibprobe.backends.tasks import chunks, lost_unless_done, split_finished, worker_runtime
 from ibprobe.config import Runtime
-from ibprobe.fit import find_job, read_job_index, run_jobs, threads_per_worker
-from ibprobe.folder import hold
+from ibprobe.jobs import find_job, read_job_index, run_jobs, threads_per_worker
+from ibprobe.rundir.pinning import hold
 
 _DEVICE: str | None = None  # the device of this pool worker (set once, when it starts)
 

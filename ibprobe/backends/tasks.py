@@ -12,7 +12,7 @@ import torch
 
 from ibprobe.config import Runtime
 from ibprobe.errors import ConfigError
-from ibprobe.fit import JobSpec, finished_result, read_job_index, read_result
+from ibprobe.jobs import JobSpec, Role, finished_result, read_job_index, read_result
 
 
 def chunks(specs: Sequence[JobSpec], k: int) -> list[list[str]]:
@@ -31,7 +31,7 @@ def task_job_ids(run_dir: str | os.PathLike, task: int, jobs_per_task: int = 1) 
     (`ibprobe run-job DIR _unconditional_init`)."""
     if int(jobs_per_task) < 1:
         raise ConfigError(f"--jobs-per-task must be >= 1, got {jobs_per_task}")
-    ids = [s.key for s in read_job_index(run_dir) if not s.init]
+    ids = [s.key for s in read_job_index(run_dir) if s.role is not Role.Q0]
     n = number_of_tasks(len(ids), jobs_per_task)
     if not 0 <= int(task) < n:
         raise ConfigError(f"task {task} is out of range: {run_dir} has {len(ids)} jobs after q0, {n} task(s) of "

@@ -1,6 +1,6 @@
 """`ibprobe analyze`: measure I(X;H) and I(Y;H) for your own model and checkpoints, layer by layer.
 
-Everything is checked before any long work (ibprobe.source.prepare_analysis), so a mistake costs one clear line,
+Everything is checked before any long work (ibprobe.rundir.sources.prepare_analysis), so a mistake costs one clear line,
 not an hour. Outputs, resumable jobs, plots and the gallery are the same as for `ibprobe run`.
 """
 from __future__ import annotations
@@ -11,9 +11,10 @@ import time
 from pathlib import Path
 
 from ibprobe.cli import flags
-from ibprobe.pipeline import run_analysis
-from ibprobe.report import draw_figures
-from ibprobe.source import NORMALIZE_PRESETS, dataset_spec, prepare_analysis
+from ibprobe.pipeline import draw_figures, run_analysis
+from ibprobe.rundir.paths import RunDir
+from ibprobe.rundir.sources import NORMALIZE_PRESETS, dataset_spec, prepare_analysis
+from ibprobe.rundir.tables import MI
 
 EXAMPLE = """examples:
   ibprobe analyze --model torchvision:resnet18 --checkpoints 'ckpts/epoch_*.pt' \\
@@ -72,8 +73,9 @@ def handler(args) -> int:
         print(f"measuring {len(prep.cfg.layers)} layer(s) x {len(prep.source.checkpoints)} checkpoint(s) "
               f"-> {out}/analysis/mi.csv", file=sys.stderr)
     rows = run_analysis(out, prep.source, prep.dataset_spec, prep.cfg, prep.settings, flags.backend(args))
-    written = [out / "source.json", out / "analysis" / "mi.csv"]
+    run = RunDir(out)
+    written = [run.source, run.table(MI.name)]
     if not args.no_figures and args.backend != "none":
         written += draw_figures(out, progress=not args.quiet, gallery=not args.no_gallery, device=args.device, kid=kid)
     flags.print_summary(args.model, rows, file=sys.stdout)
-    return flags.print_written(t0, written, rows, str(out / "analysis" / "mi.csv"), args.backend)
+    return flags.print_written(t0, written, rows, str(run.table(MI.name)), args.backend)

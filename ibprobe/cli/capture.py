@@ -5,12 +5,13 @@ import sys
 from pathlib import Path
 
 from ibprobe.capture import SPLITS, ActivationStore, check_layers, fill_store
-from ibprobe.checkpoints import build_run_model, load_run_config
 from ibprobe.cli import flags
 from ibprobe.config import resolve_device
 from ibprobe.errors import ConfigError
-from ibprobe.folder import hold
-from ibprobe.source import dataset, decoder_split, parse_layers, resolve_side, source_from_run
+from ibprobe.rundir.checkpoints import build_run_model, load_run_config
+from ibprobe.rundir.paths import RunDir
+from ibprobe.rundir.pinning import hold
+from ibprobe.rundir.sources import dataset, decoder_split, parse_layers, resolve_side, source_from_run
 
 
 def add_parser(sub) -> None:
@@ -51,7 +52,7 @@ def handler(args) -> int:
     check_layers(build_run_model(load_run_config(run)), layers)
     ds = dataset(spec)
     sets = dict(zip(SPLITS, decoder_split(ds, resolve_side(ds, args.decoder_data), args.seed)))
-    store = ActivationStore(run / "activations")
+    store = ActivationStore(RunDir(run).activations)
     with hold(run):  # an analysis starting now leaves this process's temp files alone
         fill_store(store, source, {s: ds.images[sets[s]] for s in splits}, layers, levels=ds.levels, epochs=wanted,
                    device=resolve_device(args.device), batch_size=args.batch_size, overwrite=args.overwrite,

@@ -8,7 +8,9 @@ from pathlib import Path
 
 from ibprobe.cli import flags
 from ibprobe.errors import ConfigError
-from ibprobe.lenses import compare_complexity, complexity_lens
+from ibprobe.lenses.run import complexity_lens
+from ibprobe.report.lenses import compare_complexity, draw_lens_tables
+from ibprobe.rundir.tables import read_metrics
 
 EXAMPLE = """examples:
   ibprobe complexity --run runs/digits
@@ -50,7 +52,8 @@ def handler(args) -> int:
         rows, files = complexity_lens(target, out, n=args.batch, margin_quantile=args.margin_quantile,
                                       seed=args.seed, epochs=flags.parse_epochs(args.epochs), device=args.device,
                                       progress=not args.quiet)
-        written += files
+        metrics = read_metrics(target.metrics_path) if target.metrics_path else []
+        written += files + draw_lens_tables(out, ["complexity"], title=target.title, metrics=metrics, label=target.label)
         compared[target.label if target.label not in compared else str(out)] = out
         print(f"{target.title}: complexity per checkpoint")
         print(f"  {'epoch':>5} {'train_acc':>9} {'lipschitz':>10} {'residual_R':>10} {'bartlett_R':>10} "

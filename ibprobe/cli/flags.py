@@ -11,13 +11,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from ibprobe.backends import BACKENDS, Backend, make_backend
-from ibprobe.config import AnalysisConfig
+from ibprobe.config import AnalysisConfig, check_int, check_seed
 from ibprobe.data import DATASET_NAMES
 from ibprobe.errors import ConfigError
-from ibprobe.kid import KidConfig
-from ibprobe.lenses import LensTarget, target_from_run, target_from_spec
-from ibprobe.options import check_int, check_seed
-from ibprobe.source import NORMALIZE_PRESETS, dataset_spec
+from ibprobe.estimators.kid import KidConfig
+from ibprobe.lenses.run import LensTarget, target_from_run, target_from_spec
+from ibprobe.rundir.sources import NORMALIZE_PRESETS, dataset_spec
 
 
 # ------------------------------------------------------------------------------------------------ types

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ibprobe.cli import flags
-from ibprobe.report import make_gallery
+from ibprobe.pipeline import make_gallery
 
 
 def add_parser(sub) -> None:

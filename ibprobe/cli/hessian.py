@@ -7,7 +7,8 @@ import time
 
 from ibprobe.cli import flags
 from ibprobe.errors import ConfigError
-from ibprobe.lenses import hessian_lens, hessian_linear, linear_table_text
+from ibprobe.lenses.run import hessian_lens, hessian_linear, linear_table_text
+from ibprobe.report.lenses import draw_lens_tables
 
 EXAMPLE = """examples:
   ibprobe hessian --linear --out runs/li          # shortcut depths 1,2,3; depths 1..8; zero and random init
@@ -56,6 +57,8 @@ def handler(args) -> int:
         depths = flags.parse_ints(args.depths, "--depths")
         rows, written = hessian_linear(args.out, shortcut_depths=ks, depths=depths, inits=flags.parse_list(args.init),
                                        width=args.width, seed=args.seed, isotropic=args.problem == "isotropic")
+        written += draw_lens_tables(args.out, ["hessian_linear"], title=f"Hessian at initialisation, deep linear "
+                                    f"residual net, width {args.width}, {args.problem} residual moment")
         print(f"condition number of the loss Hessian at initialisation (max |eigenvalue| / min nonzero |eigenvalue|),"
               f" deep linear residual network of width {args.width}, {args.problem} residual moment; k = layers per "
               "shortcut; H = 0: zero Hessian")
@@ -66,7 +69,7 @@ def handler(args) -> int:
             rows, files = hessian_lens(target, out, k=args.k, n=args.batch, method=args.method, seed=args.seed,
                                        epochs=flags.parse_epochs(args.epochs), device=args.device,
                                        progress=not args.quiet)
-            written += files
+            written += files + draw_lens_tables(out, ["hessian"], title=target.title)
             print(f"{target.title}: top-{args.k} Hessian eigenvalues on {args.batch} training images")
             print(f"  {'epoch':>5} {'loss':>9} {'lambda_max':>11} {'cond_estimate':>13}")
             for r in rows:

@@ -5,11 +5,11 @@ import os
 import sys
 
 from ibprobe.capture import list_layers
-from ibprobe.checkpoints import build_run_model, load_run_config
 from ibprobe.cli import flags
 from ibprobe.data import known_shape
 from ibprobe.errors import ConfigError
 from ibprobe.models import build_model
+from ibprobe.rundir.checkpoints import build_run_model, load_run_config
 
 
 def add_parser(sub) -> None:

@@ -1,16 +1,16 @@
 """`ibprobe plan --preset NAME | --run DIR [--workers K] [--price-per-hour P] [--bench FILE | --write-bench FILE]`:
-the decoder jobs, each one's expected time, and the expected wall time and cost on K workers (ibprobe.plan)."""
+the decoder jobs, each one's expected time, and the expected wall time and cost on K workers (ibprobe.tools.plan)."""
 from __future__ import annotations
 
 import sys
 
-from ibprobe import plan
 from ibprobe.backends import BACKENDS
 from ibprobe.cli import flags
 from ibprobe.config import resolve_device
-from ibprobe.fit import threads_per_worker
+from ibprobe.jobs import threads_per_worker
 from ibprobe.presets import PRESETS
-from ibprobe.source import parse_layers
+from ibprobe.rundir.sources import parse_layers
+from ibprobe.tools import plan
 
 
 def add_parser(sub) -> None:

@@ -8,7 +8,9 @@ from pathlib import Path
 from ibprobe.cli import flags
 from ibprobe.pipeline import regime_dirs, run_preset
 from ibprobe.presets import DEFAULT_PRESET, PRESETS, get_preset
-from ibprobe.source import parse_layers
+from ibprobe.rundir.paths import RunDir
+from ibprobe.rundir.sources import parse_layers
+from ibprobe.rundir.tables import MI
 
 
 def add_parser(sub) -> None:
@@ -43,21 +45,15 @@ def handler(args) -> int:
     t0 = time.time()
     preset = get_preset(args.preset)
     out = Path(args.out or Path("runs") / preset.name)
-    acfg = flags.analysis_config(args)
+    request = flags.analysis_config(args, parse_layers(args.layers) if args.layers else None)
     figures = not args.no_figures and args.backend != "none"
-    results = run_preset(
-        preset, out, regimes=args.regime, figures=figures, backend=flags.backend(args), data_root=args.data_root,
-        download=args.download, device=acfg.device, jobs=acfg.jobs, seed=acfg.seed,
-        layers=parse_layers(args.layers) if args.layers else None, decoder=acfg.decoder, fit=acfg.fit,
-        train_overrides=flags.parse_kv(args.train, "--train"), progress=acfg.progress, probe=acfg.probe,
-        retry_failed=acfg.retry_failed, keep_fit_state=acfg.keep_fit_state, decoder_data=acfg.decoder_data,
-        reference=acfg.reference, mixture_codes=acfg.mixture_codes, repeats=acfg.repeats, bins=acfg.bins,
-        kde_noise_var=acfg.kde_noise_var, kid=flags.kid_config(args) or False,
-    )
+    results = run_preset(preset, out, request, regimes=args.regime, figures=figures, backend=flags.backend(args),
+                         kid=flags.kid_config(args) or False, train_overrides=flags.parse_kv(args.train, "--train"),
+                         data_root=args.data_root, download=args.download)
     written = []
     for regime, run_dir in regime_dirs(out, preset, args.regime).items():
-        written.append(run_dir / "analysis" / "mi.csv")
+        written.append(RunDir(run_dir).table(MI.name))
         if figures:
-            written.append(run_dir / "figures")
+            written.append(RunDir(run_dir).figures)
         flags.print_summary(regime, results[regime], file=sys.stdout)
     return flags.print_written(t0, written, [r for rows in results.values() for r in rows], "mi.csv", args.backend)

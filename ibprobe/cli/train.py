@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import sys
 
-from ibprobe.checkpoints import list_checkpoints
 from ibprobe.cli import flags
 from ibprobe.config import TrainConfig
 from ibprobe.errors import ConfigError
-from ibprobe.source import dataset_spec
+from ibprobe.rundir.checkpoints import list_checkpoints
+from ibprobe.rundir.paths import RunDir
+from ibprobe.rundir.sources import dataset_spec
 from ibprobe.train import train, train_config
 
 
@@ -52,7 +53,7 @@ def handler(args) -> int:
         given["dataset"] = "npy"
     out = train(train_config(args.out, given), args.out, device=args.device, progress=not args.quiet)
     if not args.quiet:
-        lines = (out / "metrics.jsonl").read_text().splitlines()
+        lines = RunDir(out).metrics.read_text().splitlines()
         last = json.loads(lines[-1]) if lines else {}
         shown = ", ".join(f"{k} {last[k]:.4g}" for k in ("train_loss", "test_loss", "test_acc") if k in last)
         print(f"epoch {last.get('epoch')}: {shown}", file=sys.stderr)

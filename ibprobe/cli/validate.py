@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 
 from ibprobe.cli import flags
-from ibprobe.validate import format_table, run_validation
+from ibprobe.tools.validate import format_table, run_validation
 
 
 def add_parser(sub) -> None:

@@ -12,8 +12,8 @@ import torch
 import torch.nn as nn
 
 from ibprobe.errors import ConfigError
-from ibprobe.models.resnet import INITS, BasicBlock, _tuple, default_strides, init_weights, make_stage, make_stem, \
-    stage_tap_names
+from ibprobe.models.resnet import (INITS, BasicBlock, _tuple, default_strides, init_weights, make_stage, make_stem,
+                                   stage_tap_names)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 `build_external(spec, in_shape=..., num_classes=..., **model_args)` is what `build_model` calls for any name
 containing ":". The built model is randomly initialised; weights come from the user's checkpoints
-(ibprobe.checkpoints). Pretrained weights are never downloaded.
+(ibprobe.rundir.checkpoints). Pretrained weights are never downloaded.
 
 Input handling (the same for every spec): the model sees the data set's images at their native resolution,
 as float in [0, 1] (optionally normalised per channel). Nothing is resized, because I(X;H) is about the

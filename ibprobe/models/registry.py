@@ -13,11 +13,11 @@ from typing import Any, Callable
 import torch.nn as nn
 
 from ibprobe.errors import ConfigError
-from ibprobe.fsutil import jsonable
 from ibprobe.models.autoencoder import ResNetAEConfig, ResNetAutoencoder
 from ibprobe.models.external import build_external
 from ibprobe.models.resnet import ResNet, ResNetConfig
 from ibprobe.models.rir import RiR, RiRConfig
+from ibprobe.rundir.files import jsonable
 
 
 def _build_resnet(in_shape, num_classes, **args) -> nn.Module:

@@ -16,11 +16,15 @@ from typing import Any, Sequence
 import numpy as np
 
 from ibprobe.errors import ConfigError, DataError, UserError
-from ibprobe.measure import read_mi_csv
-from ibprobe.report.plots import (_MARKERS, _by_layer, _epoch_norm, _epoch_ticks, _layer_colours, _new_figure, _ok,
-                                  _symlog_epochs, save_figure)
+from ibprobe.report.figure import (MARKERS, by_layer, epoch_norm, epoch_ticks, layer_colours, new_figure, ok_rows,
+                                   save_figure, symlog_epochs)
+from ibprobe.rundir.paths import RunDir
+from ibprobe.rundir.tables import BASELINES, KID, MI, SENSITIVITY, Schema, read_table
 
 ESTIMATORS = ("decoder", "binning", "kde")
+# figures/estimators.csv: the mi.csv rows (estimator "decoder") and the baselines.csv rows it draws
+ESTIMATOR_PLANES = Schema("estimators", tuple(dict.fromkeys(("estimator", *MI.columns, *BASELINES.columns))),
+                          MI.ints | BASELINES.ints, frozenset(), MI.texts | BASELINES.texts)
 LAYOUTS = ("panels", "overlay")
 
 _VIEW = "viridis"
@@ -40,22 +44,22 @@ def kid_vs_epoch(rows: list[dict], *, title: str | None = None):
     code) and one half of the held-out images against the other (the floor set by sampling noise). The epoch
     axis is symlog, so the initialisation at epoch 0 is shown.
     """
-    cond = [r for r in _ok(rows, "kid_mean", "epoch", "layer") if r.get("reference", "conditional") == "conditional"]
+    cond = [r for r in ok_rows(rows, "kid_mean", "epoch", "layer") if r.get("reference", "conditional") == "conditional"]
     if not cond:
         raise DataError("no conditional KID rows (reference 'conditional' with epoch, layer, kid_mean) to draw")
     refs = {r["reference"]: r for r in rows if r.get("reference") in _REFERENCE_STYLE and r.get("kid_mean") is not None}
-    groups = _by_layer(cond)
-    colours = _layer_colours(list(groups))
+    groups = by_layer(cond)
+    colours = layer_colours(list(groups))
     epochs = sorted({r["epoch"] for r in cond})
     ncol = min(len(groups), 4)
     nrow = math.ceil(len(groups) / ncol)
-    fig = _new_figure(2.9 * ncol + 0.6, 2.5 * nrow + 0.4)
+    fig = new_figure(2.9 * ncol + 0.6, 2.5 * nrow + 0.4)
     axes = fig.subplots(nrow, ncol, squeeze=False, sharey=True)
     for ax, (i, (layer, lr)) in zip(axes.flat, enumerate(groups.items())):
         e = np.array([r["epoch"] for r in lr], dtype=float)
         m = np.array([r["kid_mean"] for r in lr], dtype=float)
         s = np.array([r.get("kid_std") or 0.0 for r in lr], dtype=float)
-        ax.errorbar(e, m, yerr=s, fmt="-", marker=_MARKERS[i % len(_MARKERS)], ms=4, color=colours[layer], lw=1.5,
+        ax.errorbar(e, m, yerr=s, fmt="-", marker=MARKERS[i % len(MARKERS)], ms=4, color=colours[layer], lw=1.5,
                     capsize=2, label="q(x|h) samples vs held-out")
         for name, ref in refs.items():
             style = _REFERENCE_STYLE[name]
@@ -65,7 +69,7 @@ def kid_vs_epoch(rows: list[dict], *, title: str | None = None):
                 ax.axhspan(v - sd, v + sd, color=style["color"], alpha=0.12, lw=0)
         ax.set_title(layer, fontsize=9)
         ax.set_xlabel("epoch (symlog axis)")
-        _symlog_epochs(ax, epochs)
+        symlog_epochs(ax, epochs)
         ax.grid(True, lw=0.4, alpha=0.4)
     for ax in axes[:, 0]:
         ax.set_ylabel("KID  [MMD², cubic kernel]")
@@ -94,7 +98,7 @@ def estimator_label(row: dict) -> str:
 
 def _variants(rows: list[dict], estimators: Sequence[str] | None) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {}
-    for r in _ok(rows, "i_xh_bits", "i_yh_bits", "epoch", "layer"):
+    for r in ok_rows(rows, "i_xh_bits", "i_yh_bits", "epoch", "layer"):
         if estimators is None or str(r.get("estimator") or "decoder") in estimators:
             out.setdefault(estimator_label(r), []).append(r)
     return out
@@ -125,23 +129,23 @@ def estimator_planes(rows: list[dict], *, estimators: Sequence[str] | None = Non
     if not variants:
         raise DataError("no rows with I(X;T) and I(T;Y) for the chosen estimators to draw a plane from")
     drawn = [r for v in variants.values() for r in v]
-    colours = _layer_colours(list(_by_layer(drawn)))
+    colours = layer_colours(list(by_layer(drawn)))
     epochs = sorted({r["epoch"] for r in drawn})
-    norm = _epoch_norm(epochs)
+    norm = epoch_norm(epochs)
     ceiling = _ceiling(drawn)
     panels = layout == "panels"
     ncol = min(len(variants), 3) if panels else 1
     nrow = math.ceil(len(variants) / ncol) if panels else 1
-    fig = _new_figure(3.8 * ncol + 1.0, 3.3 * nrow + 0.5)
+    fig = new_figure(3.8 * ncol + 1.0, 3.3 * nrow + 0.5)
     axes = fig.subplots(nrow, ncol, squeeze=False)
     for k, (label, vrows) in enumerate(variants.items()):
         ax = axes.flat[k] if panels else axes.flat[0]
         ls = "-" if panels else _LINESTYLES[k % len(_LINESTYLES)]
-        for i, (layer, lr) in enumerate(_by_layer(vrows).items()):
+        for i, (layer, lr) in enumerate(by_layer(vrows).items()):
             x = np.array([r["i_xh_bits"] for r in lr], dtype=float)
             y = np.array([r["i_yh_bits"] for r in lr], dtype=float)
             e = np.array([r["epoch"] for r in lr], dtype=float)
-            marker = _MARKERS[(i if panels else k) % len(_MARKERS)]
+            marker = MARKERS[(i if panels else k) % len(MARKERS)]
             ax.plot(x, y, ls, color=colours[layer], lw=1.3, alpha=0.85, zorder=2, gid=f"trajectory:{label}:{layer}")
             ax.scatter(x, y, c=e + 1, cmap=_VIEW, norm=norm, marker=marker, s=34, edgecolors=colours[layer],
                        linewidths=1.1, zorder=3)
@@ -165,13 +169,13 @@ def estimator_planes(rows: list[dict], *, estimators: Sequence[str] | None = Non
     handles = [Line2D([], [], color=c, lw=1.4, label=layer) for layer, c in colours.items()]
     if not panels:
         handles += [Line2D([], [], color="0.2", ls=_LINESTYLES[k % len(_LINESTYLES)],
-                           marker=_MARKERS[k % len(_MARKERS)], markerfacecolor="white", label=label)
+                           marker=MARKERS[k % len(MARKERS)], markerfacecolor="white", label=label)
                     for k, label in enumerate(variants)]
     if ceiling is not None:
         handles.append(Line2D([], [], color="0.4", ls=":", label=f"log2 N = {ceiling:.2f} bits"))
     fig.legend(handles=handles, fontsize=7, loc="outside right upper", frameon=False)
     cbar = fig.colorbar(ScalarMappable(norm=norm, cmap=_VIEW), ax=list(axes.flat), pad=0.02, shrink=0.6, aspect=25)
-    _epoch_ticks(cbar, epochs)
+    epoch_ticks(cbar, epochs)
     cbar.set_label("epoch (log colour scale)")
     if title:
         fig.suptitle(title, fontsize=10)
@@ -183,7 +187,7 @@ def binning_sensitivity_plot(rows: list[dict], *, title: str | None = None):
     """Binning I(X;T) (top) and I(T;Y) (bottom, when present) against the bin count, one line per layer, one
     column per checkpoint epoch. The dotted line is log2 N: with enough bins every image has its own cell and
     every layer scores the same, whatever it keeps; with 1 bin every layer scores 0."""
-    drawn = _ok(rows, "bins", "i_xh_bits", "layer")
+    drawn = ok_rows(rows, "bins", "i_xh_bits", "layer")
     if not drawn:
         raise DataError("no binning rows (bins, i_xh_bits, layer) to draw a sensitivity figure from")
     by_epoch: dict[Any, list[dict]] = {}
@@ -191,8 +195,8 @@ def binning_sensitivity_plot(rows: list[dict], *, title: str | None = None):
         by_epoch.setdefault(r.get("epoch"), []).append(r)
     keys = sorted(by_epoch, key=lambda e: -1 if e is None else e)
     has_y = any(r.get("i_yh_bits") is not None for r in drawn)
-    colours = _layer_colours(list(_by_layer([{**r, "epoch": 0} for r in drawn])))
-    fig = _new_figure(2.8 * len(keys) + 1.2, 2.6 * (1 + has_y) + 0.4)
+    colours = layer_colours(list(by_layer([{**r, "epoch": 0} for r in drawn])))
+    fig = new_figure(2.8 * len(keys) + 1.2, 2.6 * (1 + has_y) + 0.4)
     axes = fig.subplots(1 + has_y, len(keys), squeeze=False, sharex=True, sharey="row")
     for col, ep in enumerate(keys):
         for row, (value, what) in enumerate([("i_xh_bits", "I(X;T)"), ("i_yh_bits", "I(T;Y)")][: 1 + has_y]):
@@ -201,7 +205,7 @@ def binning_sensitivity_plot(rows: list[dict], *, title: str | None = None):
                 lr = sorted([r for r in by_epoch[ep] if r["layer"] == layer and r.get(value) is not None],
                             key=lambda r: r["bins"])
                 if lr:
-                    ax.plot([r["bins"] for r in lr], [r[value] for r in lr], "-", marker=_MARKERS[i % len(_MARKERS)],
+                    ax.plot([r["bins"] for r in lr], [r[value] for r in lr], "-", marker=MARKERS[i % len(MARKERS)],
                             ms=3.5, color=colours[layer], lw=1.4, label=layer)
             ns = [int(r["n"]) for r in by_epoch[ep] if r.get("n")]
             if ns and value == "i_xh_bits":
@@ -241,24 +245,27 @@ def plot_estimators(run_dir: str | os.PathLike, mi_rows: list[dict], *, estimato
     (a plane each) or "overlay" (one plane). Asking for a baseline the folder lacks is a UserError.
     """
     check_estimators(estimators, layout)
-    analysis, figdir = Path(run_dir) / "analysis", Path(run_dir) / "figures"
-    baselines = read_mi_csv(analysis / "baselines.csv") if (analysis / "baselines.csv").is_file() else []
+    run = RunDir(run_dir)
+    figdir = run.figures
+    base_path = run.table(BASELINES.name)
+    baselines = read_table(base_path, BASELINES) if base_path.is_file() else []
     if estimators and not baselines and set(estimators) - {"decoder"}:
-        raise UserError(f"{analysis / 'baselines.csv'} not found: rerun `ibprobe run` or `ibprobe analyze` on "
-                        f"this folder to compute the binning and KDE baselines")
+        raise UserError(f"{base_path} not found: rerun `ibprobe run` or `ibprobe analyze` on this folder to "
+                        f"compute the binning and KDE baselines")
     written: list[Path] = []
     if baselines or estimators:
         rows = [{**r, "estimator": "decoder"} for r in mi_rows] + baselines
-        drawn = [r for r in _ok(rows, "i_xh_bits", "i_yh_bits", "epoch", "layer")
+        drawn = [r for r in ok_rows(rows, "i_xh_bits", "i_yh_bits", "epoch", "layer")
                  if r["estimator"] in (estimators or ESTIMATORS)]
         if drawn:
             fig = estimator_planes(drawn, estimators=estimators, layout=layout, title=title)
-            written += save_figure(fig, figdir / "estimators", drawn)
-    for name, draw in (("binning_sensitivity", binning_sensitivity_plot), ("kid", kid_vs_epoch)):
-        table = analysis / f"{name}.csv"
-        rows = read_mi_csv(table) if table.is_file() else []
-        if _ok(rows, "layer", "epoch"):
-            written += save_figure(draw(rows), figdir / name, table)
+            written += save_figure(fig, figdir / "estimators", drawn, ESTIMATOR_PLANES)
+    schema: Schema
+    for schema, draw in ((SENSITIVITY, binning_sensitivity_plot), (KID, kid_vs_epoch)):
+        table = run.table(schema.name)
+        rows = read_table(table, schema) if table.is_file() else []
+        if ok_rows(rows, "layer", "epoch"):
+            written += save_figure(draw(rows), figdir / schema.name, table)
     return written
 
 

@@ -1,8 +1,9 @@
 """Figures of the Hessian and complexity lenses (-> DIR/figures/): data in, matplotlib Figure out (no pyplot).
 
-`condition_number_vs_depth` draws rows of ibprobe.hessian.linear_resnet_table; `hessian_vs_epoch` rows of
-ibprobe.hessian.hessian_rows; `complexity_vs_epoch` summary rows of ibprobe.complexity.complexity_rows beside the
-generalization gap from metrics.jsonl rows. `save_complexity` saves that last one with the rows it shows.
+`condition_number_vs_depth` draws rows of ibprobe.lenses.hessian.linear_resnet_table; `hessian_vs_epoch` rows of
+ibprobe.lenses.hessian.hessian_rows; `complexity_vs_epoch` summary rows of ibprobe.lenses.complexity.complexity_rows beside the
+generalization gap from metrics.jsonl rows. `save_complexity` saves that last one with the rows it shows;
+`draw_lens_tables` draws what a folder's lens tables hold, `compare_complexity` several folders' complexity.
 """
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from ibprobe.report.plots import _MARKERS, _finite, _new_figure, save_figure
+from ibprobe.errors import DataError
+from ibprobe.report.figure import MARKERS, finite, new_figure, save_figure
+from ibprobe.rundir.paths import RunDir
+from ibprobe.rundir.tables import COMPLEXITY, HESSIAN, HESSIAN_LINEAR, read_metrics, read_table
 
 _INIT_STYLE = {"zero": "-", "random": "--"}
 TERM_LABELS = {
@@ -33,7 +37,7 @@ def condition_number_vs_depth(rows: Sequence[dict], *, title: str | None = None)
     """
     from matplotlib import colormaps
 
-    fig = _new_figure(7.0, 3.6)
+    fig = new_figure(7.0, 3.6)
     ax = fig.add_subplot()
     cmap = colormaps["tab10"]
     ks = sorted({int(r["shortcut_depth"]) for r in rows})
@@ -45,12 +49,12 @@ def condition_number_vs_depth(rows: Sequence[dict], *, title: str | None = None)
                          key=lambda r: r["depth"])
             if not sel:
                 continue
-            pts = [(r["depth"], float(r["condition_number"])) for r in sel if _finite(r["condition_number"])]
+            pts = [(r["depth"], float(r["condition_number"])) for r in sel if finite(r["condition_number"])]
             label = f"shortcut {k}, {init} init"
             if not pts:
                 ax.plot([], [], ls="none", marker="x", color=cmap(ci), label=f"{label}: Hessian = 0")
                 continue
-            ax.plot(*zip(*pts), ls=_INIT_STYLE.get(init, ":"), marker=_MARKERS[ci % len(_MARKERS)], ms=4,
+            ax.plot(*zip(*pts), ls=_INIT_STYLE.get(init, ":"), marker=MARKERS[ci % len(MARKERS)], ms=4,
                     color=cmap(ci), lw=1.5, label=label)
     ax.set_yscale("log")
     ax.set_xlabel("depth (residual units)")
@@ -65,11 +69,11 @@ def hessian_vs_epoch(rows: Sequence[dict], *, title: str | None = None):
     """The top of the loss Hessian's spectrum against epoch: lambda_max and every |eig_i| of the top k (log y,
     negative ones marked), and the top-k condition estimate |eig_1| / |eig_k| (log y), one point per checkpoint."""
     rows = sorted(rows, key=lambda r: int(r["epoch"]))
-    fig = _new_figure(8.0, 3.2)
+    fig = new_figure(8.0, 3.2)
     ax, ac = fig.subplots(1, 2)
     k = max((int(r.get("k") or 0) for r in rows), default=0)
     for i in range(1, k + 1):
-        pts = [(int(r["epoch"]), float(r[f"eig_{i}"])) for r in rows if _finite(r.get(f"eig_{i}"))]
+        pts = [(int(r["epoch"]), float(r[f"eig_{i}"])) for r in rows if finite(r.get(f"eig_{i}"))]
         pos = [(e, abs(v)) for e, v in pts if v != 0]
         if pos:
             ax.plot(*zip(*pos), color="0.6", lw=0.6, label="|λ_i|, top k" if i == 1 else None)
@@ -79,10 +83,10 @@ def hessian_vs_epoch(rows: Sequence[dict], *, title: str | None = None):
                     label="negative λ (|λ| shown)" if not any(l.get_label().startswith("negative")
                                                              for l in ax.get_lines()) else None)
     top = [(int(r["epoch"]), float(r["lambda_max"])) for r in rows
-           if _finite(r.get("lambda_max")) and float(r["lambda_max"]) > 0]
+           if finite(r.get("lambda_max")) and float(r["lambda_max"]) > 0]
     if top:
         ax.plot(*zip(*top), marker="o", ms=4, lw=1.5, color="tab:blue", label="λ_max")
-    cond = [(int(r["epoch"]), float(r["cond_estimate"])) for r in rows if _finite(r.get("cond_estimate"))]
+    cond = [(int(r["epoch"]), float(r["cond_estimate"])) for r in rows if finite(r.get("cond_estimate"))]
     if cond:
         ac.plot(*zip(*cond), marker="s", ms=4, lw=1.5, color="tab:green")
     ax.set_ylabel("eigenvalue  [nats per weight²]", fontsize=8)
@@ -110,7 +114,7 @@ def generalization_gap(metrics_rows: Sequence[dict]) -> list[tuple[int, float]]:
     """
     out = []
     for r in metrics_rows:
-        if _finite(r.get("train_acc")) and _finite(r.get("test_acc")):
+        if finite(r.get("train_acc")) and finite(r.get("test_acc")):
             out.append((int(r["epoch"]), float(r["train_acc"]) - float(r["test_acc"])))
     return sorted(out)
 
@@ -126,13 +130,13 @@ def complexity_vs_epoch(runs: Mapping[str, tuple[Sequence[dict], Sequence[dict]]
     from matplotlib import colormaps
 
     cmap = colormaps["tab10"]
-    fig = _new_figure(3.0 * (len(terms) + 1), 3.2)
+    fig = new_figure(3.0 * (len(terms) + 1), 3.2)
     axes = fig.subplots(1, len(terms) + 1, squeeze=False)[0]
     for ri, (label, (summary, metrics)) in enumerate(runs.items()):
-        style = dict(color=cmap(ri % cmap.N), marker=_MARKERS[ri % len(_MARKERS)], ms=4, lw=1.5, label=label)
+        style = dict(color=cmap(ri % cmap.N), marker=MARKERS[ri % len(MARKERS)], ms=4, lw=1.5, label=label)
         for ax, term in zip(axes, terms):
             pts = sorted((int(r["epoch"]), float(r[term])) for r in summary
-                         if _finite(r.get(term)) and float(r[term]) > 0)
+                         if finite(r.get(term)) and float(r[term]) > 0)
             if pts:
                 ax.plot(*zip(*pts), **style)
         gap = generalization_gap(metrics)
@@ -178,4 +182,36 @@ def save_complexity(runs: Mapping[str, tuple[Sequence[dict], Sequence[dict]]], p
     for label, (summary, metrics) in runs.items():
         gap = dict(generalization_gap(metrics))
         table += [{"run": label, **r, "gap": gap.get(int(r["epoch"]))} for r in summary]
-    return save_figure(fig, path_stem, table)
+    return save_figure(fig, path_stem, table, COMPLEXITY)
+
+
+def draw_lens_tables(out_dir: str | os.PathLike, tables: Sequence[str], *, title: str | None = None,
+                     metrics: Sequence[dict] = (), label: str = "run") -> list[Path]:
+    """Draw the lens `tables` ("hessian", "hessian_linear", "complexity" with the generalization gap of `metrics`)
+    of DIR/analysis/ into DIR/figures/, each with the table it was drawn from; returns the files written."""
+    run = RunDir(out_dir)
+    written: list[Path] = []
+    if HESSIAN.name in tables:
+        rows = read_table(run.table(HESSIAN.name), HESSIAN)
+        written += save_figure(hessian_vs_epoch(rows, title=title), run.figure(HESSIAN.name), run.table(HESSIAN.name))
+    if HESSIAN_LINEAR.name in tables:
+        rows = read_table(run.table(HESSIAN_LINEAR.name), HESSIAN_LINEAR)
+        written += save_figure(condition_number_vs_depth(rows, title=title), run.figure(HESSIAN_LINEAR.name),
+                               run.table(HESSIAN_LINEAR.name))
+    if COMPLEXITY.name in tables:
+        rows = read_table(run.table(COMPLEXITY.name), COMPLEXITY)
+        written += save_complexity({label: (rows, list(metrics))}, run.figure(COMPLEXITY.name), title=title)
+    return written
+
+
+def compare_complexity(runs: Mapping[str, str | os.PathLike], out_dir: str | os.PathLike) -> list[Path]:
+    """One complexity figure of several analysed folders ({label: folder}, each with analysis/complexity.csv and,
+    for a training run, metrics.jsonl) -> out_dir/figures/complexity.{png,pdf,csv}, e.g. true against random labels."""
+    drawn = {}
+    for label, folder in runs.items():
+        run = RunDir(folder)
+        path = run.table(COMPLEXITY.name)
+        if not path.is_file():
+            raise DataError(f"{path} not found; run `ibprobe complexity --run {folder}` first")
+        drawn[label] = (read_table(path, COMPLEXITY), read_metrics(run.metrics) if run.metrics.is_file() else [])
+    return save_complexity(drawn, RunDir(out_dir).figure(COMPLEXITY.name), title=" vs ".join(drawn))

@@ -14,8 +14,8 @@ L = 17
 SHAPE = (1, 4, 4)
 
 try:  # the real decoder once it exists; a tiny stand-in with the same surface until then
-    from decoders import DecoderConfig, PixelCNNPP  # noqa: F401
     import decoders.pixelcnn  # noqa: F401
+    from decoders import DecoderConfig, PixelCNNPP  # noqa: F401
     HAVE_REAL = True
 except Exception:  # pragma: no cover - only while decoders/pixelcnn.py is missing
     HAVE_REAL = False

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from chi2 import chi2_critical, chi2_statistic
+
 from decoders import mixture
 
 

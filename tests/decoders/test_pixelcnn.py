@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from chi2 import chi2_critical, chi2_statistic
+
 from decoders import DecoderConfig, PixelCNNPP, load_decoder, save_decoder
 from decoders.errors import DecoderFileError, IncompatibleWeightsError
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from tiny_analysis import FIT_3, analyse, trained_copy
 
 

@@ -13,8 +13,8 @@ import torch
 
 from ibprobe.cli import main
 from ibprobe.errors import ConfigError
-from ibprobe.fsutil import sanitize_name
-from ibprobe.source import dataset_spec, parse_layers, parse_normalize
+from ibprobe.rundir.paths import sanitize_name
+from ibprobe.rundir.sources import dataset_spec, parse_layers, parse_normalize
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

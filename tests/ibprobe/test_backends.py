@@ -13,15 +13,14 @@ import time
 from pathlib import Path
 
 import pytest
+from tiny_analysis import FIT_3, FLAGS, analyse, trained_copy
 
 from ibprobe.backends import make_backend, number_of_tasks, task_job_ids
 from ibprobe.backends.tasks import require
 from ibprobe.cli import main
 from ibprobe.errors import ConfigError
-from ibprobe.fit import JobSpec, read_job_index
-from ibprobe.measure import read_mi_csv
-
-from tiny_analysis import FIT_3, FLAGS, analyse, trained_copy
+from ibprobe.jobs import JobSpec, read_job_index
+from ibprobe.measure.mi import read_mi_csv
 
 
 def fit_devices(run_dir: Path) -> set[str]:

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from scipy.special import logsumexp
 
-from ibprobe.baselines import (BASELINE_COLUMNS, activation_range, baseline_rows, binned_cells, binning_mi,
-                               binning_sensitivity, kde_mi)
 from ibprobe.errors import ConfigError, DataError
+from ibprobe.estimators.binning import (BASELINE_COLUMNS, activation_range, baseline_rows, binned_cells, binning_mi,
+                                        binning_sensitivity, kde_mi)
 
 
 def _discrete_x(values=8, repeats=16):

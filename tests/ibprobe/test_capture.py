@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from ibprobe.cli import main
 from ibprobe.capture import ActivationStore, capture, capture_to_store, iter_capture, tappable_layers
+from ibprobe.cli import main
 from ibprobe.data import to_model_input
 from ibprobe.errors import LayerError
 from ibprobe.models import build_model
@@ -209,8 +209,8 @@ def test_a_store_entry_from_other_inputs_is_never_read_as_this_one(tmp_path):
     fill_store captures again when any of them changes, and a read under another key is refused rather than served
     stale."""
     from ibprobe.capture import codes_key, fill_store
-    from ibprobe.fsutil import file_digest
-    from ibprobe.source import ModelSource
+    from ibprobe.rundir.files import file_digest
+    from ibprobe.rundir.sources import ModelSource
 
     torch.manual_seed(0)
     model = build_model("resnet", in_shape=(1, 8, 8), widths=(4,), blocks=(1,))

@@ -9,14 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from ibprobe.checkpoints import (
-    apply_state_dict,
-    extract_state_dict,
-    load_checkpoint_file,
-    load_weights,
-    resolve_checkpoints,
-)
 from ibprobe.errors import CheckpointError
+from ibprobe.rundir.checkpoints import (apply_state_dict, extract_state_dict, load_checkpoint_file, load_weights,
+                                        resolve_checkpoints)
 
 
 def _net(seed: int = 0) -> nn.Module:

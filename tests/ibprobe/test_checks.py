@@ -3,7 +3,7 @@ differences of the two conditional decoders on the same images, with the referen
 import numpy as np
 import pytest
 
-from ibprobe.checks import change, changes, converged, self_checks
+from ibprobe.measure.checks import change, changes, converged, self_checks
 
 
 def _row(layer, epoch, i_xh, ci, h_x=100.0, i_yh=None):

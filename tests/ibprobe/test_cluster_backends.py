@@ -11,12 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
+from tiny_analysis import FIT_3, analyse, trained_copy
 
 from ibprobe.backends import make_backend
-from ibprobe.fit import read_job_index
-from ibprobe.measure import read_mi_csv
-
-from tiny_analysis import FIT_3, analyse, trained_copy
+from ibprobe.jobs import read_job_index
+from ibprobe.measure.mi import read_mi_csv
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("ray") is None or importlib.util.find_spec("submitit") is None,

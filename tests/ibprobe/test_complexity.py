@@ -10,8 +10,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ibprobe.complexity import complexity_summary, conv_spectral_norm, layer_norms, model_complexity, operator_l21
 from ibprobe.data import load_dataset, to_model_input
+from ibprobe.lenses.complexity import (complexity_summary, conv_spectral_norm, layer_norms, model_complexity,
+                                       operator_l21)
 from ibprobe.models import build_model
 
 

@@ -1,7 +1,6 @@
 """Datasets: every source path from a tiny fake folder or array, exact invariants, and the missing-data messages."""
 from __future__ import annotations
 
-import gzip
 import struct
 
 import numpy as np

@@ -6,7 +6,7 @@ import pytest
 
 from ibprobe.errors import ConfigError, DataError
 from ibprobe.estimate import MIEstimate, estimate_mi
-from ibprobe.paired import paired_mi
+from ibprobe.estimators.decoder import paired_mi
 
 
 # ------------------------------------------------------------------------------------------------ split and CI

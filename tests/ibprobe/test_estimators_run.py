@@ -6,21 +6,20 @@ import math
 from dataclasses import replace
 
 import pytest
+import tiny_analysis
 
 import ibprobe.report
-from ibprobe.baselines import BASELINE_COLUMNS
 from ibprobe.cli import main
 from ibprobe.config import AnalysisConfig
 from ibprobe.errors import ConfigError
-from ibprobe.kid import KID_COLUMNS, KidConfig
-from ibprobe.measure import read_mi_csv
+from ibprobe.estimators.binning import BASELINE_COLUMNS
+from ibprobe.estimators.kid import KID_COLUMNS, KidConfig
+from ibprobe.measure.kid import measure_kid
+from ibprobe.measure.mi import read_mi_csv
 from ibprobe.pipeline import run_preset
 from ibprobe.report import draw_figures
 from ibprobe.report.estimators import estimator_planes
 from ibprobe.report.gallery import kid_captions
-from ibprobe.report.kid_run import measure_kid
-
-import tiny_analysis
 
 TINY = replace(tiny_analysis.TINY, init_epochs=1)  # q0 fitted for 1 epoch
 PAIRS = [(0, "layer1"), (0, "pool"), (1, "layer1"), (1, "pool")]

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from ibprobe.hessian import (HessianOperator, LinearProblem, fixed_batch, full_hessian, hessian_rows, lanczos,
-                             linear_resnet_hessian, linear_resnet_table, power_iteration, summarize_spectrum,
-                             synthetic_problem, top_hessian_eigenvalues)
+from ibprobe.lenses.hessian import (HessianOperator, LinearProblem, fixed_batch, full_hessian, hessian_rows, lanczos,
+                                    linear_resnet_hessian, linear_resnet_table, power_iteration, summarize_spectrum,
+                                    synthetic_problem, top_hessian_eigenvalues)
 from ibprobe.models import build_model
 
 WIDTH = 3

@@ -25,8 +25,8 @@ import torch
 from ibprobe.capture import codes_key
 from ibprobe.cli import main
 from ibprobe.config import AnalysisConfig
-from ibprobe.folder import claim, read_inputs, read_pinned, source_inputs
-from ibprobe.source import ModelSource, decoder_split, open_source, source_from_run
+from ibprobe.rundir.pinning import claim, read_inputs, read_pinned, source_inputs
+from ibprobe.rundir.sources import ModelSource, decoder_split, open_source, source_from_run
 
 TRAIN = ["--train", "epochs=1", "checkpoint_epochs=0,1", "max_train=150"]
 TINY = ["--layers", "pool", "--decoder", "nr_resnet=1", "nr_filters=4", "nr_mix=1", "--fit", "epochs=1",

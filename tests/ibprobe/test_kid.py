@@ -6,11 +6,11 @@ import pytest
 import torch
 import torch.nn as nn
 
-from ibprobe.errors import ConfigError, DataError, LayerError
-from ibprobe.kid import (KID_COLUMNS, KidConfig, default_feature_layer, kid, kid_features, kid_halves, kid_rows,
-                         kid_split_half, load_feature_model, mmd2_unbiased, polynomial_kernel)
-from ibprobe.models import build_model
 from ibprobe.capture import capture
+from ibprobe.errors import ConfigError, DataError, LayerError
+from ibprobe.estimators.kid import (KID_COLUMNS, KidConfig, default_feature_layer, kid, kid_features, kid_halves,
+                                    kid_rows, kid_split_half, load_feature_model, mmd2_unbiased, polynomial_kernel)
+from ibprobe.models import build_model
 
 
 def _gauss(n, d=16, shift=0.0, seed=0):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ibprobe.cli import main
-from ibprobe.lenses import read_rows
+from ibprobe.lenses.run import read_rows
 from ibprobe.report.plots import read_metrics
 
 RUN_FLAGS = ["--dataset", "digits", "--model", "resnet", "--model-arg", "widths=8,8", "blocks=1,1",

@@ -14,20 +14,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny_analysis import TINY
 
 import ibprobe.fit
 from ibprobe.cli import main
 from ibprobe.config import Runtime
-from ibprobe.fit import JobSpec, run_job
-from ibprobe.fsutil import try_lock
-from ibprobe.measure import MI_COLUMNS, read_mi_csv
+from ibprobe.jobs import JobSpec, run_job
+from ibprobe.measure.mi import MI_COLUMNS, read_mi_csv
 from ibprobe.pipeline import run_preset
-from tiny_analysis import TINY
+from ibprobe.rundir.files import try_lock
+
 
 def _n_test() -> int:
     """The decoders' test images of TINY: a fifth of the 400 training images (digits' held-out 359 are too few)."""
     from ibprobe.data import load_dataset
-    from ibprobe.source import decoder_split
+    from ibprobe.rundir.sources import decoder_split
 
     return len(decoder_split(load_dataset("digits", max_train=400), "train", 0)[1])
 
@@ -159,6 +160,7 @@ def test_starting_from_a_q0_of_another_shape_is_an_error_not_a_skip(tiny_run, tm
     import shutil
 
     import torch
+
     from decoders import DecoderConfig, PixelCNNPP, save_decoder
 
     out, _ = tiny_run
@@ -261,7 +263,7 @@ def test_flock_claims_are_exclusive_and_released(tmp_path):
     lock = tmp_path / "job" / ".lock"
     with try_lock(lock) as mine:
         assert mine
-        code = "import sys; from ibprobe.fsutil import try_lock\n" \
+        code = "import sys; from ibprobe.rundir.files import try_lock\n" \
                "with try_lock(__import__('pathlib').Path(sys.argv[1])) as m: print(m)"
         held = subprocess.run([sys.executable, "-c", code, str(lock)], capture_output=True, text=True)
         assert held.stdout.strip() == "False"
@@ -284,9 +286,9 @@ def test_decoders_and_probe_use_one_side_of_the_training_split(tmp_path, monkeyp
     from ibprobe.capture import capture
     from ibprobe.config import AnalysisConfig
     from ibprobe.data import load_dataset
+    from ibprobe.estimators.probe import probe_i_yh
     from ibprobe.pipeline import run_analysis
-    from ibprobe.probe import probe_i_yh
-    from ibprobe.source import ModelSource
+    from ibprobe.rundir.sources import ModelSource
 
     fixtures = Path(__file__).parent / "fixtures"
     monkeypatch.chdir(fixtures)

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from decoders import DecoderConfig, FitConfig
-from ibprobe import plan
 from ibprobe.cli import main
 from ibprobe.errors import ConfigError
+from ibprobe.tools import plan
 
 
 def _job(key: str, role: str, regime: str = "classify") -> plan.PlannedJob:

@@ -1,11 +1,10 @@
 """I(Y;H) probe: near H(Y) on separable codes, about 0 (no floor) on uninformative ones, never above H(Y)."""
-import math
 
 import numpy as np
 import pytest
 
 from ibprobe.errors import DataError
-from ibprobe.probe import L2_GRID, probe_features, probe_i_yh
+from ibprobe.estimators.probe import L2_GRID, probe_features, probe_i_yh
 
 
 def _labels(n, k=4, seed=0):

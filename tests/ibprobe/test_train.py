@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from ibprobe.cli import main
-from ibprobe.errors import CheckpointError, ConfigError
-from ibprobe.checkpoints import list_checkpoints, load_run_model
 from ibprobe.config import TrainConfig, default_checkpoint_epochs
+from ibprobe.errors import CheckpointError, ConfigError
+from ibprobe.rundir.checkpoints import list_checkpoints, load_run_model
 from ibprobe.train import train
 
 TINY = dict(dataset="digits", model_args={"widths": (4, 8)}, max_train=160, batch_size=32, lr=0.05,

@@ -6,10 +6,10 @@ import pytest
 
 from ibprobe.cli import main
 from ibprobe.errors import UserError
-from ibprobe.fit import JobSpec, write_job_index
-from ibprobe.fsutil import atomic_write_json
-from ibprobe.report.gallery import (GalleryData, GalleryRow, _to_display, choose_images, find_decoders,
-                                    gallery_figure, sample_gallery, save_gallery)
+from ibprobe.jobs import JobSpec, write_job_index
+from ibprobe.report.gallery import (GalleryData, GalleryRow, _to_display, choose_images, find_decoders, gallery_figure,
+                                    sample_gallery, save_gallery)
+from ibprobe.rundir.files import atomic_write_json
 
 
 def _data(n=3, k=2, rows=(("layer1", 0), ("layer1", 5), ("layer2.0.relu", 5)), c=1, levels=17):
@@ -132,7 +132,7 @@ def tiny_run(tmp_path_factory):
 
 
 def test_gallery_end_to_end_on_a_tiny_run(tiny_run):
-    from ibprobe.source import open_source
+    from ibprobe.rundir.sources import open_source
 
     data = sample_gallery(tiny_run, n_images=2, n_samples=2, device="cpu", progress=False)
     assert [row.label for row in data.rows] == ["q(x), unconditional", "layer1 @ epoch 0", "layer1 @ epoch 1"]

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ibprobe.kid import KidConfig
+from ibprobe.estimators.kid import KidConfig
+from ibprobe.measure.kid import run_features
 from ibprobe.models import build_model
-from ibprobe.report.kid_run import run_features
-from ibprobe.source import NORMALIZE_PRESETS
+from ibprobe.rundir.sources import NORMALIZE_PRESETS
 
 
 def test_inception_features_are_its_pooled_2048(tmp_path):

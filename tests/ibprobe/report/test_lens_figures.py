@@ -5,9 +5,9 @@ import math
 
 import numpy as np
 
-from ibprobe.lenses import read_rows
-from ibprobe.report.lenses import (complexity_vs_epoch, condition_number_vs_depth, generalization_gap,
-                                    hessian_vs_epoch, save_complexity)
+from ibprobe.lenses.run import read_rows
+from ibprobe.report.lenses import (complexity_vs_epoch, condition_number_vs_depth, generalization_gap, hessian_vs_epoch,
+                                   save_complexity)
 
 
 def _table():

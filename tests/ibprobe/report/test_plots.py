@@ -10,7 +10,7 @@ from matplotlib.container import ErrorbarContainer
 
 from ibprobe.cli import main
 from ibprobe.errors import DataError
-from ibprobe.measure import read_mi_csv
+from ibprobe.measure.mi import read_mi_csv
 from ibprobe.report.plots import info_plane, mi_vs_epoch, plot_run, save_figure, training_curves
 
 COLUMNS = ("epoch,checkpoint,layer,i_xh_bits,i_xh_ci_low,i_xh_ci_high,h_x_bits,h_x_given_h_bits,bits_per_dim,"

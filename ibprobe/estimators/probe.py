@@ -12,6 +12,7 @@ lower-bound-style estimate.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -21,6 +22,20 @@ from ibprobe.errors import DataError
 
 L2_GRID = (1e2, 1e1, 1.0, 1e-1, 1e-2, 1e-3, 1e-4)  # per-sample weight penalty on standardised features, strong to weak
 PRIOR = "prior"  # the prior-only model: predicts the training label frequencies whatever the code
+
+
+@dataclass(frozen=True)
+class ProbeEstimate:
+    """Î(Y;H) = CE(prior) − CE(probe) (`bits`) on n test codes, with the two cross-entropies (bits per image), the
+    probe's test accuracy and the L2 strength chosen (or "prior"). No CI: the probe's choice is part of the
+    estimate, which is a lower-bound-style estimate of I(Y;H)."""
+
+    bits: float
+    n: int
+    h_y_bits: float
+    ce_bits: float
+    accuracy: float
+    l2: float | str
 
 
 def probe_features(codes: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -76,7 +91,7 @@ def _prior_bits(y_fit: np.ndarray, y_eval: np.ndarray, k: int) -> float:
 
 
 def probe_i_yh(codes_train, y_train, codes_test, y_test, *, num_classes: int | None = None,
-               seed: int = 0) -> dict:
+               seed: int = 0) -> ProbeEstimate:
     """Estimate I(Y;H) in bits with a probe chosen on a held-out part of the training codes (see module doc).
 
     Args:
@@ -86,8 +101,15 @@ def probe_i_yh(codes_train, y_train, codes_test, y_test, *, num_classes: int | N
         seed: initialises the probe and the held-out split used to choose it.
 
     Returns:
-        {"i_yh_bits": CE(prior) − CE(probe), "h_y_bits": CE(prior) on test, "ce_bits": CE(probe) on test (bits
-         per image), "accuracy": test accuracy, "l2": chosen penalty or "prior"}.
+        A ProbeEstimate: bits = CE(prior) − CE(probe), h_y_bits = CE(prior) and ce_bits = CE(probe) on the test
+        labels (bits per image), the test accuracy and the chosen penalty (or "prior").
+
+    >>> rng = np.random.default_rng(0)
+    >>> y = rng.integers(0, 2, 400)
+    >>> codes = y[:, None] + 0.1 * rng.standard_normal((400, 3))  # a code that tells the label
+    >>> est = probe_i_yh(codes[:300], y[:300], codes[300:], y[300:])
+    >>> est.n, est.bits > 0.9, est.bits <= est.h_y_bits
+    (100, True, True)
     """
     y_tr = np.asarray(y_train).astype(np.int64).reshape(-1)
     y_te = np.asarray(y_test).astype(np.int64).reshape(-1)
@@ -124,8 +146,7 @@ def probe_i_yh(codes_train, y_train, codes_test, y_test, *, num_classes: int | N
     h_y = _prior_bits(y_tr, y_te, k)
     if best == PRIOR:
         counts = np.bincount(y_tr, minlength=k)
-        return {"i_yh_bits": 0.0, "h_y_bits": h_y, "ce_bits": h_y,
-                "accuracy": float((y_te == counts.argmax()).mean()), "l2": PRIOR}
+        return ProbeEstimate(0.0, len(y_te), h_y, h_y, float((y_te == counts.argmax()).mean()), PRIOR)
     lin = _fit_logreg(x_tr, yt_tr, k, best, seed)
     ce, acc = _ce_bits(lin, x_te, yt_te)
-    return {"i_yh_bits": h_y - ce, "h_y_bits": h_y, "ce_bits": ce, "accuracy": acc, "l2": best}
+    return ProbeEstimate(h_y - ce, len(y_te), h_y, ce, acc, best)

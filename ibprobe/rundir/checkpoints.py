@@ -30,8 +30,9 @@ from torch import nn
 
 from ibprobe.config import resolve_device
 from ibprobe.errors import CheckpointError
-from ibprobe.fsutil import atomic_write_json, read_json
 from ibprobe.models import build_model
+from ibprobe.rundir.files import atomic_write_json, read_json
+from ibprobe.rundir.paths import RunDir
 
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "network")
 STRIP_PREFIXES = ("module.", "model.", "_orig_mod.")
@@ -290,7 +291,7 @@ def resolve_checkpoints(globs: str | os.PathLike | list) -> list[tuple[int, Path
 def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
     """[(epoch, path)] of run_dir/checkpoints/epoch_*.pt, sorted by epoch (last.pt excluded)."""
     out = []
-    for p in (Path(run_dir) / "checkpoints").glob("epoch_*.pt"):
+    for p in RunDir(run_dir).checkpoints.glob("epoch_*.pt"):
         try:
             out.append((int(p.stem.split("_", 1)[1]), p))
         except ValueError:
@@ -304,7 +305,7 @@ def load_run_config(run_dir: str | os.PathLike) -> dict:
     A damaged or missing config.json of a folder that holds checkpoints is rebuilt from them (each carries the
     config it was trained with).
     """
-    p = Path(run_dir) / "config.json"
+    p = RunDir(run_dir).config
     why = "is missing"
     if p.is_file():
         try:
@@ -330,8 +331,7 @@ def load_run_config(run_dir: str | os.PathLike) -> dict:
 
 def run_config_from_checkpoints(run_dir: str | os.PathLike) -> dict | None:
     """The run config inside the newest readable checkpoint of run_dir (last.pt first), or None if there is none."""
-    ckdir = Path(run_dir) / "checkpoints"
-    for path in [ckdir / "last.pt"] + [p for _, p in reversed(list_checkpoints(run_dir))]:
+    for path in [RunDir(run_dir).last_checkpoint] + [p for _, p in reversed(list_checkpoints(run_dir))]:
         if path.is_file():
             try:
                 conf = load_run_checkpoint(path)["config"]

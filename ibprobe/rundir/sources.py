@@ -18,13 +18,14 @@ import numpy as np
 
 from decoders import DecoderError, check_images
 from ibprobe.capture import capture, check_layers
-from ibprobe.checkpoints import (build_run_model, list_checkpoints, load_run_checkpoint, load_run_config, load_run_model,
-                                 load_weights, resolve_checkpoints)
 from ibprobe.config import AnalysisConfig, Settings
 from ibprobe.data import Dataset, describe_sizes, load_dataset, stratified_split
 from ibprobe.errors import ConfigError, DataError, UserError
-from ibprobe.fsutil import jsonable, read_json, sanitize_name
 from ibprobe.models import build_model
+from ibprobe.rundir.checkpoints import (build_run_model, list_checkpoints, load_run_checkpoint, load_run_config,
+                                        load_run_model, load_weights, resolve_checkpoints)
+from ibprobe.rundir.files import jsonable, read_json
+from ibprobe.rundir.paths import RunDir, sanitize_name
 
 NORMALIZE_PRESETS = {
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
@@ -138,20 +139,21 @@ def open_source(run_dir: str | os.PathLike, spec: dict | None = None) -> tuple[M
     """(ModelSource, Dataset) of an analysed run folder, from its source.json and analysis.json (or `spec`, the data
     spec of an analysis.json the caller has read already)."""
     run_dir = Path(run_dir)
-    if not (run_dir / "source.json").exists() or not (run_dir / "analysis.json").exists():
+    run = RunDir(run_dir)
+    if not run.source.exists() or not run.pinned.exists():
         raise UserError(f"{run_dir} holds no analysis (no source.json/analysis.json); run `ibprobe run` or "
                         f"`ibprobe analyze` first")
     try:
-        source = ModelSource.from_dict(read_json(run_dir / "source.json"), run_dir)
+        source = ModelSource.from_dict(read_json(run.source), run_dir)
     except (ValueError, TypeError, KeyError) as e:
-        raise DataError(f"{run_dir / 'source.json'} is damaged ({type(e).__name__}); rerun the `ibprobe run` or "
+        raise DataError(f"{run.source} is damaged ({type(e).__name__}); rerun the `ibprobe run` or "
                         f"`ibprobe analyze` command that made {run_dir} to write it again") from None
     if spec is not None:
         return source, dataset(spec)
     try:
-        spec = read_json(run_dir / "analysis.json")["dataset"]
+        spec = read_json(run.pinned)["dataset"]
     except (ValueError, TypeError, KeyError) as e:
-        raise DataError(f"{run_dir / 'analysis.json'} is damaged ({type(e).__name__}); analyse into a new --out "
+        raise DataError(f"{run.pinned} is damaged ({type(e).__name__}); analyse into a new --out "
                         f"folder, or delete it (and the folder's decoders/ and analysis/) to start over") from None
     return source, dataset(spec)
 

@@ -1,42 +1,33 @@
 """The measure stage -> DIR/analysis/: every (checkpoint, layer)'s Î(X;H) against the run's one reference Ĥ(X),
-with a 95% CI from paired per-image NLLs, its spread over seeds, Î(Y;H) from a probe (ibprobe.probe), the
-self-checks and the changes (ibprobe.checks); and the schemas of analysis/mi.csv and analysis/changes.csv.
+with a 95% CI from paired per-image NLLs, its spread over seeds, Î(Y;H) from a probe (ibprobe.estimators.probe), the
+self-checks and the changes (ibprobe.measure.checks), as the rows of analysis/mi.csv and analysis/changes.csv (their
+schemas: ibprobe.rundir.tables).
 
-Ĥ(X) is the held-out cross-entropy of the reference density chosen on validation images (ibprobe.reference),
+Ĥ(X) is the held-out cross-entropy of the reference density chosen on validation images (ibprobe.estimators.reference),
 Ĥ(X|H) that of a conditional decoder q(x|h); both are scored on the SAME test images. Both are upper bounds of
 their entropies, so Î is an estimate, not a bound: it is reported as is, negative values included. Units: bits
 per image unless named `bits_per_dim` (bits per sub-pixel, D = C·H·W).
 """
 from __future__ import annotations
 
-import csv
-import io
 import os
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from ibprobe.capture import ActivationStore
-from ibprobe.checks import CHANGE_COLUMNS, changes, self_checks
 from ibprobe.config import Settings
-from ibprobe.errors import DataError
-from ibprobe.fit import JobSpec, read_result
-from ibprobe.folder import check_inputs, job_inputs, load_nll, read_pinned_analysis
-from ibprobe.fsutil import atomic_write_text
-from ibprobe.paired import MIEstimate, estimate
-from ibprobe.probe import probe_i_yh
-from ibprobe.reference import CODES, LABELS as LABEL_REF, PLAIN, choose
-from ibprobe.source import decoder_split, open_source, relative_to_run
-
-MI_COLUMNS = [
-    "epoch", "checkpoint", "layer", "i_xh_bits", "i_xh_ci_low", "i_xh_ci_high", "i_xh_seed_sd", "h_x_bits",
-    "h_x_ref", "h_x_plain_bits", "h_x_given_h_bits", "bits_per_dim", "i_yh_bits", "n_test", "decoder_data",
-    "decoder", "checks", "status", "error",
-]
-_INT_COLUMNS = {"epoch", "n_test", "epoch_to", "bins", "n", "dims", "subsets", "subset_size", "n_real", "n_fake"}
-_TEXT_COLUMNS = {"checkpoint", "layer", "layer_to", "decoder", "status", "error", "h_x_ref", "decoder_data",
-                 "checks", "kind", "significant", "estimator", "reference", "features"}
+from ibprobe.estimators.decoder import MIEstimate, paired_mi
+from ibprobe.estimators.probe import probe_i_yh
+from ibprobe.estimators.reference import CODES
+from ibprobe.estimators.reference import LABELS as LABEL_REF
+from ibprobe.estimators.reference import PLAIN, choose
+from ibprobe.jobs import JobSpec, read_result
+from ibprobe.measure.checks import changes, self_checks
+from ibprobe.rundir import paths
+from ibprobe.rundir.pinning import check_inputs, job_inputs, load_nll, read_pinned_analysis
+from ibprobe.rundir.sources import decoder_split, open_source, relative_to_run
+from ibprobe.rundir.tables import MI
 
 
 # ------------------------------------------------------------------------------------------------ a run folder
@@ -55,15 +46,15 @@ def measure_jobs(run_dir: str | os.PathLike, specs: list[JobSpec], settings: Set
     inputs = _check_made_from(run_dir, specs, settings, source, ds.images[fit_idx], ds.images[test_idx], repeats,
                               meta["inputs"]["checkpoints"])
     dims = int(np.prod(ds.image_shape))
-    ref_res = read_result(JobSpec(None).job_dir(run_dir)) or (results or {}).get(JobSpec(None).key)
+    ref_res = read_result(JobSpec.reference().job_dir(run_dir)) or (results or {}).get(JobSpec.reference().key)
     if ref_res is None or ref_res.get("status") != "ok":
         reason = f"unconditional reference failed: {(ref_res or {}).get('error') or 'did not finish'}"
         rows = [failed_row(**_where(s, run_dir), error=reason) for s in specs]
         return rows, []
     name = choose(_candidates(run_dir, specs, 0, "val"), settings.reference)
-    plain = _nll(JobSpec(None).job_dir(run_dir), "test", n=len(test_idx))
+    plain = _nll(JobSpec.reference().job_dir(run_dir), "test", n=len(test_idx))
     ref_test = [_reference_nll(run_dir, specs, name, r, "test") for r in range(repeats)]
-    store = ActivationStore(run_dir / "activations")
+    store = ActivationStore(paths.RunDir(run_dir).activations)
     probed = settings.probe and len(np.unique(ds.labels[fit_idx])) > 1
     rows, nll, infos = [], {}, {}
     for s in specs:
@@ -79,7 +70,7 @@ def measure_jobs(run_dir: str | os.PathLike, specs: list[JobSpec], settings: Set
                                num_classes=ds.num_classes, seed=settings.seed)
         nll[(s.layer, s.epoch)] = _nll(s.job_dir(run_dir), "test", n=len(test_idx))
         infos[(s.layer, s.epoch)] = res
-        est = estimate(ref_test[0], nll[(s.layer, s.epoch)], dims=dims, probe=probe, ref=name,
+        est = paired_mi(ref_test[0], nll[(s.layer, s.epoch)], dims=dims, probe=probe, ref=name,
                        h_x_plain_bits=float(np.mean(plain)))
         row = mi_row(est, **_where(s, run_dir), decoder=res["decoder"], decoder_data=settings.decoder_data)
         row["i_xh_seed_sd"] = _seed_sd(run_dir, s, ref_test, est.bits)
@@ -99,7 +90,7 @@ def _check_made_from(run_dir: Path, specs: list[JobSpec], settings: Settings, so
     inputs = {str(e): job_inputs(settings, x_fit, x_test, source=source, checkpoint=digests.get(str(e)))
               for e in dict.fromkeys(s.epoch for s in specs)}
     for r in range(repeats):
-        for s in [JobSpec(None, repeat=r), JobSpec(None, labels=True, repeat=r)] + [s.again(r) for s in specs]:
+        for s in [JobSpec.reference(r), JobSpec.labels(r)] + [s.again(r) for s in specs]:
             res = read_result(s.job_dir(run_dir))
             if res is not None and res.get("status") == "ok":
                 check_inputs(s.job_dir(run_dir), res, plain if s.layer is None else inputs[str(s.epoch)])
@@ -111,19 +102,19 @@ def _where(s: JobSpec, run_dir: Path) -> dict:
 
 
 def _nll(job_dir: Path, which: str, mixture: bool = False, n: int | None = None) -> np.ndarray:
-    return load_nll(job_dir / f"{'mix_' if mixture else ''}{which}_nll_bits.npy", n)
+    return load_nll(job_dir / paths.nll_file(which, mixture), n)
 
 
 def _candidates(run_dir: Path, specs: list[JobSpec], repeat: int, which: str) -> dict[str, np.ndarray]:
     """Every finished reference candidate's per-image NLLs on the validation ("val") or test images."""
-    plain = JobSpec(None, repeat=repeat).job_dir(run_dir)
-    if not (plain / "result.json").exists():
+    plain = JobSpec.reference(repeat).job_dir(run_dir)
+    if not (plain / paths.RESULT).exists():
         return {}
     out = {PLAIN: _nll(plain, which)}
-    for spec, name in [(JobSpec(None, labels=True, repeat=repeat), LABEL_REF)] + \
+    for spec, name in [(JobSpec.labels(repeat), LABEL_REF)] + \
             [(s.again(repeat), CODES + s.key) for s in specs]:
         job = spec.job_dir(run_dir)
-        if (job / "result.json").exists() and (job / f"mix_{which}_nll_bits.npy").exists():
+        if (job / paths.RESULT).exists() and (job / paths.nll_file(which, mixture=True)).exists():
             out[name] = _nll(job, which, mixture=True)
     return out
 
@@ -136,9 +127,9 @@ def _reference_nll(run_dir: Path, specs: list[JobSpec], name: str, repeat: int, 
 def _reference_info(run_dir: Path, name: str) -> dict | None:
     """The fit result of the plain or label reference's decoder (a code mixture's is its row's own)."""
     if name == PLAIN:
-        return read_result(JobSpec(None).job_dir(run_dir))
+        return read_result(JobSpec.reference().job_dir(run_dir))
     if name == LABEL_REF:
-        return read_result(JobSpec(None, labels=True).job_dir(run_dir))
+        return read_result(JobSpec.labels().job_dir(run_dir))
     return None
 
 
@@ -153,89 +144,22 @@ def _seed_sd(run_dir: Path, s: JobSpec, ref_test: list, bits: float) -> float | 
     return float(np.std(values, ddof=1)) if len(values) > 1 else None
 
 
-def write_changes_csv(path: str | os.PathLike, rows: list[dict]) -> Path:
-    """analysis/changes.csv: ΔÎ with a 95% CI between checkpoints of a layer and between adjacent layers."""
-    return _write_csv(path, rows, CHANGE_COLUMNS)
-
-
 # ------------------------------------------------------------------------------------------------ mi.csv
 def mi_row(est: MIEstimate, *, epoch: int, checkpoint: str | None, layer: str, decoder: str,
            decoder_data: str | None = None) -> dict:
     """One row of analysis/mi.csv for a finished (checkpoint, layer)."""
-    row = {c: None for c in MI_COLUMNS}
+    row = {c: None for c in MI.columns}
     row.update(epoch=int(epoch), checkpoint=checkpoint, layer=layer, i_xh_bits=est.bits, i_xh_ci_low=est.ci_low,
                i_xh_ci_high=est.ci_high, h_x_bits=est.h_x_bits, h_x_ref=est.h_x_ref,
                h_x_plain_bits=est.h_x_plain_bits, h_x_given_h_bits=est.h_x_given_h_bits,
-               bits_per_dim=est.bits_per_dim, i_yh_bits=est.i_yh_bits, n_test=int(est.n_test),
+               bits_per_dim=est.bits_per_dim, i_yh_bits=est.i_yh_bits, n_test=int(est.n),
                decoder_data=decoder_data, decoder=decoder, checks="", status="ok", error="")
     return row
 
 
 def failed_row(*, epoch: int | None, checkpoint: str | None, layer: str | None, error: str) -> dict:
     """A row of analysis/mi.csv for a (checkpoint, layer) whose job could not finish; `error` says why."""
-    row = {c: None for c in MI_COLUMNS}
+    row = {c: None for c in MI.columns}
     row.update(epoch=epoch, checkpoint=checkpoint, layer=layer, status="failed",
                error=str(error).replace("\n", " ")[:500])
     return row
-
-
-def write_mi_csv(path: str | os.PathLike, rows: list[dict]) -> Path:
-    """analysis/mi.csv, one row per (checkpoint, layer), columns MI_COLUMNS (empty cell = no value)."""
-    return _write_csv(path, rows, MI_COLUMNS)
-
-
-def write_table(path: str | os.PathLike, rows: list[dict], columns) -> Path:
-    """An analysis/ table in the mi.csv format (empty cell = no value; floats to 10 digits), read by read_mi_csv."""
-    return _write_csv(path, rows, list(columns))
-
-
-def _write_csv(path: str | os.PathLike, rows: list[dict], columns: list[str]) -> Path:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: _fmt(r.get(k)) for k in columns})
-    return atomic_write_text(path, buf.getvalue())
-
-
-def _fmt(v: Any) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        return f"{v:.10g}" if np.isfinite(v) else str(v)
-    return str(v)
-
-
-def _typed(column: str, text: str | None) -> Any:
-    if text is None or text.strip() == "":
-        return None
-    t = text.strip()
-    if column in _TEXT_COLUMNS:
-        return t
-    try:
-        if column in _INT_COLUMNS:
-            return int(float(t))
-        return float(t)
-    except ValueError:
-        if column in _INT_COLUMNS:
-            raise DataError(f"column {column!r} holds {t!r}, not an integer") from None
-        return t
-
-
-def read_mi_csv(path: str | os.PathLike) -> list[dict]:
-    """Read analysis/mi.csv into typed rows (ints, floats in bits, text; an empty cell -> None).
-
-    The header decides the columns; a missing `status` column means every row is "ok".
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path} not found; run `ibprobe run` or `ibprobe analyze` first")
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames or "layer" not in reader.fieldnames or "epoch" not in reader.fieldnames:
-            raise DataError(f"{path} is not an MI table (needs at least the columns 'epoch' and 'layer')")
-        rows = [{k: _typed(k, v) for k, v in r.items() if k is not None} for r in reader]
-    for r in rows:
-        if r.get("status") is None:
-            r["status"] = "ok"
-    return rows

@@ -1,6 +1,6 @@
-"""KID of every decoder's samples on a run folder (ibprobe.kid) -> DIR/analysis/kid.csv.
+"""KID of every decoder's samples on a run folder (ibprobe.estimators.kid) -> DIR/analysis/kid.csv.
 
-It belongs with the report stage because it samples, as the gallery does (and with the gallery's sampler): for
+It samples as the gallery does, with the same sampler (ibprobe.sample): for
 `KidConfig.samples` of the decoders' test images x_i (chosen by the seed), one sample of q(x | h(x_i)) from each
 (layer, checkpoint) decoder, and as many samples of q(x). The features are, by default, the analysed network's
 penultimate layer at its last checkpoint (no download), or a user's network with local weights. plot_run draws
@@ -16,13 +16,13 @@ import numpy as np
 from decoders.device import one_cpu_thread
 from ibprobe.config import resolve_device
 from ibprobe.errors import DataError
-from ibprobe.folder import read_pinned
-from ibprobe.fsutil import epoch_dirname
-from ibprobe.kid import (KID_COLUMNS, FeatureNet, KidConfig, default_input_size, feature_net, input_channels,
-                         kid_rows, load_feature_model)
-from ibprobe.measure import write_table
-from ibprobe.report.gallery import choose_images, find_decoders, sample_decoders
-from ibprobe.source import NORMALIZE_PRESETS, ModelSource, decoder_split, open_source
+from ibprobe.estimators.kid import (FeatureNet, KidConfig, default_input_size, feature_net, input_channels, kid_rows,
+                                    load_feature_model)
+from ibprobe.rundir.paths import RunDir, epoch_dirname
+from ibprobe.rundir.pinning import read_pinned
+from ibprobe.rundir.sources import NORMALIZE_PRESETS, ModelSource, decoder_split, open_source
+from ibprobe.rundir.tables import KID, write_table
+from ibprobe.sample import choose_images, find_decoders, sample_decoders
 
 
 def run_features(source: ModelSource, image_shape, cfg: KidConfig) -> FeatureNet:
@@ -42,7 +42,7 @@ def run_features(source: ModelSource, image_shape, cfg: KidConfig) -> FeatureNet
 
 def measure_kid(run_dir: str | os.PathLike, cfg: KidConfig = KidConfig(), *, device: str = "auto",
                 progress: bool = True) -> list[dict]:
-    """Write DIR/analysis/kid.csv (ibprobe.kid.KID_COLUMNS) and return its rows: every finished conditional decoder
+    """Write DIR/analysis/kid.csv (ibprobe.rundir.tables.KID) and return its rows: every finished conditional decoder
     against the held-out images, q(x) and the split-half floor on the same splits. [] (nothing written) when the
     folder has no finished conditional decoder."""
     run_dir = Path(run_dir)
@@ -66,7 +66,7 @@ def measure_kid(run_dir: str | os.PathLike, cfg: KidConfig = KidConfig(), *, dev
     unconditional = feats.pop((None, None), None)
     table = kid_rows(net.features(images, levels=int(ds.levels), device=dev), feats, unconditional=unconditional,
                      cfg=cfg, features=net.name)
-    write_table(run_dir / "analysis" / "kid.csv", table, KID_COLUMNS)
+    write_table(RunDir(run_dir).table(KID.name), table, KID)
     return table
 
 

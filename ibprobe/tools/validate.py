@@ -55,7 +55,7 @@ import numpy as np
 
 from decoders.device import one_cpu_thread
 from ibprobe.config import resolve_device
-from ibprobe.estimate import estimate_mi
+from ibprobe.estimators.decoder import estimate_mi
 
 LEVELS = 17
 

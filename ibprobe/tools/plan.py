@@ -31,16 +31,17 @@ from decoders.device import autocast, eval_mode, setup_device
 from decoders.fitting import make_train_step
 from ibprobe.backends.tasks import number_of_tasks
 from ibprobe.capture import ActivationStore, capture
-from ibprobe.config import Settings
-from ibprobe.folder import read_pinned
+from ibprobe.config import AnalysisConfig, Settings
 from ibprobe.data import DATASET_SHAPES
 from ibprobe.errors import ConfigError, DataError
-from ibprobe.fit import JobSpec, job_state, read_job_index, reference_jobs
-from ibprobe.fsutil import atomic_write_json, read_json
+from ibprobe.jobs import JobSpec, Role, job_state, read_job_index, reference_jobs
 from ibprobe.models import build_model
 from ibprobe.pipeline import preset_configs, regime_dirs
 from ibprobe.presets import get_preset
-from ibprobe.source import DECODER_TEST_FRACTION, HELDOUT_MIN, dataset, decoder_split, resolve_side
+from ibprobe.rundir.files import atomic_write_json, read_json
+from ibprobe.rundir.paths import FIT_LOG, RunDir
+from ibprobe.rundir.pinning import read_pinned
+from ibprobe.rundir.sources import DECODER_TEST_FRACTION, HELDOUT_MIN, dataset, decoder_split, resolve_side
 
 BENCH_FORMAT = "ibprobe.bench/1"
 # (train, held-out) images of the named sets whose files may not be on this machine
@@ -96,16 +97,17 @@ def jobs_of_preset(name: str, *, data_root: str | None = None, device: str = "au
     preset = get_preset(name)
     out = []
     for regime in regime_dirs(".", preset, regimes):
-        tcfg, acfg = preset_configs(preset, regime, data_root=data_root, device=device, layers=layers)
+        tcfg, acfg = preset_configs(preset, regime, AnalysisConfig(device=device, layers=tuple(layers or ())),
+                                    data_root=data_root)
         n_images, n_test, shape, levels, side = _split_sizes(tcfg.dataset_spec(), acfg.decoder_data)
         settings = acfg.settings(shape, levels, side)
         classes = DATASET_SHAPES.get(tcfg.dataset, (0, 10))[1]
         model = build_model(tcfg.model, in_shape=shape, num_classes=classes, **dict(tcfg.model_args))
         codes = capture(model, np.zeros((2, *shape), np.uint8), list(acfg.layers), levels=levels)
         epochs = tcfg.schedule_epochs()
-        specs = reference_jobs(settings, labelled=classes > 1) + [JobSpec(layer, e) for e in epochs
+        specs = reference_jobs(settings, labelled=classes > 1) + [JobSpec.conditional(layer, e) for e in epochs
                                                                     for layer in acfg.layers]
-        out += [_planned(s, regime, settings, n_images, n_test, classes if s.labels else
+        out += [_planned(s, regime, settings, n_images, n_test, classes if s.role is Role.LABELS else
                          None if s.layer is None else codes[s.layer].shape[1:]) for s in specs]
     return out
 
@@ -117,28 +119,29 @@ def jobs_of_run(run_dir: str | Path) -> list[PlannedJob]:
     settings, spec, _ = read_pinned(run_dir)
     ds = dataset(spec)
     fit_idx, test_idx = decoder_split(ds, settings.decoder_data, settings.seed)
-    store = ActivationStore(run_dir / "activations")
-    config = run_dir / "config.json"  # a trained run says its regime; an analysed folder of your own has none
+    run = RunDir(run_dir)
+    store = ActivationStore(run.activations)
+    config = run.config  # a trained run says its regime; an analysed folder of your own has none
     regime = (read_json(config).get("regime") if config.is_file() else None) or "-"
     out = []
     for s in read_job_index(run_dir):
-        shape = ds.num_classes if s.labels else None if s.layer is None else \
+        shape = ds.num_classes if s.role is Role.LABELS else None if s.layer is None else \
             store.read(s.epoch, s.layer, "fit").shape[1:]
         job = _planned(s, regime, settings, len(fit_idx), len(test_idx), shape)
         state = job_state(s.job_dir(run_dir))
-        log = s.job_dir(run_dir) / "fit_log.json"
+        log = s.job_dir(run_dir) / FIT_LOG
         took = sum(r["seconds"] for r in read_json(log)["curve"]) if state == "done" and log.exists() else None
         out.append(replace(job, state=state, measured_s=took))
     return out
 
 
 def _planned(s: JobSpec, regime: str, settings: Settings, n_images: int, n_test: int, code_shape) -> PlannedJob:
-    fit = settings.stage_fit("q0") if s.init else settings.fit  # the others: the same budget
+    fit = settings.stage_fit("q0") if s.role is Role.Q0 else settings.fit  # the others: the same budget
     if isinstance(code_shape, int):  # the label decoder: one-hot codes of this many classes, a K-way mixture
         code_shape, mixture = (code_shape,), code_shape
     else:
-        mixture = settings.mixture_codes if s.role == "conditional" and settings.reference != "plain" else 0
-    return PlannedJob(s.key, regime, s.role, settings.decoder_for(code_shape), fit, int(n_images), int(n_test),
+        mixture = settings.mixture_codes if s.role is Role.CONDITIONAL and settings.reference != "plain" else 0
+    return PlannedJob(s.key, regime, s.role.value, settings.decoder_for(code_shape), fit, int(n_images), int(n_test),
                       int(mixture))
 
 

@@ -1,12 +1,12 @@
-"""Two more lenses on a network's checkpoints, beside the information plane (-> DIR/analysis/, DIR/figures/).
+"""Two more lenses on a network's checkpoints, beside the information plane (-> DIR/analysis/; ibprobe.report.lenses
+draws them into DIR/figures/).
 
   hessian_lens      the top-k eigenvalues of the training loss's Hessian on one fixed, seeded batch, per
-                    checkpoint (ibprobe.hessian) -> analysis/hessian.csv, figures/hessian.{png,pdf,csv}
+                    checkpoint (ibprobe.lenses.hessian) -> analysis/hessian.csv
   complexity_lens   per-layer operator norms and the margin bounds' complexity terms, per checkpoint
-                    (ibprobe.complexity) -> analysis/complexity_layers.csv, analysis/complexity.csv,
-                    figures/complexity.{png,pdf,csv} beside the generalization gap of metrics.jsonl
+                    (ibprobe.lenses.complexity) -> analysis/complexity_layers.csv, analysis/complexity.csv
   hessian_linear    Li et al.'s deep linear residual networks at initialisation, exactly (no checkpoints)
-                    -> analysis/hessian_linear.csv, figures/hessian_linear.{png,pdf,csv}
+                    -> analysis/hessian_linear.csv
 
 What a lens looks at is a LensTarget: the checkpoints (a ModelSource) and the training images they are measured
 on, checked up front so that a mistake costs one line: `target_from_run` for one of our training runs (the images
@@ -15,26 +15,25 @@ data set's train split). Every checkpoint sees the same seeded images.
 """
 from __future__ import annotations
 
-import csv
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
 
 from decoders.progress import progress as progress_report
-from ibprobe.checkpoints import list_checkpoints, load_run_config
-from ibprobe.complexity import complexity_rows
 from ibprobe.config import config_from_dict, resolve_device
 from ibprobe.data import to_model_input
-from ibprobe.errors import CheckpointError, ConfigError, DataError
-from ibprobe.fsutil import atomic_write_text
-from ibprobe.hessian import LINEAR_INITS, fixed_batch, hessian_rows, linear_resnet_table, synthetic_problem
-from ibprobe.report.lenses import condition_number_vs_depth, hessian_vs_epoch, save_complexity
-from ibprobe.report.plots import read_metrics, rows_to_csv, save_figure
-from ibprobe.source import ModelSource, dataset, model_failed, relative_to_run, source_from_run, spec_data, spec_source
+from ibprobe.errors import CheckpointError, ConfigError
+from ibprobe.lenses.complexity import complexity_rows
+from ibprobe.lenses.hessian import LINEAR_INITS, fixed_batch, hessian_rows, linear_resnet_table, synthetic_problem
+from ibprobe.rundir.checkpoints import list_checkpoints, load_run_config
+from ibprobe.rundir.paths import RunDir
+from ibprobe.rundir.sources import (ModelSource, dataset, model_failed, relative_to_run, source_from_run, spec_data,
+                                    spec_source)
+from ibprobe.rundir.tables import COMPLEXITY, COMPLEXITY_LAYERS, HESSIAN, HESSIAN_LINEAR, write_table
 
 
 @dataclass(frozen=True)
@@ -79,7 +78,7 @@ def target_from_run(run_dir: str | os.PathLike) -> LensTarget:
     cfg = config_from_dict(conf)
     ds = dataset(spec)
     x, y = ds.split("train")  # the images it trained on (a max_train run: its subset)
-    metrics = run_dir / "metrics.jsonl"
+    metrics = RunDir(run_dir).metrics
     return LensTarget(source=source, regime=cfg.regime, images=x, labels=y, levels=ds.levels,
                       metrics_path=metrics if metrics.is_file() else None, label=run_dir.resolve().name,
                       title=f"{run_dir.resolve().name}: {cfg.dataset}, {cfg.model}, {cfg.regime}")
@@ -120,7 +119,7 @@ def hessian_lens(target: LensTarget, out_dir: str | os.PathLike, *, k: int = 10,
                  epochs: Iterable[int] | None = None, device: str = "auto",
                  progress: bool = True) -> tuple[list[dict], list[Path]]:
     """Top-k Hessian eigenvalues (by |value|) of the training loss on one seeded batch of n training images, per
-    checkpoint, BatchNorm in eval mode (ibprobe.hessian.top_hessian_eigenvalues). Returns (rows, files written).
+    checkpoint, BatchNorm in eval mode (ibprobe.lenses.hessian.top_hessian_eigenvalues). Returns (rows, tables written).
 
     Rows (analysis/hessian.csv): epoch, loss (nats: per example for classify, per pixel for autoencode),
     lambda_max, cond_estimate (|eig_1| / |eig_k|, a lower bound on the condition number), method, k,
@@ -137,18 +136,16 @@ def hessian_lens(target: LensTarget, out_dir: str | os.PathLike, *, k: int = 10,
         row = hessian_rows([(epoch, model)], x, t, target.regime, k=k, method=method, steps=steps, iters=iters,
                            seed=seed)[0]
         rows.append({**row, "n_images": len(x), "checkpoint": relative_to_run(path, out)})
-    written = [write_rows(out / "analysis" / "hessian.csv", rows)]
-    written += save_figure(hessian_vs_epoch(rows, title=target.title), out / "figures" / "hessian", written[0])
-    return rows, written
+    return rows, [write_table(RunDir(out).table(HESSIAN.name), rows, HESSIAN)]
 
 
 def complexity_lens(target: LensTarget, out_dir: str | os.PathLike, *, n: int = 1000, margin_quantile: float = 0.1,
                     iters: int = 1000, seed: int = 0, epochs: Iterable[int] | None = None, device: str = "auto",
                     progress: bool = True) -> tuple[list[dict], list[Path]]:
-    """Operator norms of every weight layer and the complexity terms of ibprobe.complexity, per checkpoint; when
-    classifying, the margins on a seeded subset of n training images (n <= 0: all). Returns (summary rows, files).
+    """Operator norms of every weight layer and the complexity terms of ibprobe.lenses.complexity, per checkpoint; when
+    classifying, the margins on a seeded subset of n training images (n <= 0: all). Returns (summary rows, tables).
 
-    analysis/complexity_layers.csv: one row per (epoch, layer) (ibprobe.complexity.layer_norms columns).
+    analysis/complexity_layers.csv: one row per (epoch, layer) (ibprobe.lenses.complexity.layer_norms columns).
     analysis/complexity.csv: one row per epoch (complexity_summary keys, margin terms, and train_acc_eval: the
     accuracy on those images in eval mode, so runs can be compared at equal training accuracy).
     """
@@ -164,34 +161,18 @@ def complexity_lens(target: LensTarget, out_dir: str | os.PathLike, *, n: int = 
               for epoch, path in progress_report(ckpts, enabled=progress, desc="complexity", unit="checkpoint"))
     layers, summaries = complexity_rows(models, x, y, in_shape=target.source.in_shape,
                                         margin_quantile=margin_quantile, iters=iters, seed=seed)
-    written = [write_rows(out / "analysis" / "complexity_layers.csv", layers),
-               write_rows(out / "analysis" / "complexity.csv", summaries)]
-    metrics = read_metrics(target.metrics_path) if target.metrics_path else []
-    written += save_complexity({target.label: (summaries, metrics)}, out / "figures" / "complexity",
-                               title=target.title)
-    return summaries, written
-
-
-def compare_complexity(runs: dict[str, str | os.PathLike], out_dir: str | os.PathLike) -> list[Path]:
-    """One complexity figure of several analysed folders ({label: folder}, each with analysis/complexity.csv and,
-    for a training run, metrics.jsonl) -> out_dir/figures/complexity.{png,pdf,csv}, e.g. true against random labels."""
-    drawn = {}
-    for label, folder in runs.items():
-        path = Path(folder) / "analysis" / "complexity.csv"
-        if not path.is_file():
-            raise DataError(f"{path} not found; run `ibprobe complexity --run {folder}` first")
-        metrics = Path(folder) / "metrics.jsonl"
-        drawn[label] = (read_rows(path), read_metrics(metrics) if metrics.is_file() else [])
-    return save_complexity(drawn, Path(out_dir) / "figures" / "complexity", title=" vs ".join(drawn))
+    run = RunDir(out)
+    return summaries, [write_table(run.table(COMPLEXITY_LAYERS.name), layers, COMPLEXITY_LAYERS),
+                       write_table(run.table(COMPLEXITY.name), summaries, COMPLEXITY)]
 
 
 def hessian_linear(out_dir: str | os.PathLike, *, shortcut_depths: Sequence[int] = (1, 2, 3),
                    depths: Sequence[int] = tuple(range(1, 9)), inits: Sequence[str] = LINEAR_INITS, width: int = 4,
                    scale: float = 0.05, seed: int = 0, isotropic: bool = False) -> tuple[list[dict], list[Path]]:
-    """Li et al.'s table (ibprobe.hessian.linear_resnet_table, one fixed problem of the given width) written as
-    analysis/hessian_linear.csv and drawn as figures/hessian_linear; returns (rows, files written).
+    """Li et al.'s table (ibprobe.lenses.hessian.linear_resnet_table, one fixed problem of the given width) written as
+    analysis/hessian_linear.csv; returns (rows, tables written).
 
-    The problem is ibprobe.hessian.synthetic_problem(width, seed): a generic residual moment M = E[x (x - y)^T]
+    The problem is ibprobe.lenses.hessian.synthetic_problem(width, seed): a generic residual moment M = E[x (x - y)^T]
     by default, where 1-layer shortcuts' condition number trends up with depth without growing at every step;
     `isotropic` makes M = m I, where it grows strictly (as 9n - 1 for the default spread)."""
     bad = [v for v in (*shortcut_depths, *depths, width) if int(v) < 1]
@@ -205,11 +186,7 @@ def hessian_linear(out_dir: str | os.PathLike, *, shortcut_depths: Sequence[int]
                           "<= 4096 weights (e.g. width 4, depth <= 16 with 3-layer shortcuts)")
     problem = synthetic_problem(width, seed, isotropic_residual=isotropic)
     rows = linear_resnet_table(shortcut_depths, depths, inits, width=width, scale=scale, seed=seed, problem=problem)
-    out = Path(out_dir)
-    written = [write_rows(out / "analysis" / "hessian_linear.csv", rows)]
-    fig = condition_number_vs_depth(rows, title=f"Hessian at initialisation, deep linear residual net, width {width}, "
-                                    f"{'isotropic' if isotropic else 'generic'} residual moment")
-    return rows, written + save_figure(fig, out / "figures" / "hessian_linear", written[0])
+    return rows, [write_table(RunDir(out_dir).table(HESSIAN_LINEAR.name), rows, HESSIAN_LINEAR)]
 
 
 def linear_table_text(rows: Sequence[dict]) -> str:
@@ -223,26 +200,3 @@ def linear_table_text(rows: Sequence[dict]) -> str:
         lines.append("  ".join([f"{d:>12}"] + [f"{'' if c is None else 'H = 0' if np.isnan(c) else f'{c:.6g}':>12}"
                                              for c in cells]))
     return "\n".join(lines)
-
-
-# ------------------------------------------------------------------------------------------------ tables
-def write_rows(path: str | os.PathLike, rows: Sequence[dict]) -> Path:
-    """A CSV of dict rows (columns in first-seen order; floats round-trip exactly; None -> empty), atomically."""
-    return atomic_write_text(path, rows_to_csv(rows))
-
-
-def read_rows(path: str | os.PathLike) -> list[dict]:
-    """A CSV written by write_rows, numbers parsed (int, then float), empty cells None, other text kept."""
-    with open(path, newline="", encoding="utf-8") as f:
-        return [{k: _number(v) for k, v in r.items()} for r in csv.DictReader(f)]
-
-
-def _number(text: str | None) -> Any:
-    if text is None or text == "":
-        return None
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text

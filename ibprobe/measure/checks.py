@@ -17,17 +17,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from ibprobe.paired import paired_mi
-
-CHANGE_COLUMNS = ["kind", "layer", "epoch", "layer_to", "epoch_to", "delta_bits", "ci_low", "ci_high",
-                  "significant", "n_test"]
+from ibprobe.estimators.decoder import paired_difference
 
 
 def change(nll_a: np.ndarray, nll_b: np.ndarray) -> dict:
     """ΔÎ = Î_b − Î_a (bits per image) from the two conditional decoders' per-image test NLLs, with a 95% CI."""
-    r = paired_mi(nll_a, nll_b, dims=1)
-    return {"delta_bits": r["bits"], "ci_low": r["ci_low"], "ci_high": r["ci_high"], "n_test": r["n_test"],
-            "significant": bool(r["ci_low"] > 0 or r["ci_high"] < 0)}
+    d = paired_difference(nll_a, nll_b)
+    return {"delta_bits": d.bits, "ci_low": d.ci_low, "ci_high": d.ci_high, "n_test": d.n,
+            "significant": d.significant}
 
 
 def changes(rows: list[dict], nll: dict, chain: list[str] | None = None) -> list[dict]:

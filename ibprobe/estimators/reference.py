@@ -15,48 +15,15 @@ is measured against it, so Î(X;H) = Ĥ_ref(X) - Ĥ(X|H) keeps its meaning acros
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
-import torch
-
-from decoders import evaluate_nll_bits
 
 PLAIN, LABELS, CODES = "plain", "labels", "codes:"
-_LN2 = math.log(2.0)
-
-
-def mixture_nll_bits(model, images, codes: np.ndarray, weights: np.ndarray | None = None, *,
-                     batch_size: int = 256) -> np.ndarray:
-    """-log2 sum_j w_j q(x | h_j) per image (bits, float64 [N]) under a conditional decoder `model`.
-
-    codes: [M, *code_shape], the mixture's components; weights: [M] summing to 1 (default 1/M). Costs M passes
-    over `images`. Components of weight 0 are skipped.
-    """
-    codes = np.asarray(codes)
-    m = len(codes)
-    w = np.full(m, 1.0 / m) if weights is None else np.asarray(weights, dtype=np.float64)
-    n = len(images)
-    terms = []
-    for j in np.flatnonzero(w > 0):
-        code = np.broadcast_to(codes[j][None], (n, *codes.shape[1:])).astype(np.float32)  # (N, *code_shape)
-        nll = evaluate_nll_bits(model, images, code, batch_size=batch_size)  # (N,) bits
-        terms.append(math.log(w[j]) - nll * _LN2)  # ln w_j + ln q(x | h_j)
-    lse = torch.logsumexp(torch.from_numpy(np.stack(terms)), dim=0).numpy()  # (N,) nats
-    return -lse / _LN2
 
 
 def label_mixture(labels_train: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     """(one-hot codes [K, K], weights pi [K]) of the label mixture, pi the label frequencies of the fit images."""
     counts = np.bincount(np.asarray(labels_train, dtype=np.int64), minlength=num_classes).astype(np.float64)
     return np.eye(num_classes, dtype=np.float32), counts / counts.sum()
-
-
-def code_mixture(codes_train, m: int, seed: int) -> np.ndarray:
-    """M codes drawn without replacement (seeded) from a decoder's training codes: [M, *code_shape] float32."""
-    n = len(codes_train)
-    pick = np.sort(np.random.default_rng(seed).choice(n, size=min(int(m), n), replace=False))
-    return np.asarray(codes_train[pick], dtype=np.float32)
 
 
 def choose(candidates: dict[str, np.ndarray], rule: str = "best") -> str:

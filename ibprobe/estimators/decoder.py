@@ -1,8 +1,11 @@
-"""`estimate_mi`: Î(X;H) and Î(Y;H) for arrays in memory, the Python API behind the run-folder pipeline.
+"""The decoder estimate of I(X;H): Î = Ĥ(X) − Ĥ(X|H) from per-image NLL differences on the same test images, with a
+95% Student-t interval over images (`paired_mi`, `paired_difference`), and `estimate_mi`, which fits the decoders
+for arrays in memory with the pipeline's own paired fit (ibprobe.fit). Bits per image unless named `bits_per_dim`
+(bits per sub-pixel, D = C·H·W).
 
-It splits the images once (seeded, stratified by the labels when given), fits q(x) and one q(x|h) per code with
-the pipeline's own paired fit (ibprobe.fit.fit_decoder), chooses one reference for Ĥ(X) on validation images
-(ibprobe.reference) and measures every code against it, as the pipeline does.
+`estimate_mi` splits the images once (seeded, stratified by the labels when given), fits q(x) and one q(x|h) per
+code, chooses one reference for Ĥ(X) on validation images (ibprobe.estimators.reference) and measures every code
+against it, as the pipeline does.
 
 Paired fitting is on by default. Measured on the known-answer family flat4 (`ibprobe validate --hard`'s budget:
 N=400, 1x32x4 decoders, 8 epochs, batch 16, lr 3e-3; reference plain; truths 0 / 1 / 2 / 2 / 130 bits for
@@ -16,6 +19,8 @@ an upward bias.
 from __future__ import annotations
 
 import dataclasses
+import math
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Mapping
 
@@ -27,13 +32,94 @@ from decoders import DecoderConfig, DecoderError, FitConfig, check_images
 from ibprobe.config import AnalysisConfig, Runtime, Settings
 from ibprobe.data import stratified_split
 from ibprobe.errors import ConfigError, DataError
-from ibprobe.fit import Start, fit_decoder
-from ibprobe.fsutil import sanitize_name
-from ibprobe.paired import MIEstimate, estimate
-from ibprobe.probe import probe_i_yh
-from ibprobe.reference import CODES, LABELS, PLAIN, choose, label_mixture
+from ibprobe.estimators.probe import probe_i_yh
+from ibprobe.estimators.reference import CODES, LABELS, PLAIN, choose, label_mixture
+from ibprobe.fit import FitData, Mixture, Start, fit_decoder
+from ibprobe.rundir.paths import DECODER, sanitize_name
 
-__all__ = ["MIEstimate", "estimate_mi"]
+
+@dataclass(frozen=True)
+class Difference:
+    """A paired difference mean_i(a_i − b_i) of per-image NLLs on the same images, bits per image, with its 95%
+    Student-t interval over the n images and its standard error."""
+
+    bits: float
+    ci_low: float
+    ci_high: float
+    n: int
+    se_bits: float
+
+    @property
+    def significant(self) -> bool:
+        """Whether the 95% interval excludes 0."""
+        return bool(self.ci_low > 0 or self.ci_high < 0)
+
+
+@dataclass(frozen=True)
+class MIEstimate:
+    """One I(X;H) estimate on n test images. Bits per image unless stated; `bits_per_dim` = bits / D."""
+
+    bits: float                       # Î(X;H) = mean over test images of −log2 q_ref(x) + log2 q(x|h)
+    ci_low: float                     # 95% t-interval of the paired differences
+    ci_high: float
+    n: int
+    h_x_bits: float                   # held-out mean −log2 q_ref(x), the reference (see ibprobe.estimators.reference)
+    h_x_given_h_bits: float           # held-out mean −log2 q(x|h)
+    bits_per_dim: float
+    i_yh_bits: float | None = None    # Î(Y;H) = CE(prior) − CE(probe), when labels are given
+    h_y_bits: float | None = None     # CE(prior): the held-out labels' cross-entropy under the label frequencies
+    h_x_ref: str = "plain"            # which density the reference is
+    h_x_plain_bits: float | None = None  # held-out mean −log2 q(x) of the plain unconditional decoder
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def paired_difference(a, b) -> Difference:
+    """mean_i(a_i − b_i) of two per-image NLL arrays (bits) on the same images, with a 95% Student-t interval
+    (mean ± t_{0.975,n−1}·sd/√n), symmetric around, hence always containing, the estimate.
+
+    >>> d = paired_difference([3.0, 4.0, 5.0, 6.0], [1.0, 2.0, 2.5, 4.5])
+    >>> round(d.bits, 3), d.n, d.significant
+    (2.0, 4, True)
+    """
+    from scipy.stats import t as student_t  # scipy.stats costs ~0.7 s to import: only here, not at CLI start-up
+    a = np.asarray(a, dtype=np.float64).reshape(-1)
+    b = np.asarray(b, dtype=np.float64).reshape(-1)
+    if a.shape != b.shape:
+        raise DataError(f"a paired estimate needs NLLs of the same images: got {a.size} and {b.size} values")
+    if a.size < 2:
+        raise DataError(f"a paired estimate needs at least 2 images for a CI, got {a.size}")
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        raise DataError("per-image NLLs contain NaN or inf")
+    d = a - b  # (N,) bits
+    n = d.size
+    bits = float(d.mean())
+    se = float(d.std(ddof=1) / math.sqrt(n))
+    half = float(student_t.ppf(0.975, n - 1)) * se
+    return Difference(bits, bits - half, bits + half, int(n), se)
+
+
+def paired_mi(h_x_per_image, h_x_given_h_per_image, *, dims: int, probe=None, ref: str = "plain",
+              h_x_plain_bits: float | None = None) -> MIEstimate:
+    """Î(X;H) = mean_i(−log2 q_ref(x_i) + log2 q(x_i|h_i)) from the reference's and the conditional decoder's
+    per-image test NLLs (bits) on the same images, with its 95% CI (`paired_difference`); `dims` = D sub-pixels per
+    image; `probe` an optional ProbeEstimate of I(Y;H); `ref` names the reference.
+
+    >>> est = paired_mi([60.0, 62.0, 61.0, 63.0], [50.0, 51.0, 52.0, 50.0], dims=64)
+    >>> round(est.bits, 2), est.n, round(est.bits_per_dim, 4)
+    (10.75, 4, 0.168)
+    """
+    d = paired_difference(h_x_per_image, h_x_given_h_per_image)
+    a = float(np.mean(np.asarray(h_x_per_image, dtype=np.float64)))
+    b = float(np.mean(np.asarray(h_x_given_h_per_image, dtype=np.float64)))
+    return MIEstimate(bits=d.bits, ci_low=d.ci_low, ci_high=d.ci_high, n=d.n, h_x_bits=a, h_x_given_h_bits=b,
+                      bits_per_dim=d.bits / int(dims), i_yh_bits=None if probe is None else probe.bits,
+                      h_y_bits=None if probe is None else probe.h_y_bits, h_x_ref=ref,
+                      h_x_plain_bits=a if h_x_plain_bits is None and ref == "plain" else h_x_plain_bits)
+
+
+__all__ = ["Difference", "MIEstimate", "paired_difference", "paired_mi", "estimate_mi"]
 
 MIN_TEST, MIN_TRAIN = 2, 4  # images; fewer cannot give a paired CI or a decoder train/val split
 
@@ -59,12 +145,20 @@ def estimate_mi(images, codes, *, levels: int | None = None, labels=None, decode
             fitted once) and leaves less for each pair to learn, but the pairs continue its decayed learning rate,
             so their code paths then learn more slowly.
         reference: "best": Ĥ(X) from the best of the plain q(x), the label mixture (with labels) and each code's
-            mixture (1/M) sum_j q(x|h_j), chosen on the decoders' validation images (see ibprobe.reference);
+            mixture (1/M) sum_j q(x|h_j), chosen on the decoders' validation images (see ibprobe.estimators.reference);
             "plain": q(x) alone.
         mixture_codes: M per code mixture (0: none); costs M forward passes per validation and test image.
 
     Returns:
         An MIEstimate, or a dict name -> MIEstimate when `codes` is a dict (q(x) is fitted once and shared).
+
+    >>> rng = np.random.default_rng(0)
+    >>> bit = rng.integers(0, 2, 300)                                   # X: a black or a white 4x4 image
+    >>> images = np.repeat(bit, 16).reshape(300, 1, 4, 4).astype(np.uint8)
+    >>> est = estimate_mi(images, bit.astype(np.float32), levels=2, device="cpu", progress=False,
+    ...                   decoder={"nr_resnet": 1, "nr_filters": 8, "nr_mix": 1}, fit={"epochs": 8})
+    >>> est.n, abs(est.bits - 1.0) < 0.25                               # H(X) = I(X;bit) = 1 bit
+    (60, True)
     """
     levels = 256 if levels is None else int(levels)
     x = _as_numpy(images, "images")
@@ -105,13 +199,13 @@ def estimate_mi(images, codes, *, levels: int | None = None, labels=None, decode
 
     def one(role: str, sub: str, h, q0: Start | None, desc: str, mixture=None):
         codes_tr, codes_te = (None, None) if h is None else (h[tr], h[te])
-        return fit_decoder(settings, runtime, role, x_tr, codes_tr, x_te, codes_te,
+        return fit_decoder(settings, runtime, role, FitData(x_tr, codes_tr, x_te, codes_te),
                            workdir=None if wd is None else wd / sub, q0=q0, mixture=mixture, desc=desc)
 
     q0 = None
     if settings.paired:  # stage 1: q0(x); then every other decoder continues from it with the same budget
         f0 = one("q0", "_unconditional_init", None, None, "q0(x)")
-        q0 = Start(f0.model if f0.model is not None else wd / "_unconditional_init" / "decoder.pt",
+        q0 = Start(f0.model if f0.model is not None else wd / "_unconditional_init" / DECODER,
                    int(f0.info["best_epoch"]))
     plain = one("reference", "_unconditional", None, q0, "q(x)")
     fitted = {name: one("conditional", sanitize_name(name), h, q0, f"q(x|{name})",
@@ -124,7 +218,7 @@ def estimate_mi(images, codes, *, levels: int | None = None, labels=None, decode
     if best and labelled:
         k = int(y.max()) + 1
         onehot = np.eye(k, dtype=np.float32)
-        lab = one("labels", "_labels", onehot[y], q0, "q(x|y)", label_mixture(y[tr], k))
+        lab = one("labels", "_labels", onehot[y], q0, "q(x|y)", Mixture(*label_mixture(y[tr], k)))
         candidates[LABELS] = (lab.mix_val_nll, lab.mix_test_nll)
     ref = choose({name: val for name, (val, _) in candidates.items()}, settings.reference)
     out: dict[str, MIEstimate] = {}
@@ -133,7 +227,7 @@ def estimate_mi(images, codes, *, levels: int | None = None, labels=None, decode
         if labelled:
             probe = probe_i_yh(code_map[name][tr], y[tr], code_map[name][te], y[te], num_classes=int(y.max()) + 1,
                                seed=seed)
-        out[name] = estimate(candidates[ref][1], f.test_nll, dims=dims, probe=probe, ref=ref,
+        out[name] = paired_mi(candidates[ref][1], f.test_nll, dims=dims, probe=probe, ref=ref,
                              h_x_plain_bits=float(np.mean(plain.test_nll)))
     return out["code"] if single else out
 

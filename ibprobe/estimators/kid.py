@@ -47,14 +47,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ibprobe.capture import call_order, capture
-from ibprobe.checkpoints import extract_state_dict, load_checkpoint_file, load_weights
 from ibprobe.data import to_model_input
 from ibprobe.errors import ConfigError, DataError, LayerError
 from ibprobe.models import build_model
 from ibprobe.models.autoencoder import ResNetAutoencoder
-
-KID_COLUMNS = ("epoch", "layer", "reference", "kid_mean", "kid_std", "subsets", "subset_size", "n_real", "n_fake",
-               "features")
+from ibprobe.rundir.checkpoints import extract_state_dict, load_checkpoint_file, load_weights
 
 
 @dataclass(frozen=True)
@@ -86,19 +83,24 @@ class KidConfig:
 
 @dataclass(frozen=True)
 class KidResult:
-    """KID mean and std over subsets (kernel units), with the sizes it was computed from."""
+    """KID (`kid`: the mean over subsets of the unbiased MMD², in kernel units, not bits) and its std over subsets,
+    from n_fake samples against n_real images, with the subset sizes it was computed from; `n` = n_fake."""
 
-    mean: float
+    kid: float
     std: float
     subsets: int
     subset_size: int
     n_real: int
     n_fake: int
 
+    @property
+    def n(self) -> int:
+        return self.n_fake
+
     def row(self) -> dict:
-        """CSV-ready columns: kid_mean, kid_std, subsets, subset_size, n_real, n_fake."""
+        """The columns of analysis/kid.csv: kid_mean, kid_std, subsets, subset_size, n_real, n_fake."""
         d = asdict(self)
-        return {"kid_mean": d.pop("mean"), "kid_std": d.pop("std"), **d}
+        return {"kid_mean": d.pop("kid"), "kid_std": d.pop("std"), **d}
 
 
 # ----------------------------------------------------------------------------------------------- the statistic
@@ -141,6 +143,12 @@ def kid(real: np.ndarray | torch.Tensor, fake: np.ndarray | torch.Tensor, *, sub
     Each subset takes the first rows of a fresh random permutation of each side (real first), drawn from a
     torch.Generator seeded with `seed`; this is the draw torchmetrics makes from the global generator, so with
     torch.manual_seed(seed) both give the same subsets. The std is the population std (ddof 0), as there.
+
+    >>> rng = np.random.default_rng(0)
+    >>> real = rng.standard_normal((200, 8))
+    >>> same, shifted = kid(real, rng.standard_normal((200, 8))), kid(real, 1.0 + rng.standard_normal((200, 8)))
+    >>> abs(same.kid) < 0.05, shifted.kid > 0.5, same.n
+    (True, True, 200)
     """
     r, f = _features(real, "real"), _features(fake, "fake")
     if r.shape[1] != f.shape[1]:
@@ -348,7 +356,7 @@ def default_input_size(spec: str) -> int | None:
     return 299 if str(spec) == "torchvision:inception_v3" else None
 
 
-__all__ = ["KID_COLUMNS", "KidConfig", "KidResult", "polynomial_kernel", "mmd2_unbiased", "kid",
+__all__ = ["KidConfig", "KidResult", "polynomial_kernel", "mmd2_unbiased", "kid",
            "kid_halves", "kid_split_half", "kid_rows", "default_feature_layer", "kid_features", "FeatureNet",
            "feature_net", "input_channels", "load_feature_model", "default_input_size"]
 

@@ -11,7 +11,6 @@ import fcntl
 import hashlib
 import json
 import os
-import re
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -21,7 +20,7 @@ import numpy as np
 from decoders.io import atomic_torch_save, atomic_write, cpu_state, jsonable
 
 __all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_np_save",
-           "atomic_torch_save", "cpu_state", "jsonable", "read_json", "sanitize_name", "epoch_dirname", "try_lock",
+           "atomic_torch_save", "cpu_state", "jsonable", "read_json", "try_lock",
            "file_digest", "remove_stale_temps", "NpyStream"]
 
 
@@ -44,26 +43,6 @@ def atomic_np_save(path: str | os.PathLike, array: np.ndarray) -> Path:
 def read_json(path: str | os.PathLike) -> Any:
     with open(path, "r", encoding="utf-8") as f:
         return json.load(f)
-
-
-_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
-
-
-def sanitize_name(name: str) -> str:
-    """Turn a layer name (module path) into a safe single folder name.
-
-    Keeps letters, digits, '.', '_' and '-'; everything else becomes '_'. A name made only of dots
-    (which would walk up the tree) is prefixed, so the result can never leave its parent folder.
-    """
-    s = _SAFE.sub("_", str(name)).strip()
-    if not s or set(s) <= {"."} or s.startswith("."):
-        s = "_" + s
-    return s[:200]
-
-
-def epoch_dirname(epoch: int) -> str:
-    """The one name for a checkpoint epoch on disk: epoch_0003."""
-    return f"epoch_{int(epoch):04d}"
 
 
 @contextlib.contextmanager

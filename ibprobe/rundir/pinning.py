@@ -28,7 +28,8 @@ import numpy as np
 from ibprobe.capture import codes_key, images_key
 from ibprobe.config import Settings
 from ibprobe.errors import CheckpointError, ConfigError, DataError
-from ibprobe.fsutil import atomic_write_json, file_digest, jsonable, read_json, remove_stale_temps, try_lock
+from ibprobe.rundir.files import atomic_write_json, file_digest, jsonable, read_json, remove_stale_temps, try_lock
+from ibprobe.rundir.paths import FAILED, Q0_FOLDER, RESULT, RunDir
 
 ANALYSIS_FORMAT = "ibprobe.analysis/4"  # 4: + the inputs (network, checkpoint contents) the results are made from
 _ACTIVE = ".active.lock"  # held shared by every process working on the folder's analysis
@@ -71,14 +72,15 @@ def hold(run_dir: str | os.PathLike) -> Iterator[None]:
 
 
 def _pin(run_dir: Path, settings: Settings, dataset_spec: dict, new_layers: list[str], inputs: dict) -> list[str]:
-    path = run_dir / "analysis.json"
+    path = RunDir(run_dir).pinned
     new = {"format": ANALYSIS_FORMAT, "dataset": jsonable(dataset_spec), "settings": settings.to_dict(),
            "inputs": jsonable(inputs)}
     with try_lock(run_dir / _ACTIVE, wait=False) as alone:
         if alone:  # no other process works here: what a kill left behind can go
-            for sub in ("decoders", "activations", "analysis"):
-                remove_stale_temps(run_dir / sub, recursive=True)
-            remove_stale_temps(run_dir, ("analysis.json", "source.json"))
+            run = RunDir(run_dir)
+            for sub in (run.decoders, run.activations, run.analysis):
+                remove_stale_temps(sub, recursive=True)
+            remove_stale_temps(run_dir, (run.pinned.name, run.source.name))
         try:
             old = _read_analysis(path) if path.exists() else None
             why = None if old is None else _describe_diff(old, new)
@@ -93,7 +95,7 @@ def _pin(run_dir: Path, settings: Settings, dataset_spec: dict, new_layers: list
             if not alone:
                 raise ConfigError(f"another process is analysing {run_dir} with other {why}; wait for it to "
                                   f"finish, or use another --out folder")
-            shutil.rmtree(run_dir / "decoders", ignore_errors=True)  # partial fits of the old settings
+            shutil.rmtree(RunDir(run_dir).decoders, ignore_errors=True)  # partial fits of the old settings
             old = None
     if old is not None:
         for k in ("checkpoints", "files"):
@@ -117,7 +119,7 @@ def read_inputs(run_dir: str | os.PathLike) -> dict:
 def read_pinned_analysis(run_dir: str | os.PathLike) -> dict:
     """DIR/analysis.json, checked: its "settings" (Settings.to_dict), "dataset" (the data spec), "inputs" (see
     read_inputs) and "layers", for a caller that needs several of them from one read."""
-    path = Path(run_dir) / "analysis.json"
+    path = RunDir(run_dir).pinned
     if not path.is_file():
         raise ConfigError(f"{run_dir} holds no analysis (no analysis.json); run `ibprobe run` or "
                           f"`ibprobe analyze` first")
@@ -126,8 +128,8 @@ def read_pinned_analysis(run_dir: str | os.PathLike) -> dict:
 
 def has_results(run_dir: str | os.PathLike) -> bool:
     """Whether any decoder job of the folder has finished (or failed for good)."""
-    base = Path(run_dir) / "decoders"
-    return base.is_dir() and any(next(base.rglob(n), None) for n in ("result.json", "row.json", "failed.json"))
+    base = RunDir(run_dir).decoders
+    return base.is_dir() and any(next(base.rglob(n), None) for n in (RESULT, "row.json", FAILED))
 
 
 def _read_analysis(path: Path) -> dict:
@@ -210,7 +212,7 @@ def check_inputs(job_dir: Path, result: dict, expected: dict) -> None:
 
 def refit_hint(job_dir: Path) -> str:
     """What to do about a damaged or stale job folder."""
-    if job_dir.name == "_unconditional_init":
+    if job_dir.name == Q0_FOLDER:
         return (f"every paired fit starts from {job_dir.name} (q0): delete {job_dir.parent} and rerun to fit them all "
                 f"again")
     return f"delete {job_dir} and rerun the command to fit that job again"

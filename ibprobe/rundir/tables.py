@@ -1,0 +1,168 @@
+"""The run folder's tables: one CSV dialect, and the schema of every table ibprobe writes.
+
+Dialect: a header, then one line per row (`\\n`); an empty cell is no value; a float is written to 10 significant
+digits (`inf`, `nan` as such), an int as an int, anything else as its text. Reading types each cell by the table's
+schema: its int, bool and text columns, every other column a float; an empty cell reads as None. A cell that is
+not what its column holds is a DataError naming the file.
+
+Schemas name their columns in order; a schema without columns (`columns=None`) takes them from the rows, in
+first-seen order (the lens tables, whose eigenvalue and norm columns depend on the request).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from ibprobe.errors import DataError
+from ibprobe.rundir.files import atomic_write_text
+
+
+@dataclass(frozen=True)
+class Schema:
+    """One table: its file name (analysis/<name>.csv), columns, and which columns hold ints, bools and text."""
+
+    name: str
+    columns: tuple[str, ...] | None
+    ints: frozenset = frozenset()
+    bools: frozenset = frozenset()
+    texts: frozenset = frozenset()
+
+    def kind(self, column: str) -> str:
+        return ("int" if column in self.ints else "bool" if column in self.bools else
+                "text" if column in self.texts else "float")
+
+
+def _schema(name: str, columns: Sequence[str] | None, *, ints: Iterable[str] = (), bools: Iterable[str] = (),
+            texts: Iterable[str] = ()) -> Schema:
+    return Schema(name, None if columns is None else tuple(columns), frozenset(ints), frozenset(bools),
+                  frozenset(texts))
+
+
+MI = _schema("mi", [
+    "epoch", "checkpoint", "layer", "i_xh_bits", "i_xh_ci_low", "i_xh_ci_high", "i_xh_seed_sd", "h_x_bits",
+    "h_x_ref", "h_x_plain_bits", "h_x_given_h_bits", "bits_per_dim", "i_yh_bits", "n_test", "decoder_data",
+    "decoder", "checks", "status", "error"],
+    ints={"epoch", "n_test"},
+    texts={"checkpoint", "layer", "h_x_ref", "decoder_data", "decoder", "checks", "status", "error"})
+CHANGES = _schema("changes", ["kind", "layer", "epoch", "layer_to", "epoch_to", "delta_bits", "ci_low", "ci_high",
+                              "significant", "n_test"],
+                  ints={"epoch", "epoch_to", "n_test"}, texts={"kind", "layer", "layer_to", "significant"})
+BASELINES = _schema("baselines", ["epoch", "layer", "estimator", "bins", "noise_var", "i_xh_bits", "i_yh_bits", "n",
+                                  "dims", "act_min", "act_max", "status", "error"],
+                    ints={"epoch", "bins", "n", "dims"}, texts={"layer", "estimator", "status", "error"})
+SENSITIVITY = _schema("binning_sensitivity", ["epoch", "layer", "bins", "i_xh_bits", "i_yh_bits", "n", "dims",
+                                              "ceiling_bits"],
+                      ints={"epoch", "bins", "n", "dims"}, texts={"layer"})
+KID = _schema("kid", ["epoch", "layer", "reference", "kid_mean", "kid_std", "subsets", "subset_size", "n_real",
+                      "n_fake", "features"],
+              ints={"epoch", "subsets", "subset_size", "n_real", "n_fake"}, texts={"layer", "reference", "features"})
+HESSIAN = _schema("hessian", None, ints={"epoch", "k", "n_images"}, texts={"method", "checkpoint"})
+HESSIAN_LINEAR = _schema("hessian_linear", None, ints={"shortcut_depth", "depth", "n_params", "n_zero", "n_negative"},
+                         texts={"init"})
+COMPLEXITY_LAYERS = _schema("complexity_layers", None, ints={"epoch"}, bools={"bn_folded"},
+                            texts={"layer", "role", "unit", "in_shape"})
+COMPLEXITY = _schema("complexity", None, ints={"epoch", "n_layers", "n_units", "n_margin_images"}, texts={"run"})
+# What a figure was drawn from, when it is not one of the tables above (metrics.jsonl rows, gallery captions).
+FIGURE = _schema("figure", None)
+
+SCHEMAS = {s.name: s for s in (MI, CHANGES, BASELINES, SENSITIVITY, KID, HESSIAN, HESSIAN_LINEAR, COMPLEXITY_LAYERS,
+                               COMPLEXITY)}
+
+
+def cell(value: Any) -> str:
+    """One value as the dialect writes it."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.10g}" if math.isfinite(value) else str(value)
+    return str(value)
+
+
+def table_text(rows: Sequence[dict], schema: Schema = FIGURE) -> str:
+    """The CSV text of `rows` in the dialect: the schema's columns (others ignored), or the rows' own."""
+    columns = list(schema.columns) if schema.columns is not None else list(dict.fromkeys(k for r in rows for k in r))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: cell(r.get(k)) for k in columns})
+    return buf.getvalue()
+
+
+def write_table(path: str | os.PathLike, rows: Sequence[dict], schema: Schema = FIGURE) -> Path:
+    """Write `rows` as a table of `schema`, atomically; returns the path."""
+    return atomic_write_text(path, table_text(rows, schema))
+
+
+def _typed(schema: Schema, column: str, text: str | None, path: Path) -> Any:
+    if text is None or text.strip() == "":
+        return None
+    t = text.strip()
+    kind = schema.kind(column)
+    if kind == "text":
+        return t
+    if kind == "bool":
+        if t in ("True", "False"):
+            return t == "True"
+        raise DataError(f"{path}: column {column!r} holds {t!r}, not True or False")
+    try:
+        return int(float(t)) if kind == "int" else float(t)
+    except ValueError:
+        if schema.columns is not None and column not in schema.columns:
+            return t  # a column this version does not know: kept as text
+        raise DataError(f"{path}: column {column!r} holds {t!r}, not {'an integer' if kind == 'int' else 'a number'}"
+                        ) from None
+
+
+def read_table(path: str | os.PathLike, schema: Schema | None = None) -> list[dict]:
+    """The rows of a table of `schema` (default: the schema named by the file, e.g. mi.csv -> MI), typed; a missing
+    file or one without the schema's key columns is a DataError. A `status` column absent from an older file reads as
+    "ok".
+
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "mi.csv"
+    >>> _ = write_table(path, [{"epoch": 3, "layer": "layer1", "i_xh_bits": 12.5, "status": "ok"}], MI)
+    >>> row = read_table(path)[0]
+    >>> row["epoch"], row["layer"], row["i_xh_bits"], row["i_yh_bits"]
+    (3, 'layer1', 12.5, None)
+    """
+    path = Path(path)
+    schema = schema or SCHEMAS.get(path.stem, FIGURE)
+    if not path.is_file():
+        raise DataError(f"{path} not found; run `ibprobe run` or `ibprobe analyze` first")
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        need = [c for c in ("epoch", "layer") if schema.columns is None or c in schema.columns][:2] \
+            if schema.columns is not None else []
+        if not reader.fieldnames or any(c not in reader.fieldnames for c in need):
+            raise DataError(f"{path} is not a {schema.name} table (needs the columns {', '.join(need) or 'a header'})")
+        rows = [{k: _typed(schema, k, v, path) for k, v in r.items() if k is not None} for r in reader]
+    if schema.columns is not None and "status" in schema.columns:
+        for r in rows:
+            if r.get("status") is None:
+                r["status"] = "ok"
+    return rows
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict]:
+    """Read metrics.jsonl, one JSON object per line; a truncated last line is skipped, other damage is a DataError."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        lines = [line.strip() for line in f if line.strip()]
+    rows = []
+    for i, line in enumerate(lines):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = {} if i == len(lines) - 1 else None  # the last line may be cut by a killed writer
+        if not isinstance(row, dict):
+            raise DataError(f"{path} line {i + 1} is not a JSON object; rerun `ibprobe train --out "
+                            f"{Path(path).parent}` to rewrite it from the run's checkpoints")
+        if row:
+            rows.append(row)
+    return rows
