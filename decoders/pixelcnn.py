@@ -22,9 +22,9 @@ from torch.nn.utils import parametrize
 from decoders import mixture
 from decoders.config import DecoderConfig
 from decoders.errors import DecoderInputError, IncompatibleWeightsError
+from decoders.kernels import concat_elu, concat_elu_of_cat, down_shift, elu, exact_kernels, right_shift
 from decoders.layers import (DownRightShiftedConv2d, DownRightShiftedDeconv2d, DownShiftedConv2d,
-                             DownShiftedDeconv2d, GatedResnet, Nin, concat_elu, concat_elu_of_cat, down_shift, elu,
-                             exact_kernels, right_shift)
+                             DownShiftedDeconv2d, GatedResnet, Nin)
 from decoders.sampling import CachedSampler
 
 _LN2 = math.log(2.0)
