@@ -22,14 +22,15 @@ from torch.nn.utils import parametrize
 from decoders import mixture
 from decoders.config import DecoderConfig
 from decoders.errors import DecoderInputError, IncompatibleWeightsError
+from decoders.kernels import concat_elu, concat_elu_of_cat, down_shift, elu, exact_kernels, right_shift
 from decoders.layers import (DownRightShiftedConv2d, DownRightShiftedDeconv2d, DownShiftedConv2d,
-                             DownShiftedDeconv2d, GatedResnet, Nin, concat_elu, concat_elu_of_cat, down_shift, elu,
-                             exact_kernels, right_shift)
+                             DownShiftedDeconv2d, GatedResnet, Nin)
 from decoders.sampling import CachedSampler
 
 _LN2 = math.log(2.0)
 _STATS_CHUNK_ELEMENTS = 2**22  # code values per float64 chunk in set_code_stats
 SAMPLE_METHODS = ("cached", "naive")
+Stream = tuple[torch.Tensor, torch.Tensor]  # a stream tensor (B, F, H, W) and its concat_elu (B, 2F, H, W)
 
 
 class ConditioningNet(nn.Module):
@@ -220,21 +221,24 @@ class PixelCNNPP(nn.Module):
         xs = mixture.scale_values(x, self.cfg.levels)  # (B, C, H, W) in [-1, 1]
         return torch.cat((xs, torch.ones_like(xs[:, :1])), dim=1)
 
-    def _network(self, x: torch.Tensor, cond) -> torch.Tensor:
-        """Mixture parameters (B, P, H', W') for x (B, C, H', W'), H' <= H a multiple of 4 (a top crop is exact)."""
-        xs = self._input(x)  # (B, C+1, H, W)
+    @staticmethod
+    def _cond_at(cond, level: int, rows: int) -> torch.Tensor | None:
+        """Conditioning input of the blocks at resolution `level` for an image of `rows` rows: None, the vector
+        (B, D), or the spatial features cropped like the image."""
+        if cond is None or isinstance(cond, torch.Tensor):
+            return cond
+        return cond[level][:, :, :rows >> level]
 
-        def hs(level: int) -> torch.Tensor | None:  # conditioning input of the blocks at this resolution
-            if cond is None or isinstance(cond, torch.Tensor):
-                return cond  # None or a vector (B, D)
-            return cond[level][:, :, :x.shape[2] >> level]  # spatial features, cropped like x
-
-        # every stream tensor travels with its concat_elu, computed once: it is the next block's input and a skip
+    def _up_pass(self, xs: torch.Tensor, cond) -> tuple[list[Stream], list[Stream]]:
+        """The up pass of Salimans et al. (2017) (the "UP PASS" of pclucas14/pixel-cnn-pp's `PixelCNN.forward`) on the
+        network input xs (B, C+1, H, W): the input convs, then at each resolution nr gated blocks per stream and,
+        but at the last, a strided down-sampling. Returns every u and every ul it made, in order, each with its
+        concat_elu, computed once: it is the next block's input and, in the down pass, a skip."""
         u = down_shift(self.u_init(xs))  # (B, F, H, W)
         ul = down_shift(self.ul_init_down(xs)) + right_shift(self.ul_init_right(xs))
         u_list, ul_list = [(u, concat_elu(u))], [(ul, concat_elu(ul))]
         for level in range(3):
-            (u, ua), (ul, ula), h = u_list[-1], ul_list[-1], hs(level)
+            (u, ua), (ul, ula), h = u_list[-1], ul_list[-1], self._cond_at(cond, level, xs.shape[2])
             for bu, bul in zip(self.up_u[level], self.up_ul[level]):
                 u = bu(u, h=h, x_act=ua)
                 ua = concat_elu(u)
@@ -246,9 +250,15 @@ class PixelCNNPP(nn.Module):
                 d_u, d_ul = self.downsize_u[level](u), self.downsize_ul[level](ul)  # (B, F, H/2, W/2)
                 u_list.append((d_u, concat_elu(d_u)))
                 ul_list.append((d_ul, concat_elu(d_ul)))
+        return u_list, ul_list
+
+    def _down_pass(self, u_list: list[Stream], ul_list: list[Stream], cond, rows: int) -> torch.Tensor:
+        """The down pass ("DOWN PASS" there): starts from the up pass's last u and ul and pops the rest of the lists
+        as skips, coarsest first, through nr, nr+1, nr+1 gated blocks per stream with a transposed-conv up-sampling
+        between resolutions. Returns the last ul (B, F, H, W); `rows` is the image's height H."""
         (u, ua), (ul, ula) = u_list.pop(), ul_list.pop()
         for i, level in enumerate((2, 1, 0)):
-            h = hs(level)
+            h = self._cond_at(cond, level, rows)
             blocks = list(zip(self.down_u[i], self.down_ul[i]))
             for k, (bu, bul) in enumerate(blocks):
                 u = bu(u, h=h, x_act=ua, a_act=u_list.pop()[1])
@@ -259,7 +269,13 @@ class PixelCNNPP(nn.Module):
             if level > 0:
                 u, ul = self.upsize_u[i](u), self.upsize_ul[i](ul)  # (B, F, 2H, 2W)
                 ua, ula = concat_elu(u), concat_elu(ul)
-        return self.nin_out(elu(ul))  # (B, P, H, W)
+        return ul
+
+    def _network(self, x: torch.Tensor, cond) -> torch.Tensor:
+        """Mixture parameters (B, P, H', W') for x (B, C, H', W'), H' <= H a multiple of 4 (a top crop is exact)."""
+        u_list, ul_list = self._up_pass(self._input(x), cond)  # input (B, C+1, H', W')
+        ul = self._down_pass(u_list, ul_list, cond, x.shape[2])  # (B, F, H', W')
+        return self.nin_out(elu(ul))  # (B, P, H', W')
 
     def forward(self, x: torch.Tensor, code=None) -> torch.Tensor:
         """Raw mixture parameters (B, P, H, W) for integer images x (B, C, H, W)."""

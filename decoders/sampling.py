@@ -13,7 +13,7 @@ Which positions a new pixel reaches follows from the causal structure of `PixelC
   kept ("a cache per layer and resolution"); spatial-code features are computed once, their projections a
   row at a time.
 Each pixel is then drawn with `mixture.sample`, consuming the generator exactly as the naive sampler does.
-Under `layers.exact_kernels()` every value is computed by the same kernels as in the naive sampler, so on CPU
+Under `kernels.exact_kernels()` every value is computed by the same kernels as in the naive sampler, so on CPU
 the mixture parameters, and hence the drawn integers, are bit-identical (tests/decoders/test_sampling.py).
 """
 from __future__ import annotations
@@ -24,8 +24,9 @@ import torch
 import torch.nn.functional as F
 
 from decoders import mixture
-from decoders.layers import (GatedResnet, concat_elu, concat_elu_of_cat, conv2d, conv_transpose2d_s2, elu, gate,
-                             pixel_products, weight_rows)
+from decoders.kernels import (concat_elu, concat_elu_of_cat, conv2d, conv_transpose2d_s2, elu, gate, pixel_products,
+                              weight_rows)
+from decoders.layers import GatedResnet
 
 Tensor = torch.Tensor
 
@@ -71,7 +72,7 @@ def _rows_for(conv: torch.nn.Module, width: int) -> _Rows:
 
 class _Conv:
     """A conv module applied to cached (B, kh, W, C) input rows, weight norm computed once: `row` gives an output
-    row, `at` one output pixel as one (B, K) x (K, C') product, the arithmetic `layers.conv2d` uses on exact
+    row, `at` one output pixel as one (B, K) x (K, C') product, the arithmetic `kernels.conv2d` uses on exact
     kernels (and on a GPU fewer kernel launches than a convolution of a 2x2 window)."""
 
     def __init__(self, mod: torch.nn.Module):

@@ -28,7 +28,7 @@ def _rel(p: Path) -> str:
 def test_decoders_never_imports_ibprobe():
     bad = [_rel(p) for p in (ROOT / "decoders").rglob("*.py") if any(n.split(".")[0] == "ibprobe" for n in _imports(p))]
     assert not bad, f"decoders must stay independent of ibprobe: {bad}"
-    code = ("import sys, decoders, decoders.fitting, decoders.io, decoders.bench, decoders.progress; "
+    code = ("import sys, decoders, decoders.fitting, decoders.io, decoders.tools.bench, decoders.progress; "
             "from decoders import PixelCNNPP, fit; print(sorted(m for m in sys.modules if m.startswith('ibprobe')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "[]"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from decoders import bench
+from decoders.tools import bench
 
 TARGETS = ("decoder",)
 

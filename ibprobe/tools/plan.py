@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from decoders import DecoderConfig, FitConfig, PixelCNNPP
-from decoders.bench import timed
+from decoders.tools.bench import timed
 from decoders.device import autocast, eval_mode, setup_device
 from decoders.fitting import make_train_step
 from ibprobe.backends.tasks import number_of_tasks

@@ -1,4 +1,5 @@
-"""Discretized logistic mixture: exact normalisation, edge bins, stable gradients, coupling, exact sampling."""
+"""Discretized logistic mixture: exact normalisation, edge bins, logsigmoid as torch's, stable gradients, coupling,
+exact sampling."""
 from __future__ import annotations
 
 import itertools
@@ -7,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from chi2 import chi2_critical, chi2_statistic
 
 from decoders import mixture
@@ -49,6 +51,14 @@ def test_log_scale_is_clamped_at_minus_seven():
     p = _params(1, 1)
     p[:, 2] = -50.0  # log-scale channel of the single component
     assert mixture.split_params(p, 1, 1).log_scales.min().item() == mixture.MIN_LOG_SCALE
+
+
+def test_logsigmoid_and_its_gradient_match_torch():
+    z = (torch.randn(1000, generator=torch.Generator().manual_seed(0)) * 20).requires_grad_()
+    z.data[:4] = torch.tensor([0.0, -1e30, 1e30, 88.0])
+    got, want = mixture.logsigmoid(z), F.logsigmoid(z)
+    torch.testing.assert_close(got, want, atol=1e-7, rtol=1e-6)
+    torch.testing.assert_close(torch.autograd.grad(got.sum(), z)[0], torch.autograd.grad(want.sum(), z)[0])
 
 
 @pytest.mark.parametrize("channels", [1, 3])

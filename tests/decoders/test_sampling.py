@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from decoders import DecoderConfig, PixelCNNPP, mixture
-from decoders.layers import DownRightShiftedDeconv2d, DownShiftedDeconv2d, conv2d, exact_kernels
+from decoders.kernels import conv2d, exact_kernels
+from decoders.layers import DownRightShiftedDeconv2d, DownShiftedDeconv2d
 
 
 def model(shape, levels, code_shape=None, nr_resnet=1, nr_filters=8, nr_mix=3, seed=0) -> PixelCNNPP:

@@ -1,4 +1,4 @@
-"""Decoder benchmark: `python -m decoders.bench [flags]` (also `ibprobe bench decoder [flags]`).
+"""Decoder benchmark: `python -m decoders.tools.bench [flags]` (also `ibprobe bench decoder [flags]`).
 
 Prints, for one decoder config, device and batch, one figure per line:
 train_images_per_s, eval_images_per_s, samples_per_s (the default, cached sampler, whole images) and
@@ -39,7 +39,7 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m decoders.bench",
+    p = argparse.ArgumentParser(prog="python -m decoders.tools.bench",
                                 description="Throughput and peak memory of one PixelCNN++ decoder config.")
     p.add_argument("--image-shape", type=_ints, default=(3, 32, 32), help="C,H,W (default 3,32,32)")
     p.add_argument("--levels", type=int, default=256)
@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run_bench(args)
     except ValueError as e:
-        print(f"decoders.bench: error: {e}", file=sys.stderr)
+        print(f"decoders.tools.bench: error: {e}", file=sys.stderr)
         return 2
     return 0
 

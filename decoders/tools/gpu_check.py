@@ -1,4 +1,4 @@
-"""GPU check: `python -m decoders.gpu_check` (bench/gpu_check.sh runs it under an 8-minute bound).
+"""GPU check: `python -m decoders.tools.gpu_check` (bench/gpu_check.sh runs it under an 8-minute bound).
 
 For the paper decoder (3x32x32, 256 levels, 5x160x10) on a CUDA device it reports, then sums up:
 1. NLL agreement: the max |NLL difference| in bits per image between CPU float32 and CUDA float32, and CUDA
@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from decoders.bench import bench_sampling, build_parser, compare_cpu_cuda, run_bench
+from decoders.tools.bench import bench_sampling, build_parser, compare_cpu_cuda, run_bench
 from decoders.config import DecoderConfig
 from decoders.device import eval_mode, peak_memory_mib, reset_peak_memory, resolve_device
 from decoders.pixelcnn import PixelCNNPP
@@ -30,7 +30,7 @@ SMOKE = dict(image_shape="3,8,8", levels=256, nr_resnet=1, nr_filters=8, nr_mix=
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m decoders.gpu_check", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m decoders.tools.gpu_check", description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda", help="cuda (default) or cpu")
     p.add_argument("--smoke", action="store_true", help="a tiny decoder and few steps: checks the script only")
     p.add_argument("--train-batch", type=int, default=64)

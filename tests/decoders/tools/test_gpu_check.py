@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 
-from decoders.gpu_check import main
+from decoders.tools.gpu_check import main
 
 
 def test_gpu_check_smoke_run_on_cpu_reports_every_section(capsys):

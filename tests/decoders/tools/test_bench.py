@@ -8,7 +8,7 @@ import torch
 
 pytest.importorskip("decoders.pixelcnn")
 
-from decoders.bench import main  # noqa: E402
+from decoders.tools.bench import main  # noqa: E402
 
 TINY = ["--image-shape", "1,4,4", "--levels", "17", "--nr-resnet", "1", "--nr-filters", "8", "--nr-mix", "2",
         "--batch", "4", "--steps", "2", "--warmup", "1", "--sample-n", "2", "--device", "cpu",
