@@ -310,7 +310,7 @@ def images_key(images: np.ndarray, normalize: Any = None) -> str:
 
 def codes_key(images: np.ndarray, source, checkpoint_digest: str) -> str:
     """The key an activation entry is stored and read under: a digest of the images, of the network they go through
-    (`source`, a ModelSource: its spec and normalisation) and of the checkpoint's content (fsutil.file_digest)."""
+    (`source`, a ModelSource: its spec and normalisation) and of the checkpoint's content (ibprobe.rundir.files.file_digest)."""
     net = {k: v for k, v in dataclasses.asdict(source).items() if k != "checkpoints"}
     return images_key(images, (json.dumps(jsonable(net), sort_keys=True), str(checkpoint_digest)))
 

@@ -8,7 +8,7 @@
 
 Every backend hands out the same unit of work, a task: `run_task(run_dir, job ids)` runs `--jobs-per-task K`
 jobs one after another in one worker, which loads the folder's pinned settings and data once. A job is a
-function of (run folder, job id) alone (ibprobe.fit.run_job): it writes its results into the run folder, so the
+function of (run folder, job id) alone (ibprobe.jobs.run_job): it writes its results into the run folder, so the
 folder must be on storage every worker sees, and a rerun skips what is finished and resumes what was killed. The
 engines only hand out tasks and report which ones died; nothing here schedules, queues or retries by itself.
 Ray and submitit are optional extras, imported only when their backend runs.

@@ -1,8 +1,5 @@
-"""`ibprobe analyze`: measure I(X;H) and I(Y;H) for your own model and checkpoints, layer by layer.
-
-Everything is checked before any long work (ibprobe.rundir.sources.prepare_analysis), so a mistake costs one clear line,
-not an hour. Outputs, resumable jobs, plots and the gallery are the same as for `ibprobe run`.
-"""
+"""`ibprobe analyze`: measure I(X;H) and I(Y;H) for your own model and checkpoints, layer by layer. Everything is
+checked before any long work (ibprobe.rundir.sources.prepare_analysis); outputs are those of `ibprobe run`."""
 from __future__ import annotations
 
 import argparse

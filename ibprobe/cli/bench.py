@@ -1,4 +1,4 @@
-"""`ibprobe bench decoder [flags]`: the decoder benchmark (`python -m decoders.bench`) under the ibprobe command."""
+"""`ibprobe bench decoder [flags]`: the decoder benchmark (`python -m decoders.tools.bench`) under the ibprobe command."""
 from __future__ import annotations
 
 import argparse
@@ -12,11 +12,11 @@ def add_parser(sub) -> None:
     p = sub.add_parser(
         "bench", help="benchmark a component: `ibprobe bench decoder --help` lists its flags",
         description="Throughput (train/eval images/s, samples/s) and peak memory of one PixelCNN++ decoder config. "
-        "Every flag after TARGET goes to `python -m decoders.bench`; e.g. "
+        "Every flag after TARGET goes to `python -m decoders.tools.bench`; e.g. "
         "`ibprobe bench decoder --image-shape 1,8,8 --levels 17 --nr-resnet 1 --nr-filters 32 --device cpu`.")
     p.add_argument("target", choices=TARGETS, metavar="TARGET", help="what to benchmark: decoder")
     p.add_argument("bench_args", nargs=argparse.REMAINDER, metavar="...",
-                   help="flags of python -m decoders.bench (incl. --quiet)")
+                   help="flags of python -m decoders.tools.bench (incl. --quiet)")
     p.set_defaults(handler=handler)
 
 

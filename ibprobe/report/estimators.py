@@ -19,12 +19,9 @@ from ibprobe.errors import ConfigError, DataError, UserError
 from ibprobe.report.figure import (MARKERS, by_layer, epoch_norm, epoch_ticks, layer_colours, new_figure, ok_rows,
                                    save_figure, symlog_epochs)
 from ibprobe.rundir.paths import RunDir
-from ibprobe.rundir.tables import BASELINES, KID, MI, SENSITIVITY, Schema, read_table
+from ibprobe.rundir.tables import BASELINES, KID, SENSITIVITY, Schema, read_table
 
 ESTIMATORS = ("decoder", "binning", "kde")
-# figures/estimators.csv: the mi.csv rows (estimator "decoder") and the baselines.csv rows it draws
-ESTIMATOR_PLANES = Schema("estimators", tuple(dict.fromkeys(("estimator", *MI.columns, *BASELINES.columns))),
-                          MI.ints | BASELINES.ints, frozenset(), MI.texts | BASELINES.texts)
 LAYOUTS = ("panels", "overlay")
 
 _VIEW = "viridis"
@@ -259,7 +256,7 @@ def plot_estimators(run_dir: str | os.PathLike, mi_rows: list[dict], *, estimato
                  if r["estimator"] in (estimators or ESTIMATORS)]
         if drawn:
             fig = estimator_planes(drawn, estimators=estimators, layout=layout, title=title)
-            written += save_figure(fig, figdir / "estimators", drawn, ESTIMATOR_PLANES)
+            written += save_figure(fig, figdir / "estimators", drawn)
     schema: Schema
     for schema, draw in ((SENSITIVITY, binning_sensitivity_plot), (KID, kid_vs_epoch)):
         table = run.table(schema.name)

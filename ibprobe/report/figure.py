@@ -16,7 +16,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ibprobe.rundir.files import atomic_write_bytes
-from ibprobe.rundir.tables import FIGURE, Schema, write_table
+from ibprobe.rundir.tables import write_table
 
 FIG_DPI = 200
 MARKERS = "osD^vP*Xhp<>"
@@ -124,12 +124,11 @@ def finite(v: Any) -> bool:
         return False
 
 
-def save_figure(fig, path_stem: str | os.PathLike, table: list[dict] | str | os.PathLike,
-                schema: Schema = FIGURE) -> list[Path]:
+def save_figure(fig, path_stem: str | os.PathLike, table: list[dict] | str | os.PathLike) -> list[Path]:
     """Write `<stem>.png`, `<stem>.pdf` and `<stem>.csv` atomically; return the paths written.
 
-    `table` is what the figure was drawn from: a list of row dicts (written in the run folder's one table dialect,
-    with `schema`'s columns when it has them) or the path of an existing table (copied byte for byte).
+    `table` is what the figure was drawn from: a list of row dicts (their own columns, written in the run folder's
+    one table dialect, ibprobe.rundir.tables) or the path of an existing table (copied byte for byte).
     """
     stem = Path(path_stem)
     out = []
@@ -141,5 +140,5 @@ def save_figure(fig, path_stem: str | os.PathLike, table: list[dict] | str | os.
     if isinstance(table, (str, os.PathLike)):
         out.append(atomic_write_bytes(csv_path, Path(table).read_bytes()))
     else:
-        out.append(write_table(csv_path, list(table), schema))
+        out.append(write_table(csv_path, list(table)))
     return out

@@ -182,7 +182,7 @@ def save_complexity(runs: Mapping[str, tuple[Sequence[dict], Sequence[dict]]], p
     for label, (summary, metrics) in runs.items():
         gap = dict(generalization_gap(metrics))
         table += [{"run": label, **r, "gap": gap.get(int(r["epoch"]))} for r in summary]
-    return save_figure(fig, path_stem, table, COMPLEXITY)
+    return save_figure(fig, path_stem, table)
 
 
 def draw_lens_tables(out_dir: str | os.PathLike, tables: Sequence[str], *, title: str | None = None,

@@ -231,13 +231,12 @@ def plot_run(run_dir: str | os.PathLike, *, estimators: list[str] | None = None,
     written: list[Path] = []
     plane_rows = ok_rows(rows, "i_xh_bits", "i_yh_bits", "epoch")
     if plane_rows:
-        written += save_figure(info_plane(rows, title=title), figdir / "info_plane", plane_rows, MI)
+        written += save_figure(info_plane(rows, title=title), figdir / "info_plane", plane_rows)
     epoch_rows = ok_rows(rows, "i_xh_bits", "epoch")
     changes_path = run.table(CHANGES.name)
     changes = read_table(changes_path, CHANGES) if changes_path.is_file() else None
     if epoch_rows:
-        written += save_figure(mi_vs_epoch(rows, changes=changes, title=title), figdir / "mi_vs_epoch", epoch_rows,
-                               MI)
+        written += save_figure(mi_vs_epoch(rows, changes=changes, title=title), figdir / "mi_vs_epoch", epoch_rows)
     try:
         fig = None if metrics is None else training_curves(metrics, title=title, regime=cfg.get("regime"))
     except DataError:  # nothing to draw in it

@@ -66,13 +66,18 @@ HESSIAN = _schema("hessian", None, ints={"epoch", "k", "n_images"}, texts={"meth
 HESSIAN_LINEAR = _schema("hessian_linear", None, ints={"shortcut_depth", "depth", "n_params", "n_zero", "n_negative"},
                          texts={"init"})
 COMPLEXITY_LAYERS = _schema("complexity_layers", None, ints={"epoch"}, bools={"bn_folded"},
-                            texts={"layer", "role", "unit", "in_shape"})
-COMPLEXITY = _schema("complexity", None, ints={"epoch", "n_layers", "n_units", "n_margin_images"}, texts={"run"})
-# What a figure was drawn from, when it is not one of the tables above (metrics.jsonl rows, gallery captions).
+                            texts={"layer", "role", "unit", "in_shape", "kind"})
+COMPLEXITY = _schema("complexity", None, ints={"epoch", "n_layers", "n_units", "n_images"}, texts={"run"})
+# figures/estimators.csv: the mi.csv rows (estimator "decoder") and the baselines.csv rows that figure draws
+ESTIMATOR_PLANES = Schema("estimators", tuple(dict.fromkeys(("estimator", *MI.columns, *BASELINES.columns))),
+                          MI.ints | BASELINES.ints, frozenset(), MI.texts | BASELINES.texts)
+# What a figure was drawn from when it is none of the tables above (metrics.jsonl rows): numbers where the cell is
+# one, text otherwise.
 FIGURE = _schema("figure", None)
 
 SCHEMAS = {s.name: s for s in (MI, CHANGES, BASELINES, SENSITIVITY, KID, HESSIAN, HESSIAN_LINEAR, COMPLEXITY_LAYERS,
-                               COMPLEXITY)}
+                               COMPLEXITY, ESTIMATOR_PLANES)}
+SCHEMAS.update(info_plane=MI, mi_vs_epoch=MI)  # the figures drawn from mi.csv rows
 
 
 def cell(value: Any) -> str:
@@ -112,10 +117,12 @@ def _typed(schema: Schema, column: str, text: str | None, path: Path) -> Any:
             return t == "True"
         raise DataError(f"{path}: column {column!r} holds {t!r}, not True or False")
     try:
+        if schema is FIGURE:  # no schema: an integer where the cell is one, else a float
+            return int(t) if t.lstrip("-").isdigit() else float(t)
         return int(float(t)) if kind == "int" else float(t)
     except ValueError:
-        if schema.columns is not None and column not in schema.columns:
-            return t  # a column this version does not know: kept as text
+        if schema is FIGURE or (schema.columns is not None and column not in schema.columns):
+            return t  # a figure's own text, or a column this version does not know
         raise DataError(f"{path}: column {column!r} holds {t!r}, not {'an integer' if kind == 'int' else 'a number'}"
                         ) from None
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from chi2 import chi2_critical, chi2_statistic
 
 from decoders import mixture
+from tests.helpers import chi2_critical, chi2_statistic
 
 
 def _params(channels: int, nr_mix: int, b: int = 1, h: int = 1, w: int = 1, scale: float = 1.0,

@@ -6,10 +6,10 @@ import math
 import numpy as np
 import pytest
 import torch
-from chi2 import chi2_critical, chi2_statistic
 
 from decoders import DecoderConfig, PixelCNNPP, load_decoder, save_decoder
 from decoders.errors import DecoderFileError, IncompatibleWeightsError
+from tests.helpers import chi2_critical, chi2_statistic
 
 
 def tiny(shape=(1, 8, 8), levels=17, code_shape=None, nr_mix=3, seed=0, cond_scale=0.5) -> PixelCNNPP:

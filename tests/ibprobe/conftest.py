@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tiny_analysis import FIT_3, analyse, trained_copy
+
+from tests.helpers import FIT_3, analyse, trained_copy
 
 
 @pytest.fixture(scope="session")

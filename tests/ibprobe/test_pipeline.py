@@ -10,19 +10,22 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
-from tiny_analysis import TINY
 
 import ibprobe.fit
 from ibprobe.cli import main
-from ibprobe.config import Runtime
+from ibprobe.config import AnalysisConfig, Runtime
 from ibprobe.jobs import JobSpec, run_job
-from ibprobe.measure.mi import MI_COLUMNS, read_mi_csv
 from ibprobe.pipeline import run_preset
 from ibprobe.rundir.files import try_lock
+from ibprobe.rundir.tables import MI, read_table
+from tests.helpers import FIXTURES, TINY
+
+QUIET = AnalysisConfig(jobs=1, progress=False)
 
 
 def _n_test() -> int:
@@ -43,7 +46,7 @@ TINY_FLAGS = [
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    rows = run_preset(TINY, out, jobs=1, progress=False, figures=False)["classify"]
+    rows = run_preset(TINY, out, QUIET, figures=False)["classify"]
     return out, rows
 
 
@@ -51,8 +54,8 @@ def test_mi_csv_schema_and_sane_values(tiny_run):
     out, rows = tiny_run
     with open(out / "analysis" / "mi.csv", newline="") as f:
         header = next(csv.reader(f))
-    assert header == MI_COLUMNS
-    table = read_mi_csv(out / "analysis" / "mi.csv")
+    assert tuple(header) == MI.columns
+    table = read_table(out / "analysis" / "mi.csv")
     assert [(r["epoch"], r["layer"]) for r in table] == [(0, "layer1"), (0, "pool"), (1, "layer1"), (1, "pool")]
     d_log2l = 64 * math.log2(17)
     for r in table:
@@ -69,7 +72,7 @@ def test_mi_csv_schema_and_sane_values(tiny_run):
     # Every conditional job pairs against the same reference, chosen on validation images.
     assert len({r["h_x_bits"] for r in table}) == 1
     for r in table:
-        job = JobSpec(r["layer"], r["epoch"]).job_dir(out)
+        job = JobSpec.conditional(r["layer"], r["epoch"]).job_dir(out)
         assert (job / "result.json").exists() and (job / "decoder.pt").exists()
         assert json.loads((job / "result.json").read_text())["decoder"] == r["decoder"]  # one id everywhere
     # finished jobs keep their decoder and results, not their resume state (optimizer moments)
@@ -77,7 +80,7 @@ def test_mi_csv_schema_and_sane_values(tiny_run):
     index = json.loads((out / "decoders" / "jobs.json").read_text())["jobs"]
     assert [j["id"] for j in index] == ["_unconditional_init", "_unconditional", "_labels", "layer1@0", "pool@0",
                                         "layer1@1", "pool@1"]
-    changes = read_mi_csv(out / "analysis" / "changes.csv")
+    changes = read_table(out / "analysis" / "changes.csv")
     assert [(c["kind"], c["layer"], c["epoch"], c["layer_to"], c["epoch_to"]) for c in changes] == [
         ("epoch", "layer1", 0, "layer1", 1), ("epoch", "pool", 0, "pool", 1), ("layer", "layer1", 0, "pool", 0),
         ("layer", "layer1", 1, "pool", 1)]
@@ -96,15 +99,15 @@ def test_keep_fit_state_keeps_the_resume_state(tmp_path):
     import dataclasses
 
     from ibprobe.config import AnalysisConfig
-    from ibprobe.fit import fit_decoder
+    from ibprobe.fit import FitData, fit_decoder
 
     x = np.random.default_rng(0).integers(0, 4, (24, 1, 4, 4)).astype(np.uint8)
     settings = AnalysisConfig(decoder=dict(nr_resnet=1, nr_filters=4, nr_mix=1), fit=dict(epochs=1),
                               paired=False).settings((1, 4, 4), 4)
     for keep in (False, True):
         wd = tmp_path / str(keep)
-        fit_decoder(settings, Runtime(progress=False, keep_fit_state=keep), "reference", x[:16], None, x[16:], None,
-                    workdir=wd)
+        fit_decoder(settings, Runtime(progress=False, keep_fit_state=keep), "reference",
+                    FitData(x[:16], None, x[16:], None), workdir=wd)
         assert (wd / "result.json").exists() and (wd / "fit_state.pt").exists() == keep
     again = type(settings).from_dict(json.loads(json.dumps(settings.to_dict())))  # as analysis.json stores it
     assert again.to_dict() == settings.to_dict() and again.decoder_id == settings.decoder_id
@@ -118,7 +121,7 @@ def test_rerun_fits_nothing(tiny_run, monkeypatch):
         raise AssertionError("a finished job was fitted again")
 
     monkeypatch.setattr(ibprobe.fit.decoder_fitting, "fit", boom)
-    again = run_preset(TINY, out, jobs=1, progress=False, figures=False)["classify"]
+    again = run_preset(TINY, out, QUIET, figures=False)["classify"]
     assert [r["i_xh_bits"] for r in again] == [r["i_xh_bits"] for r in rows]
 
 
@@ -133,7 +136,7 @@ def test_a_resume_uses_the_pinned_settings_whatever_this_machine_defaults_to(tin
     from ibprobe.errors import ConfigError
 
     out, _ = tiny_run
-    job = JobSpec("pool", 1).job_dir(out)
+    job = JobSpec.conditional("pool", 1).job_dir(out)
     before = np.load(job / "test_nll_bits.npy")
     moved = tmp_path / "pool_1"
     shutil.move(job, moved)
@@ -143,13 +146,13 @@ def test_a_resume_uses_the_pinned_settings_whatever_this_machine_defaults_to(tin
     monkeypatch.setattr(config, "default_fit_config", lambda *a, **k: __import__("dataclasses").replace(
         real_fit(*a, **k), lr_decay=0.5, grad_clip=None))
     try:
-        res = run_job(out, JobSpec("pool", 1, str(out / "checkpoints" / "epoch_0001.pt")), Runtime(progress=False))
+        res = run_job(out, JobSpec.conditional("pool", 1, str(out / "checkpoints" / "epoch_0001.pt")), Runtime(progress=False))
         assert res["status"] == "ok"
         assert np.array_equal(np.load(job / "test_nll_bits.npy"), before)
         cfg = load_decoder(job / "decoder.pt").cfg
         assert (cfg.nr_resnet, cfg.nr_filters, cfg.nr_mix, cfg.cond_filters) == (1, 8, 2, 64)
         with pytest.raises(ConfigError, match="already holds results made with other settings.*lr_decay"):
-            run_preset(TINY, out, jobs=1, progress=False, figures=False)
+            run_preset(TINY, out, QUIET, figures=False)
     finally:
         shutil.rmtree(job, ignore_errors=True)
         shutil.move(moved, job)
@@ -164,15 +167,15 @@ def test_starting_from_a_q0_of_another_shape_is_an_error_not_a_skip(tiny_run, tm
     from decoders import DecoderConfig, PixelCNNPP, save_decoder
 
     out, _ = tiny_run
-    q0 = JobSpec(None, init=True).job_dir(out) / "decoder.pt"
-    job = JobSpec("layer1", 1).job_dir(out)
+    q0 = JobSpec.q0().job_dir(out) / "decoder.pt"
+    job = JobSpec.conditional("layer1", 1).job_dir(out)
     saved_q0, moved = tmp_path / "q0.pt", tmp_path / "layer1_1"
     shutil.copy(q0, saved_q0)
     shutil.move(job, moved)
     try:
         torch.manual_seed(0)
         save_decoder(PixelCNNPP(DecoderConfig((1, 8, 8), 17, nr_resnet=1, nr_filters=16, nr_mix=2)), q0)
-        res = run_job(out, JobSpec("layer1", 1, str(out / "checkpoints" / "epoch_0001.pt")), Runtime(progress=False))
+        res = run_job(out, JobSpec.conditional("layer1", 1, str(out / "checkpoints" / "epoch_0001.pt")), Runtime(progress=False))
         assert res["status"] == "failed"
         assert "cannot start this decoder" in res["error"] and "nr_filters 16 vs 8" in res["error"]
         assert not (job / "decoder.pt").exists()
@@ -187,7 +190,7 @@ def test_changed_decoder_settings_are_refused(tiny_run):
     from ibprobe.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"other settings \(decoder.nr_filters: 8 -> 16\)"):
-        run_preset(TINY, out, jobs=1, progress=False, figures=False, decoder={"nr_filters": 16})
+        run_preset(TINY, out, replace(QUIET, decoder={"nr_filters": 16}), figures=False)
 
 
 def test_nan_fit_marks_one_job_failed_and_others_finish(tmp_path, monkeypatch):
@@ -199,11 +202,11 @@ def test_nan_fit_marks_one_job_failed_and_others_finish(tmp_path, monkeypatch):
         return real(model, images, codes, *a, **k)
 
     monkeypatch.setattr(ibprobe.fit.decoder_fitting, "fit", flaky)
-    rows = run_preset(TINY, tmp_path, jobs=1, progress=False, figures=False)["classify"]
+    rows = run_preset(TINY, tmp_path, QUIET, figures=False)["classify"]
     by = {(r["layer"], r["epoch"]): r for r in rows}
     assert by[("pool", 1)]["status"] == "failed" and "nan" in by[("pool", 1)]["error"]
     assert by[("layer1", 1)]["status"] == "ok"
-    table = read_mi_csv(tmp_path / "analysis" / "mi.csv")
+    table = read_table(tmp_path / "analysis" / "mi.csv")
     assert sum(r["status"] == "failed" for r in table) == 2
     assert all(r["i_xh_bits"] is None for r in table if r["status"] == "failed")
     assert rc_of(["plot", str(tmp_path), "--quiet"]) == 0  # failed rows don't break the figures
@@ -225,7 +228,7 @@ def _env():
 def test_kill_9_then_rerun_keeps_finished_jobs(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.Popen(_cli(out), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    first = JobSpec("layer1", 0).job_dir(out) / "result.json"
+    first = JobSpec.conditional("layer1", 0).job_dir(out) / "result.json"
     deadline = time.time() + 240
     while not first.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
@@ -237,7 +240,7 @@ def test_kill_9_then_rerun_keeps_finished_jobs(tmp_path):
     done = subprocess.run(_cli(out), env=_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert first.read_bytes() == kept and first.stat().st_mtime_ns == mtime
-    table = read_mi_csv(out / "analysis" / "mi.csv")
+    table = read_table(out / "analysis" / "mi.csv")
     assert len(table) == 4 and all(r["status"] == "ok" for r in table)
 
 
@@ -253,10 +256,10 @@ def test_two_processes_on_one_folder(tmp_path):
              for _ in range(2)]
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [o[1][-1500:] for o in outs]
-    table = read_mi_csv(out / "analysis" / "mi.csv")
+    table = read_table(out / "analysis" / "mi.csv")
     assert len(table) == 4 and all(r["status"] == "ok" for r in table)
     # Both processes report the same numbers: each job was fitted once and read by the other.
-    assert all((JobSpec(r["layer"], r["epoch"]).job_dir(out) / "result.json").exists() for r in table)
+    assert all((JobSpec.conditional(r["layer"], r["epoch"]).job_dir(out) / "result.json").exists() for r in table)
 
 
 def test_flock_claims_are_exclusive_and_released(tmp_path):
@@ -272,7 +275,7 @@ def test_flock_claims_are_exclusive_and_released(tmp_path):
 
 
 def test_hostile_layer_name_stays_inside_the_run(tmp_path):
-    job = JobSpec("../../etc/passwd", 3).job_dir(tmp_path)
+    job = JobSpec.conditional("../../etc/passwd", 3).job_dir(tmp_path)
     assert tmp_path.resolve() in job.resolve().parents
     assert job.parent.parent == tmp_path / "decoders"
 
@@ -290,7 +293,7 @@ def test_decoders_and_probe_use_one_side_of_the_training_split(tmp_path, monkeyp
     from ibprobe.pipeline import run_analysis
     from ibprobe.rundir.sources import ModelSource
 
-    fixtures = Path(__file__).parent / "fixtures"
+    fixtures = FIXTURES
     monkeypatch.chdir(fixtures)
     monkeypatch.syspath_prepend(str(fixtures))
     from memo_nets import Memorizer
@@ -310,7 +313,7 @@ def test_decoders_and_probe_use_one_side_of_the_training_split(tmp_path, monkeyp
     ds = load_dataset("digits")
     model = Memorizer()
     seen, unseen = (capture(model, ds.images[idx], ["code"], levels=17)["code"] for idx in (ds.train_idx, ds.test_idx))
-    mixed = probe_i_yh(seen, ds.labels[ds.train_idx], unseen, ds.labels[ds.test_idx], num_classes=10)["i_yh_bits"]
+    mixed = probe_i_yh(seen, ds.labels[ds.train_idx], unseen, ds.labels[ds.test_idx], num_classes=10).bits
     assert abs(got["train"] - got["heldout"]) < 0.35, got
     assert mixed < min(got.values()) - 0.5, (mixed, got)
     sys.modules.pop("memo_nets", None)
@@ -320,16 +323,16 @@ def test_repeats_refit_with_other_seeds_and_report_their_spread(tiny_run):
     """--repeats 2 fits every decoder again with another seed, in decoders/_repeat1/; each row keeps its estimate
     and per-image CI, and gains the spread between seeds (which the CI does not include)."""
     out, rows = tiny_run
-    again = run_preset(TINY, out, jobs=1, progress=False, figures=False, repeats=2)["classify"]
+    again = run_preset(TINY, out, replace(QUIET, repeats=2), figures=False)["classify"]
     assert [r["i_xh_bits"] for r in again] == [r["i_xh_bits"] for r in rows]
     assert (out / "decoders" / "_repeat1" / "pool" / "epoch_0001" / "result.json").exists()
-    seeds = [json.loads((JobSpec("pool", 1, repeat=r).job_dir(out) / "fit_log.json").read_text())["fit_config"]["seed"]
+    seeds = [json.loads((JobSpec.conditional("pool", 1, repeat=r).job_dir(out) / "fit_log.json").read_text())["fit_config"]["seed"]
              for r in (0, 1)]
     assert seeds[1] == seeds[0] + 1000
     for r in again:
-        second = np.mean(np.load(JobSpec(None, repeat=1).job_dir(out) / "test_nll_bits.npy")
-                         - np.load(JobSpec(r["layer"], r["epoch"], repeat=1).job_dir(out) / "test_nll_bits.npy"))
+        second = np.mean(np.load(JobSpec.reference(1).job_dir(out) / "test_nll_bits.npy")
+                         - np.load(JobSpec.conditional(r["layer"], r["epoch"], repeat=1).job_dir(out) / "test_nll_bits.npy"))
         if r["h_x_ref"] == "plain":
             assert r["i_xh_seed_sd"] == pytest.approx(np.std([r["i_xh_bits"], second], ddof=1))
         assert r["i_xh_seed_sd"] > 0
-    assert read_mi_csv(out / "analysis" / "mi.csv")[0]["i_xh_seed_sd"] == pytest.approx(again[0]["i_xh_seed_sd"])
+    assert read_table(out / "analysis" / "mi.csv")[0]["i_xh_seed_sd"] == pytest.approx(again[0]["i_xh_seed_sd"])

@@ -1,15 +1,16 @@
-"""Gallery: layout from synthetic samples, decoder discovery and selection errors, and end to end on a tiny run."""
+"""Gallery: layout from synthetic samples (ibprobe.report.gallery), decoder discovery and selection errors, and end to end on a tiny run."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from ibprobe.cli import main
+from ibprobe.config import AnalysisConfig
 from ibprobe.errors import UserError
 from ibprobe.jobs import JobSpec, write_job_index
-from ibprobe.report.gallery import (GalleryData, GalleryRow, _to_display, choose_images, find_decoders, gallery_figure,
-                                    sample_gallery, save_gallery)
+from ibprobe.report.gallery import _to_display, gallery_figure, save_gallery
 from ibprobe.rundir.files import atomic_write_json
+from ibprobe.sample import GalleryData, GalleryRow, choose_images, find_decoders, sample_gallery
 
 
 def _data(n=3, k=2, rows=(("layer1", 0), ("layer1", 5), ("layer2.0.relu", 5)), c=1, levels=17):
@@ -50,8 +51,8 @@ def test_display_maps_levels_to_unit_range_gray_and_rgb():
 def _fake_run(tmp_path):
     """A folder whose job index lists q0, q(x), two layers at epochs 0 and 3 (done) and layer1 at 9 (failed)."""
     run = tmp_path / "run"
-    specs = [JobSpec(None, init=True), JobSpec(None)]
-    specs += [JobSpec(layer, e) for e in (0, 3) for layer in ("layer1", "layer2/odd name")] + [JobSpec("layer1", 9)]
+    specs = [JobSpec.q0(), JobSpec.reference()]
+    specs += [JobSpec.conditional(layer, e) for e in (0, 3) for layer in ("layer1", "layer2/odd name")] + [JobSpec.conditional("layer1", 9)]
     for spec in specs:
         job = spec.job_dir(run)
         job.mkdir(parents=True)
@@ -122,9 +123,10 @@ def tiny_run(tmp_path_factory):
     torch.set_num_threads(1)  # tiny convolutions: more threads only add contention on a loaded machine
     try:
         out = tmp_path_factory.mktemp("gallery") / "run"
-        run_preset("digits-quick", out, device="cpu", layers=("layer1",), progress=False, figures=False,
-                   decoder=dict(nr_resnet=1, nr_filters=4, nr_mix=1, dropout=0.0, cond_filters=8),
-                   fit=dict(epochs=1, batch_size=256, patience=1),
+        request = AnalysisConfig(device="cpu", layers=("layer1",), progress=False,
+                                 decoder=dict(nr_resnet=1, nr_filters=4, nr_mix=1, dropout=0.0, cond_filters=8),
+                                 fit=dict(epochs=1, batch_size=256, patience=1))
+        run_preset("digits-quick", out, request, figures=False,
                    train_overrides=dict(epochs=1, checkpoint_epochs=(0, 1), max_train=256))
         yield out
     finally:
@@ -168,7 +170,7 @@ def test_plot_end_to_end_on_a_tiny_run(tiny_run):
 
 def test_a_preset_gallery_follows_overridden_checkpoints(tiny_run):
     """digits-quick draws epochs 0 and 8; a run whose checkpoints were overridden to 0 and 1 draws those instead."""
-    from ibprobe.report import draw_figures
+    from ibprobe.pipeline import draw_figures
 
     written = draw_figures(tiny_run, progress=False, gallery_epochs=(0, 8), gallery_layers=("layer1", "pool"),
                            device="cpu")

@@ -4,10 +4,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 
-from ibprobe.lenses.run import read_rows
 from ibprobe.report.lenses import (complexity_vs_epoch, condition_number_vs_depth, generalization_gap, hessian_vs_epoch,
                                    save_complexity)
+from ibprobe.rundir.tables import COMPLEXITY, read_table
 
 
 def _table():
@@ -63,7 +64,7 @@ def test_saved_complexity_table_has_the_run_and_its_gap(tmp_path):
     metrics = [dict(epoch=e, train_acc=0.5 + 0.2 * e, test_acc=0.5 + 0.1 * e) for e in range(3)]
     written = save_complexity({"true": (summary, metrics), "mine": (summary, [])}, tmp_path / "c")
     assert [p.name for p in written] == ["c.png", "c.pdf", "c.csv"]
-    rows = read_rows(tmp_path / "c.csv")
-    assert [(r["run"], r["epoch"], r["gap"]) for r in rows] == [("true", 0, 0.0), ("true", 2, 0.5 + 0.4 - 0.7),
+    rows = read_table(tmp_path / "c.csv", COMPLEXITY)
+    assert [(r["run"], r["epoch"], r["gap"]) for r in rows] == [("true", 0, 0.0), ("true", 2, pytest.approx(0.2)),
                                                                ("mine", 0, None), ("mine", 2, None)]
     assert "residual_margin" not in rows[0]

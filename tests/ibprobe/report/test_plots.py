@@ -10,8 +10,8 @@ from matplotlib.container import ErrorbarContainer
 
 from ibprobe.cli import main
 from ibprobe.errors import DataError
-from ibprobe.measure.mi import read_mi_csv
 from ibprobe.report.plots import info_plane, mi_vs_epoch, plot_run, save_figure, training_curves
+from ibprobe.rundir.tables import read_table
 
 COLUMNS = ("epoch,checkpoint,layer,i_xh_bits,i_xh_ci_low,i_xh_ci_high,h_x_bits,h_x_given_h_bits,bits_per_dim,"
            "i_yh_bits,n_test,decoder,status,error").split(",")
@@ -27,7 +27,7 @@ def _write_run(run_dir, *, labels=True):
             rows.append(dict(epoch=e, checkpoint=f"checkpoints/epoch_{e:04d}.pt", layer=layer, i_xh_bits=ixh,
                              i_xh_ci_low=ixh - 2.5, i_xh_ci_high=ixh + 3.0, h_x_bits=150.0,
                              h_x_given_h_bits=150.0 - ixh, bits_per_dim=(150.0 - ixh) / 64,
-                             i_yh_bits=(0.3 + 0.2 * li + 0.1 * e) if labels else "", n_test=90, decoder="d0",
+                             i_yh_bits=round(0.3 + 0.2 * li + 0.1 * e, 6) if labels else "", n_test=90, decoder="d0",
                              status="ok", error=""))
     # layer1 @ 3 failed; stem @ 10 has no I(Y;H)
     rows[1 * 4 + 2].update(i_xh_bits="", i_xh_ci_low="", i_xh_ci_high="", h_x_given_h_bits="", bits_per_dim="",
@@ -51,8 +51,8 @@ def run(tmp_path):
     return _write_run(tmp_path / "run")
 
 
-def test_read_mi_csv_types_and_empty_cells(run):
-    rows = read_mi_csv(run / "analysis" / "mi.csv")
+def test_read_table_types_and_empty_cells(run):
+    rows = read_table(run / "analysis" / "mi.csv")
     assert len(rows) == len(LAYERS) * len(EPOCHS)
     r = rows[0]
     assert r["epoch"] == 0 and isinstance(r["epoch"], int) and r["n_test"] == 90
@@ -63,7 +63,7 @@ def test_read_mi_csv_types_and_empty_cells(run):
 
 
 def test_info_plane_trajectories_colorbar_errorbars(run):
-    rows = read_mi_csv(run / "analysis" / "mi.csv")
+    rows = read_table(run / "analysis" / "mi.csv")
     fig = info_plane(rows, title="t")
     ax = fig.axes[0]
     traj = [ln for ln in ax.get_lines() if ln.get_gid() == "trajectory"]
@@ -80,7 +80,7 @@ def test_info_plane_trajectories_colorbar_errorbars(run):
 
 
 def test_mi_vs_epoch_lines_bands_and_label_panel(run):
-    rows = read_mi_csv(run / "analysis" / "mi.csv")
+    rows = read_table(run / "analysis" / "mi.csv")
     fig = mi_vs_epoch(rows)
     ax_x, ax_y = fig.axes
     assert ax_x.get_xscale() == "symlog" and "bits" in ax_x.get_ylabel() and "bits" in ax_y.get_ylabel()
@@ -91,7 +91,7 @@ def test_mi_vs_epoch_lines_bands_and_label_panel(run):
 
 def test_autoencoder_without_labels_has_no_plane(tmp_path):
     run = _write_run(tmp_path / "ae", labels=False)
-    rows = read_mi_csv(run / "analysis" / "mi.csv")
+    rows = read_table(run / "analysis" / "mi.csv")
     assert len(mi_vs_epoch(rows).axes) == 1
     with pytest.raises(DataError):
         info_plane(rows)
@@ -118,17 +118,17 @@ def test_plot_run_writes_png_pdf_and_the_csv_drawn(run):
     figs = run / "figures"
     assert (figs / "info_plane.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (figs / "info_plane.pdf").read_bytes()[:4] == b"%PDF"
-    rows = read_mi_csv(run / "analysis" / "mi.csv")
+    rows = read_table(run / "analysis" / "mi.csv")
     drawn = [r for r in rows if r["status"] == "ok" and r["i_yh_bits"] is not None]
-    assert read_mi_csv(figs / "info_plane.csv") == drawn
-    assert read_mi_csv(figs / "mi_vs_epoch.csv") == [r for r in rows if r["status"] == "ok"]
+    assert read_table(figs / "info_plane.csv") == drawn
+    assert read_table(figs / "mi_vs_epoch.csv") == [r for r in rows if r["status"] == "ok"]
     with open(figs / "training_curves.csv") as f:
         assert len(list(csv.DictReader(f))) == 4
     assert not list(figs.glob(".*.tmp"))  # atomic writes leave no temp files
 
 
 def test_save_figure_copies_a_csv_source(run, tmp_path):
-    rows = read_mi_csv(run / "analysis" / "mi.csv")
+    rows = read_table(run / "analysis" / "mi.csv")
     out = save_figure(mi_vs_epoch(rows), tmp_path / "f" / "fig", run / "analysis" / "mi.csv")
     assert out[2].read_bytes() == (run / "analysis" / "mi.csv").read_bytes()
 
@@ -156,9 +156,9 @@ def test_flagged_points_are_hollow_and_significant_changes_starred():
              "status": "ok", "checks": "dpi" if (l, e) == ("pool", 3) else ""}
             for (l, e, v) in [("layer1", 0, 50.0), ("layer1", 3, 40.0), ("pool", 0, 10.0), ("pool", 3, 9.5)]]
     changes = [{"kind": "epoch", "layer": "layer1", "epoch": 0, "layer_to": "layer1", "epoch_to": 3,
-                "significant": "True"},
+                "significant": True},
                {"kind": "epoch", "layer": "pool", "epoch": 0, "layer_to": "pool", "epoch_to": 3,
-                "significant": "False"}]
+                "significant": False}]
     fig = mi_vs_epoch(rows, changes=changes)
     ax = fig.axes[0]
     hollow = [l for l in ax.get_lines() if l.get_gid() == "flagged" and len(l.get_xdata())]

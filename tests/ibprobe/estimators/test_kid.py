@@ -8,9 +8,10 @@ import torch.nn as nn
 
 from ibprobe.capture import capture
 from ibprobe.errors import ConfigError, DataError, LayerError
-from ibprobe.estimators.kid import (KID_COLUMNS, KidConfig, default_feature_layer, kid, kid_features, kid_halves,
-                                    kid_rows, kid_split_half, load_feature_model, mmd2_unbiased, polynomial_kernel)
+from ibprobe.estimators.kid import (KidConfig, default_feature_layer, kid, kid_features, kid_halves, kid_rows,
+                                    kid_split_half, load_feature_model, mmd2_unbiased, polynomial_kernel)
 from ibprobe.models import build_model
+from ibprobe.rundir.tables import KID
 
 
 def _gauss(n, d=16, shift=0.0, seed=0):
@@ -19,15 +20,15 @@ def _gauss(n, d=16, shift=0.0, seed=0):
 
 def test_identical_distributions_give_kid_within_two_std_of_zero():
     r = kid(_gauss(400, seed=1), _gauss(400, seed=2), subsets=50, subset_size=200, seed=3)
-    assert r.std > 0 and abs(r.mean) < 2 * r.std
+    assert r.std > 0 and abs(r.kid) < 2 * r.std
     s = kid_split_half(_gauss(400, seed=4), subsets=50, subset_size=200, seed=3)
-    assert s.std > 0 and abs(s.mean) < 2 * s.std and (s.n_real, s.n_fake) == (200, 200)
+    assert s.std > 0 and abs(s.kid) < 2 * s.std and (s.n_real, s.n_fake) == (200, 200)
 
 
 def test_a_shifted_distribution_gives_a_clearly_positive_kid():
     same = kid(_gauss(400, seed=1), _gauss(400, seed=2), subsets=50, subset_size=200)
     shifted = kid(_gauss(400, seed=1), _gauss(400, shift=0.5, seed=2), subsets=50, subset_size=200)
-    assert shifted.mean > 10 * shifted.std and shifted.mean > 20 * abs(same.mean)
+    assert shifted.kid > 10 * shifted.std and shifted.kid > 20 * abs(same.kid)
 
 
 def test_unbiased_mmd_equals_its_definition_for_unequal_sizes():
@@ -52,8 +53,8 @@ def test_matches_torchmetrics_on_fixed_features():
     torch.manual_seed(11)  # the library draws its subsets from the global generator
     lib_mean, lib_std = metric.compute()
     ours = kid(real, fake, subsets=20, subset_size=50, seed=11)
-    assert abs(ours.mean - lib_mean.item()) < 1e-6 and abs(ours.std - lib_std.item()) < 1e-6
-    assert ours.mean > 0
+    assert abs(ours.kid - lib_mean.item()) < 1e-6 and abs(ours.std - lib_std.item()) < 1e-6
+    assert ours.kid > 0
 
 
 def test_halves_never_pair_a_sample_with_its_original():
@@ -61,11 +62,11 @@ def test_halves_never_pair_a_sample_with_its_original():
     opts = dict(subsets=40, subset_size=1000, seed=2)
     floor = kid_split_half(held, **opts)
     copy = kid_halves(held, held.copy(), **opts)  # a decoder that reproduced every original
-    assert (copy.mean, copy.std) == (floor.mean, floor.std) and floor.subset_size == 100
+    assert (copy.kid, copy.std) == (floor.kid, floor.std) and floor.subset_size == 100
     fresh = kid_halves(held, _gauss(200, d=6, seed=3), **opts)  # same law, independent draws
-    assert abs(fresh.mean) < 2 * fresh.std
+    assert abs(fresh.kid) < 2 * fresh.std
     off = kid_halves(held, _gauss(200, d=6, shift=0.5, seed=3), **opts)
-    assert off.mean > 5 * off.std
+    assert off.kid > 5 * off.std
     with pytest.raises(DataError, match="row for row"):
         kid_halves(held, held[:100], **opts)
 
@@ -77,7 +78,7 @@ def test_kid_rows_share_splits_and_are_reproducible():
     rows = kid_rows(held, cond, unconditional=_gauss(60, d=4, seed=4), cfg=cfg, features="run:pool")
     assert [r["reference"] for r in rows] == ["conditional", "conditional", "unconditional", "split_half"]
     assert {r["subset_size"] for r in rows} == {30}  # half the held-out set
-    assert all(set(r) == set(KID_COLUMNS) for r in rows) and rows[0]["features"] == "run:pool"
+    assert all(set(r) == set(KID.columns) for r in rows) and rows[0]["features"] == "run:pool"
     assert rows[2]["epoch"] is None and rows[2]["layer"] is None
     assert rows[1]["kid_mean"] > rows[0]["kid_mean"]
     assert rows == kid_rows(held, cond, unconditional=_gauss(60, d=4, seed=4), cfg=cfg, features="run:pool")

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -10,8 +9,7 @@ from torch import nn
 
 from ibprobe.errors import ConfigError
 from ibprobe.models.external import adapt_input_channels, build_external
-
-FIXTURES = Path(__file__).parent / "fixtures"
+from tests.helpers import FIXTURES
 
 
 @pytest.fixture

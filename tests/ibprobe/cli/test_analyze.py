@@ -15,8 +15,7 @@ from ibprobe.cli import main
 from ibprobe.errors import ConfigError
 from ibprobe.rundir.paths import sanitize_name
 from ibprobe.rundir.sources import dataset_spec, parse_layers, parse_normalize
-
-FIXTURES = Path(__file__).parent / "fixtures"
+from tests.helpers import FIXTURES
 
 
 @pytest.fixture

@@ -6,20 +6,18 @@ import math
 from dataclasses import replace
 
 import pytest
-import tiny_analysis
 
-import ibprobe.report
+import ibprobe.pipeline
 from ibprobe.cli import main
 from ibprobe.config import AnalysisConfig
 from ibprobe.errors import ConfigError
-from ibprobe.estimators.binning import BASELINE_COLUMNS
-from ibprobe.estimators.kid import KID_COLUMNS, KidConfig
+from ibprobe.estimators.kid import KidConfig
 from ibprobe.measure.kid import measure_kid
-from ibprobe.measure.mi import read_mi_csv
-from ibprobe.pipeline import run_preset
-from ibprobe.report import draw_figures
+from ibprobe.pipeline import draw_figures, run_preset
 from ibprobe.report.estimators import estimator_planes
-from ibprobe.report.gallery import kid_captions
+from ibprobe.rundir.tables import BASELINES, KID, read_table
+from ibprobe.sample import kid_captions
+from tests import helpers as tiny_analysis
 
 TINY = replace(tiny_analysis.TINY, init_epochs=1)  # q0 fitted for 1 epoch
 PAIRS = [(0, "layer1"), (0, "pool"), (1, "layer1"), (1, "pool")]
@@ -29,18 +27,18 @@ PAIRS = [(0, "layer1"), (0, "pool"), (1, "layer1"), (1, "pool")]
 def tiny_run(tmp_path_factory):
     """A finished tiny run (baselines at 8 bins and σ² = 0.5) and its KID on 64 test images."""
     out = tmp_path_factory.mktemp("est")
-    run_preset(TINY, out, jobs=1, progress=False, figures=False, bins=8, kde_noise_var=0.5, reference="plain",
-               mixture_codes=0)
+    request = AnalysisConfig(jobs=1, progress=False, bins=8, kde_noise_var=0.5, reference="plain", mixture_codes=0)
+    run_preset(TINY, out, request, figures=False)
     kid = measure_kid(out, KidConfig(subsets=30, samples=64, seed=1), device="cpu", progress=False)
     return out, kid
 
 
 def test_baselines_csv_on_the_decoders_test_images(tiny_run):
     out, _ = tiny_run
-    mi = {(r["epoch"], r["layer"]): r for r in read_mi_csv(out / "analysis" / "mi.csv")}
+    mi = {(r["epoch"], r["layer"]): r for r in read_table(out / "analysis" / "mi.csv")}
     with open(out / "analysis" / "baselines.csv", encoding="utf-8") as f:
-        assert f.readline().strip().split(",") == list(BASELINE_COLUMNS)
-    rows = read_mi_csv(out / "analysis" / "baselines.csv")
+        assert f.readline().strip().split(",") == list(BASELINES.columns)
+    rows = read_table(out / "analysis" / "baselines.csv")
     assert [(r["epoch"], r["layer"], r["estimator"]) for r in rows] == [(e, l, est) for e, l in PAIRS
                                                                         for est in ("binning", "kde")]
     for r in rows:
@@ -49,7 +47,7 @@ def test_baselines_csv_on_the_decoders_test_images(tiny_run):
         assert 0.0 <= r["i_yh_bits"] <= r["i_xh_bits"] + 1e-6 <= math.log2(n) + 2e-6  # CSV keeps 10 digits
         assert r["i_yh_bits"] <= math.log2(10) + 1e-6
         assert (r["bins"], r["noise_var"]) == ((8, None) if r["estimator"] == "binning" else (None, 0.5))
-    sens = read_mi_csv(out / "analysis" / "binning_sensitivity.csv")
+    sens = read_table(out / "analysis" / "binning_sensitivity.csv")
     for e, l in PAIRS:
         curve = {r["bins"]: r["i_xh_bits"] for r in sens if (r["epoch"], r["layer"]) == (e, l)}
         assert curve[1] == 0.0 and 8 in curve  # one bin holds everything; --bins is on the curve
@@ -61,8 +59,8 @@ def test_baselines_csv_on_the_decoders_test_images(tiny_run):
 def test_kid_csv_conditional_rows_and_both_references(tiny_run):
     out, kid = tiny_run
     with open(out / "analysis" / "kid.csv", encoding="utf-8") as f:
-        assert f.readline().strip().split(",") == list(KID_COLUMNS)
-    rows = read_mi_csv(out / "analysis" / "kid.csv")
+        assert f.readline().strip().split(",") == list(KID.columns)
+    rows = read_table(out / "analysis" / "kid.csv")
     assert [(r["epoch"], r["layer"], r["reference"]) for r in rows] == \
         [(e, l, "conditional") for e, l in PAIRS] + [(None, None, "unconditional"), (None, None, "split_half")]
     assert {(r["subsets"], r["subset_size"], r["n_real"], r["n_fake"]) for r in rows} == {(30, 32, 32, 32)}
@@ -81,12 +79,12 @@ def test_plot_estimators_option(tiny_run, capsys):
     assert main(["plot", str(out), "--estimators", "decoder,kde", "--layout", "overlay", "--quiet"]) == 0
     for name in ("estimators", "binning_sensitivity", "kid"):
         assert all((out / "figures" / f"{name}.{ext}").is_file() for ext in ("png", "pdf", "csv"))
-    drawn = read_mi_csv(out / "figures" / "estimators.csv")
+    drawn = read_table(out / "figures" / "estimators.csv")
     assert {r["estimator"] for r in drawn} == {"decoder", "kde"}
     assert {(r["epoch"], r["layer"]) for r in drawn} == set(PAIRS)
     assert main(["plot", str(out), "--estimators", "binning,mine", "--quiet"]) == 2
     assert "unknown estimator(s) mine" in capsys.readouterr().err
-    rows = read_mi_csv(out / "analysis" / "mi.csv") + read_mi_csv(out / "analysis" / "baselines.csv")
+    rows = read_table(out / "analysis" / "mi.csv") + read_table(out / "analysis" / "baselines.csv")
     fig = estimator_planes(rows)  # the default: every estimator, a panel each
     assert [ax.get_title() for ax in fig.axes if ax.get_title()] == ["decoder", "binning (8 bins)", "kde (σ²=0.5)"]
 
@@ -94,7 +92,7 @@ def test_plot_estimators_option(tiny_run, capsys):
 def test_a_kid_the_folder_cannot_give_is_said_and_skipped(tiny_run, tmp_path, monkeypatch, capsys):
     out, _ = tiny_run
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
-    monkeypatch.setattr(ibprobe.report, "plot_run", lambda run_dir: [])
+    monkeypatch.setattr(ibprobe.pipeline, "plot_run", lambda run_dir: [])
     kid = KidConfig(features="torchvision:resnet18", weights=str(tmp_path / "bad.pt"))
     assert draw_figures(out, progress=False, gallery=False, device="cpu", kid=kid) == []
     assert "KID skipped" in capsys.readouterr().err

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from decoders import DecoderConfig, PixelCNNPP, evaluate_nll_bits
-from ibprobe.estimators.reference import CODES, LABELS, PLAIN, choose, code_mixture, label_mixture, mixture_nll_bits
+from ibprobe.estimators.reference import CODES, LABELS, PLAIN, choose, label_mixture
+from ibprobe.fit import code_mixture, mixture_nll_bits
 
 
 def _decoder(code_shape, seed):

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from ibprobe import validate as V
+from ibprobe.tools import validate as V
 
 
 def _plugin_entropy(rows: np.ndarray) -> float:

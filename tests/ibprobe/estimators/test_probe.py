@@ -16,8 +16,8 @@ def test_h_y_is_the_prior_cross_entropy_on_the_test_labels():
     y_fit, y_test = np.array([0, 1, 2, 3] * 5), np.array([0, 0, 1, 3])
     r = probe_i_yh(np.zeros((20, 1)), y_fit, np.zeros((4, 1)), y_test, num_classes=4)
     p = (np.bincount(y_fit, minlength=4) + 0.5) / (20 + 2.0)
-    assert r["h_y_bits"] == pytest.approx(-np.log2(p[y_test]).mean())
-    assert r["l2"] == "prior" and r["i_yh_bits"] == 0.0 and r["ce_bits"] == r["h_y_bits"]
+    assert r.h_y_bits == pytest.approx(-np.log2(p[y_test]).mean())
+    assert r.l2 == "prior" and r.bits == 0.0 and r.ce_bits == r.h_y_bits
 
 
 def test_separable_vector_codes_give_h_y():
@@ -25,9 +25,9 @@ def test_separable_vector_codes_give_h_y():
     y = _labels(400)
     h = np.eye(4)[y] * 3 + rng.normal(size=(400, 4)) * 0.3
     r = probe_i_yh(h[:300], y[:300], h[300:], y[300:], num_classes=4)
-    assert r["accuracy"] == 1.0
-    assert r["i_yh_bits"] == pytest.approx(r["h_y_bits"], abs=0.05)
-    assert r["i_yh_bits"] <= r["h_y_bits"]  # never above H(Y)
+    assert r.accuracy == 1.0
+    assert r.bits == pytest.approx(r.h_y_bits, abs=0.05)
+    assert r.bits <= r.h_y_bits  # never above H(Y)
 
 
 def test_random_codes_give_about_zero():
@@ -35,8 +35,8 @@ def test_random_codes_give_about_zero():
     y = _labels(400)
     h = rng.normal(size=(400, 8))
     r = probe_i_yh(h[:300], y[:300], h[300:], y[300:], num_classes=4)
-    assert abs(r["i_yh_bits"]) < 0.1
-    assert r["ce_bits"] == pytest.approx(r["h_y_bits"] - r["i_yh_bits"])
+    assert abs(r.bits) < 0.1
+    assert r.ce_bits == pytest.approx(r.h_y_bits - r.bits)
 
 
 def test_spatial_codes_are_pooled_and_probed():
@@ -46,7 +46,7 @@ def test_spatial_codes_are_pooled_and_probed():
     h[:, 1] += 2.0 * y[:, None, None]
     assert probe_features(h).shape == (300, 15)
     r = probe_i_yh(h[:200], y[:200], h[200:], y[200:])
-    assert r["i_yh_bits"] > r["h_y_bits"] - 0.1
+    assert r.bits > r.h_y_bits - 0.1
 
 
 def test_probe_rejects_mismatched_and_nan():
@@ -67,7 +67,7 @@ def test_null_codes_have_no_floor(dims, n):
     h, y = rng.standard_normal((n, dims)).astype(np.float32), rng.integers(0, 10, n)
     k = n // 5
     r = probe_i_yh(h[k:], y[k:], h[:k], y[:k], num_classes=10)
-    assert abs(r["i_yh_bits"]) <= 0.05, r
+    assert abs(r.bits) <= 0.05, r
     assert max(L2_GRID) >= 100
 
 
@@ -76,4 +76,4 @@ def test_informative_codes_never_exceed_h_y():
     y = _labels(500, k=3)
     h = np.eye(3)[y] * 10.0 + rng.normal(size=(500, 3)) * 0.01
     r = probe_i_yh(h[:400], y[:400], h[400:], y[400:], num_classes=3)
-    assert r["accuracy"] == 1.0 and 0 < r["i_yh_bits"] <= r["h_y_bits"]
+    assert r.accuracy == 1.0 and 0 < r.bits <= r.h_y_bits

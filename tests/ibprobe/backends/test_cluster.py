@@ -11,11 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
-from tiny_analysis import FIT_3, analyse, trained_copy
 
 from ibprobe.backends import make_backend
 from ibprobe.jobs import read_job_index
-from ibprobe.measure.mi import read_mi_csv
+from ibprobe.rundir.tables import read_table
+from tests.helpers import FIT_3, analyse, trained_copy
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("ray") is None or importlib.util.find_spec("submitit") is None,
@@ -86,7 +86,7 @@ def test_a_slurm_task_killed_mid_job_is_recovered_by_a_rerun(reference, referenc
     analyse(out, backend, fit=fit)
     killer.join()
     assert killed, "no array task was killed mid-job"
-    table = read_mi_csv(out / "analysis" / "mi.csv")
+    table = read_table(out / "analysis" / "mi.csv")
     lost = [r for r in table if r["status"] != "ok"]
     assert lost and all("its worker died" in r["error"] for r in lost)
     analyse(out, backend, fit=fit)  # the rerun

@@ -5,14 +5,13 @@ import numpy as np
 import pytest
 
 from ibprobe.errors import ConfigError, DataError
-from ibprobe.estimate import MIEstimate, estimate_mi
-from ibprobe.estimators.decoder import paired_mi
+from ibprobe.estimators.decoder import MIEstimate, estimate_mi, paired_mi
 
 
 # ------------------------------------------------------------------------------------------------ split and CI
 def test_the_api_splits_as_the_pipeline_does(monkeypatch):
     """estimate_mi and the run-folder pipeline share one split: data.stratified_split, stratified by the labels."""
-    import ibprobe.estimate as est
+    import ibprobe.estimators.decoder as est
     from ibprobe.data import stratified_split
 
     seen = []
@@ -31,17 +30,17 @@ def test_paired_ci_contains_estimate_and_is_a_t_interval():
     hxh = hx - 2 + 0.5 * rng.normal(size=50)
     r = paired_mi(hx, hxh, dims=64)
     d = hx - hxh
-    assert r["bits"] == pytest.approx(d.mean())
-    assert r["ci_low"] < r["bits"] < r["ci_high"]
+    assert r.bits == pytest.approx(d.mean())
+    assert r.ci_low < r.bits < r.ci_high
     # t_{0.975, 49} = 2.0096
-    assert r["ci_high"] - r["bits"] == pytest.approx(2.0096 * d.std(ddof=1) / np.sqrt(50), rel=1e-3)
-    assert r["bits_per_dim"] == pytest.approx(r["bits"] / 64)
-    assert r["h_x_bits"] == pytest.approx(hx.mean()) and r["n_test"] == 50
+    assert r.ci_high - r.bits == pytest.approx(2.0096 * d.std(ddof=1) / np.sqrt(50), rel=1e-3)
+    assert r.bits_per_dim == pytest.approx(r.bits / 64)
+    assert r.h_x_bits == pytest.approx(hx.mean()) and r.n == 50
 
 
 def test_paired_mi_reports_negative_values_unclipped():
     r = paired_mi(np.array([1.0, 2.0, 3.0]), np.array([2.0, 3.5, 3.0]), dims=1)
-    assert r["bits"] < 0 and r["ci_low"] <= r["bits"] <= r["ci_high"]
+    assert r.bits < 0 and r.ci_low <= r.bits <= r.ci_high
 
 
 # ------------------------------------------------------------------------------------------------ bad inputs
@@ -106,7 +105,7 @@ def test_same_seed_same_estimate_and_ci_contains_it():
     assert isinstance(a, MIEstimate)
     assert a == b
     assert a.ci_low <= a.bits <= a.ci_high
-    assert a.n_test == 12 and a.bits_per_dim == pytest.approx(a.bits / 16)
+    assert a.n == 12 and a.bits_per_dim == pytest.approx(a.bits / 16)
     assert a.bits == pytest.approx(a.h_x_bits - a.h_x_given_h_bits)
 
 

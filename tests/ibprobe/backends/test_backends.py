@@ -13,14 +13,14 @@ import time
 from pathlib import Path
 
 import pytest
-from tiny_analysis import FIT_3, FLAGS, analyse, trained_copy
 
 from ibprobe.backends import make_backend, number_of_tasks, task_job_ids
 from ibprobe.backends.tasks import require
 from ibprobe.cli import main
 from ibprobe.errors import ConfigError
 from ibprobe.jobs import JobSpec, read_job_index
-from ibprobe.measure.mi import read_mi_csv
+from ibprobe.rundir.tables import read_table
+from tests.helpers import FIT_3, FLAGS, analyse, trained_copy
 
 
 def fit_devices(run_dir: Path) -> set[str]:
@@ -93,7 +93,7 @@ def test_a_worker_killed_mid_job_loses_its_jobs_and_a_rerun_recovers(reference, 
     os.kill(workers[0], signal.SIGKILL)
     _, err = proc.communicate(timeout=240)
     assert proc.returncode == 1, err[-2000:]
-    table = read_mi_csv(out / "analysis" / "mi.csv")
+    table = read_table(out / "analysis" / "mi.csv")
     lost = [r for r in table if r["status"] != "ok"]
     assert lost and all("its worker died" in r["error"] and "rerun" in r["error"] for r in lost)
     assert not any((s.job_dir(out) / "failed.json").exists() for s in read_job_index(out))  # nothing marked failed
