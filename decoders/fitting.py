@@ -1,8 +1,11 @@
 """Fitting a (conditional) PixelCNN++ decoder by maximum likelihood.
 
 `fit` splits the images into train/validation (seeded), trains with Adam and a per-epoch multiplicative
-learning-rate decay, stops early on validation bits/dim, restores the best weights and returns per-image
-NLLs (bits) on the images it is asked to evaluate. With a `workdir` it checkpoints itself
+learning-rate decay, stops early on validation bits/dim (an improvement counts when it exceeds `min_delta` bits per
+image), restores the best weights and returns per-image NLLs (bits) on the images it is asked to evaluate. With
+`start_candidate` the weights the fit starts from are a candidate too (epoch 0), so a warm-started fit never ends
+worse on validation than where it began. The code path of a conditional decoder can have its own learning-rate
+schedule (`code_lr`, `code_lr_decay`, `code_warmup`) or be trained alone (`freeze_trunk`). With a `workdir` it checkpoints itself
 (`fit_state.pt`, atomic) and resumes after a kill; on CPU a resumed fit is bit-identical to an
 uninterrupted one, because every RNG state travels in the checkpoint.
 """
@@ -47,7 +50,13 @@ class FitConfig:
     lr_decay: float = 0.95              # multiplicative, per epoch: lr_e = lr * lr_decay**e
     val_fraction: float = 0.1           # of the images given to fit; at least one image
     patience: int = 5                   # epochs without val improvement before stopping; 0 disables
-    min_delta: float = 0.0              # bits/dim a val improvement must exceed to count
+    min_delta: float = 0.0              # bits PER IMAGE a val improvement must exceed to count
+    start_candidate: bool = False       # the starting weights are epoch 0's candidate for the best weights
+    # the code path (PixelCNNPP.code_path_names: conditioning net and block projections) as its own Adam group:
+    code_lr: float | None = None        # its lr at epoch 0 of this fit (None: the same as the trunk's)
+    code_lr_decay: float | None = None  # its per-epoch decay from this fit's start (None: lr_decay)
+    code_warmup: float = 0.0            # epochs of linear warm-up of the code path's lr, per step
+    freeze_trunk: bool = False          # train the code path only (the trunk keeps its starting weights)
     seed: int = 0
     device: str = "auto"
     bf16: bool = True                   # bf16 autocast in training (CUDA only)
@@ -71,6 +80,11 @@ class FitConfig:
             raise DecoderConfigError(f"FitConfig.val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.patience < 0 or self.checkpoint_every < 1:
             raise DecoderConfigError("FitConfig.patience must be >= 0 and checkpoint_every >= 1")
+        if self.min_delta < 0 or self.code_warmup < 0:
+            raise DecoderConfigError("FitConfig.min_delta and code_warmup must be >= 0")
+        if (self.code_lr is not None and not self.code_lr > 0) or \
+                (self.code_lr_decay is not None and not self.code_lr_decay > 0):
+            raise DecoderConfigError("FitConfig.code_lr and code_lr_decay must be > 0 (or None)")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise DecoderConfigError("FitConfig.grad_clip must be > 0 or None")
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
@@ -82,7 +96,7 @@ class FitResult:
 
     eval_nll_bits: np.ndarray | None      # float64 [N_eval], bits per image
     curve: list[dict]                     # {"epoch", "train_bits_per_dim", "val_bits_per_dim", "lr", "seconds"}
-    best_epoch: int
+    best_epoch: int                       # 0: the starting weights (cfg.start_candidate), never beaten
     best_val_bits_per_dim: float
     epochs_run: int
     stopped_early: bool
@@ -177,6 +191,32 @@ def make_train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, se
     return step
 
 
+def split_code_path(model: torch.nn.Module) -> tuple[list, list]:
+    """(trunk, code path): the trainable parameters of `model`, the code path being the conditioning pathway
+    (`code_path_names`: the conditioning net and every block's projection of the code; its standardisation buffers
+    are not parameters). A model without `code_path_names` is all trunk."""
+    names = set(model.code_path_names()) if hasattr(model, "code_path_names") else set()
+    trunk, code = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (code if name in names else trunk).append(p)
+    return trunk, code
+
+
+def group_lr(cfg: FitConfig, group: str, epoch: int, step: int, steps_per_epoch: int) -> float:
+    """The learning rate of a parameter group ("trunk" or "code") at a step of a 0-based epoch.
+
+    The trunk: lr * lr_decay**epoch. The code path: its own schedule from this fit's start, code_lr *
+    code_lr_decay**epoch (each None: the trunk's), times a linear warm-up over the first `code_warmup` epochs."""
+    if group != "code" or (cfg.code_lr is None and cfg.code_lr_decay is None and not cfg.code_warmup):
+        return cfg.lr * cfg.lr_decay ** epoch
+    lr = (cfg.lr if cfg.code_lr is None else cfg.code_lr) * \
+        (cfg.lr_decay if cfg.code_lr_decay is None else cfg.code_lr_decay) ** epoch
+    if cfg.code_warmup:
+        lr *= min(1.0, (epoch + (step + 1) / steps_per_epoch) / cfg.code_warmup)
+    return lr
+
+
 def _fingerprint(cfg: FitConfig, model, images, codes, n_val: int) -> dict:
     fcfg = {k: v for k, v in asdict(cfg).items() if k not in RUNTIME_FIELDS}
     return jsonable({
@@ -259,8 +299,15 @@ def fit(model: torch.nn.Module, images, codes=None, cfg: FitConfig = FitConfig()
         model.set_code_stats(take_rows(codes, train_idx))  # standardisation from training codes only
     model.to(setup.device)
     to_channels_last(model, setup)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, fused=True)  # one kernel per step
+    trunk, code_path = split_code_path(model)
+    if cfg.freeze_trunk:
+        frozen = [p for p in trunk if p.requires_grad]
+        for p in frozen:
+            p.requires_grad_(False)
+        trunk = []
+    groups = [{"params": trunk, "name": "trunk"}, {"params": code_path, "name": "code"}]
+    groups = [g for g in groups if g["params"]]
+    optimizer = torch.optim.Adam(groups, lr=cfg.lr, betas=cfg.betas, fused=True) if groups else None
     gen = torch.Generator()  # data order
     dims = int(np.prod(mcfg.image_shape))
 
@@ -268,12 +315,16 @@ def fit(model: torch.nn.Module, images, codes=None, cfg: FitConfig = FitConfig()
     if state is None:
         torch.manual_seed(cfg.seed)  # dropout draws from the global generator
         gen.manual_seed(cfg.seed + 1)
-        start_epoch, curve, bad_epochs, stopped = 0, [], 0, False
+        start_epoch, curve, bad_epochs, stopped = 0, [], 0, optimizer is None
         best_state, best_epoch, best_val = None, 0, math.inf
         resumed_from = None
+        if cfg.start_candidate or optimizer is None:  # epoch 0: the weights the fit starts from
+            val_nll = _eval_nll(model, images, codes, val_idx, setup, cfg.eval_batch_size, cfg.eval_bf16)
+            best_val, best_state, best_val_nll = float(val_nll.mean()) / dims, cpu_state(model.state_dict()), val_nll
     else:
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        if optimizer is not None:
+            optimizer.load_state_dict(state["optimizer"])
         start_epoch, curve = int(state["epoch"]), [dict(r) for r in state["curve"]]
         bad_epochs, stopped = int(state["bad_epochs"]), bool(state["stopped_early"])
         best_state, best_epoch, best_val = state["best_state"], int(state["best_epoch"]), float(state["best_val"])
@@ -285,13 +336,14 @@ def fit(model: torch.nn.Module, images, codes=None, cfg: FitConfig = FitConfig()
     def save_state(epoch: int) -> None:
         atomic_torch_save(state_path, {
             "fingerprint": fingerprint, "epoch": epoch, "curve": curve, "model": cpu_state(model.state_dict()),
-            "optimizer": optimizer.state_dict(), "best_state": best_state, "best_epoch": best_epoch,
+            "optimizer": None if optimizer is None else optimizer.state_dict(), "best_state": best_state, "best_epoch": best_epoch,
             "best_val": best_val, "bad_epochs": bad_epochs, "stopped_early": stopped,
             "rng": {"torch": torch.get_rng_state(), "data": gen.get_state(), "cuda": cuda_rng_states()},
         })
 
-    step_fn = make_train_step(model, optimizer, setup, cfg.grad_clip, 1.0 / dims)
+    step_fn = make_train_step(model, optimizer, setup, cfg.grad_clip, 1.0 / dims) if optimizer is not None else None
     steps_per_epoch = math.ceil(n_train / cfg.batch_size)
+    min_delta = cfg.min_delta / dims  # bits per image -> bits/dim, the unit of the curve
     epoch = start_epoch
     with progress(total=cfg.epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch, desc=label,
                   unit="step", enabled=cfg.progress) as bar:
@@ -300,12 +352,12 @@ def fit(model: torch.nn.Module, images, codes=None, cfg: FitConfig = FitConfig()
         while epoch < cfg.epochs and not stopped:
             t0 = time.perf_counter()
             lr = cfg.lr * cfg.lr_decay ** epoch
-            for group in optimizer.param_groups:
-                group["lr"] = lr
             model.train()
             order = torch.randperm(n_train, generator=gen).numpy()
             total = 0.0
             for step, start in enumerate(range(0, n_train, cfg.batch_size)):
+                for group in optimizer.param_groups:
+                    group["lr"] = group_lr(cfg, group["name"], epoch, step, steps_per_epoch)
                 idx = train_idx[order[start:start + cfg.batch_size]]
                 x, c = _batch(images, codes, idx, setup)
                 loss, norm = step_fn(x, c)
@@ -326,8 +378,10 @@ def fit(model: torch.nn.Module, images, codes=None, cfg: FitConfig = FitConfig()
                 raise NonFiniteLossError(f"{label}: validation NLL is {val} bits/dim at epoch {epoch + 1}")
             epoch += 1
             curve.append({"epoch": epoch, "train_bits_per_dim": total / n_train, "val_bits_per_dim": val,
-                          "lr": lr, "seconds": time.perf_counter() - t0})
-            if val < best_val - cfg.min_delta:
+                          "lr": lr, "seconds": time.perf_counter() - t0,
+                          **({"code_lr": group_lr(cfg, "code", epoch - 1, steps_per_epoch - 1, steps_per_epoch)}
+                             if code_path else {})})
+            if val < best_val - min_delta:
                 best_val, best_epoch, bad_epochs = val, epoch, 0
                 best_state, best_val_nll = cpu_state(model.state_dict()), val_nll
             else:
@@ -339,6 +393,9 @@ def fit(model: torch.nn.Module, images, codes=None, cfg: FitConfig = FitConfig()
                 _after_epoch(epoch)
 
     model.load_state_dict(best_state)
+    if cfg.freeze_trunk:
+        for p in frozen:
+            p.requires_grad_(True)
     model.eval()
     eval_nll = None
     if eval_images is not None:
