@@ -302,3 +302,50 @@ def test_spatial_codes_from_float16_memmap(tmp_path):
     assert res.eval_nll_bits.shape == (8,) and np.isfinite(res.eval_nll_bits).all()
     assert float(model.code_std.flatten()[0]) == pytest.approx(float(np.std(ids[np.sort(
         torch.randperm(48, generator=torch.Generator().manual_seed(0)).numpy()[res.n_val:])])), rel=1e-3)
+
+
+# ----------------------------------------------------------------------------------------------- paired-fit options
+def test_start_candidate_keeps_the_starting_weights_when_training_does_not_beat_them():
+    x, _ = templates_data(n=96)
+    model = make_model()
+    fit(model, x, cfg=replace(FAST, epochs=4))  # a trained start
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    # a learning rate far too high: every epoch ends worse than the start on validation
+    res = fit(model, x, cfg=replace(FAST, epochs=2, lr=5.0, grad_clip=None, start_candidate=True))
+    assert res.best_epoch == 0 and res.epochs_run == 2
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in start.items())
+    assert res.val_nll_bits.shape == (res.n_val,)
+
+
+def test_min_delta_is_in_bits_per_image():
+    x, _ = templates_data(n=96)
+    big = fit(make_model(), x, cfg=replace(FAST, epochs=3, min_delta=1e6))  # no improvement ever counts
+    assert big.best_epoch == 1
+    dims = int(np.prod(SHAPE))
+    res = fit(make_model(), x, cfg=replace(FAST, epochs=3))
+    gains = [a["val_bits_per_dim"] - b["val_bits_per_dim"] for a, b in zip(res.curve, res.curve[1:])]
+    just_below = min(g for g in gains if g > 0) * dims * 0.999  # the smallest gain, in bits per image, counts
+    assert fit(make_model(), x, cfg=replace(FAST, epochs=3, min_delta=just_below)).best_epoch == res.best_epoch
+
+
+@pytest.mark.skipif(not HAVE_REAL, reason="needs decoders.pixelcnn (code_path_names)")
+def test_code_path_has_its_own_schedule_and_a_frozen_trunk_stays_put():
+    from decoders.fitting import group_lr, split_code_path
+
+    x, ids = templates_data(n=96)
+    codes = np.eye(4, dtype=np.float32)[ids]
+    model = make_model(code_shape=(4,))
+    trunk, code = split_code_path(model)
+    names = set(model.code_path_names())
+    assert code and len(code) == sum(1 for n, _ in model.named_parameters() if n in names)
+    assert len(trunk) + len(code) == len(list(model.parameters()))
+    cfg = replace(FAST, lr=1e-3, code_lr=1e-2, code_lr_decay=0.5, code_warmup=1.0)
+    assert group_lr(cfg, "trunk", 2, 0, 4) == pytest.approx(1e-3 * 0.95 ** 2)
+    assert group_lr(cfg, "code", 0, 1, 4) == pytest.approx(1e-2 * 2 / 4)  # warm-up, per step
+    assert group_lr(cfg, "code", 2, 0, 4) == pytest.approx(1e-2 * 0.5 ** 2)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    res = fit(model, x, codes, replace(FAST, epochs=2, code_lr=1e-2, freeze_trunk=True))
+    moved = {n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])}
+    assert moved and moved <= names
+    assert all(p.requires_grad for p in model.parameters())
+    assert res.curve[0]["code_lr"] == pytest.approx(1e-2)
