@@ -9,6 +9,7 @@ the folders): a folder holding result.json is read, not refitted.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from decoders import load_decoder, save_decoder
 from decoders.errors import FitStateError
 from ibprobe.config import Runtime, Settings
 from ibprobe.errors import DataError, JobFailed
+from ibprobe.estimators.reference import label_mixture
 from ibprobe.rundir import paths
 from ibprobe.rundir.files import atomic_np_save, atomic_write_json
 from ibprobe.rundir.pinning import load_nll, read_job_file
@@ -43,10 +45,12 @@ class FitData:
 @dataclass(frozen=True)
 class Mixture:
     """A mixture reference sum_j w_j q(x | h_j) of a conditional decoder: its codes [M, *code_shape] and weights [M]
-    (None: 1/M each)."""
+    (None: 1/M each). With `labels` (one per fit image, codes one-hot [K, K]) the weights are the label frequencies
+    of the fit's training rows, so the validation images, which choose the reference, do not set its prior."""
 
     codes: np.ndarray
     weights: np.ndarray | None = None
+    labels: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -95,6 +99,8 @@ def fit_decoder(settings: Settings, runtime: Runtime, role: str, data: FitData, 
         raise ValueError("paired fitting: give the q0 to start from")
     cfg = settings.decoder_for(None if data.codes is None else data.codes.shape[1:])
     stage = settings.stage_fit("q0" if role == "q0" else "q", q0.best_epoch if q0 is not None else None, repeat)
+    if role == "conditional" and settings.paired:  # its start, q0, ignores h: a candidate for its best weights
+        stage = dataclasses.replace(stage, start_candidate=True)
     fit_cfg = runtime.fit_config(stage)
 
     def fresh() -> PixelCNNPP:
@@ -122,6 +128,9 @@ def fit_decoder(settings: Settings, runtime: Runtime, role: str, data: FitData, 
             if isinstance(mixture, int):
                 train_rows = np.setdiff1d(np.arange(len(data.images)), res.val_idx)
                 mixture = Mixture(code_mixture(_rows(data.codes, train_rows), mixture, settings.seed))
+            elif mixture.labels is not None:
+                train_rows = np.setdiff1d(np.arange(len(data.images)), res.val_idx)
+                mixture = Mixture(*label_mixture(np.asarray(mixture.labels)[train_rows], len(mixture.codes)))
             out.mix_test_nll = mixture_nll_bits(model, data.test_images, mixture.codes, mixture.weights)
             out.mix_val_nll = mixture_nll_bits(model, _rows(data.images, res.val_idx), mixture.codes,
                                                mixture.weights)
@@ -131,7 +140,8 @@ def fit_decoder(settings: Settings, runtime: Runtime, role: str, data: FitData, 
         raise DataError(f"{desc or role}: {e}") from None
     out.info = {"status": "ok", "role": role, "decoder": settings.decoder_id, "curve": res.curve,
                 "best_epoch": int(res.best_epoch), "epochs_run": int(res.epochs_run), "epochs": fit_cfg.epochs,
-                "stopped_early": bool(res.stopped_early), "n_test": int(len(out.test_nll)),
+                "stopped_early": bool(res.stopped_early), "patience": int(fit_cfg.patience),
+                "min_delta_bits": float(fit_cfg.min_delta), "n_test": int(len(out.test_nll)),
                 "h_bits": float(np.mean(out.test_nll)), "mixture": None if mixture is None else len(mixture.codes),
                 "inputs": inputs}
     if workdir is not None:

@@ -28,7 +28,6 @@ from decoders.progress import progress as progress_report
 from ibprobe.capture import ActivationStore, codes_key
 from ibprobe.config import Runtime, Settings, resolve_device
 from ibprobe.errors import DataError, UserError
-from ibprobe.estimators.reference import label_mixture
 from ibprobe.fit import FitData, Mixture, Start, fit_decoder
 from ibprobe.rundir import paths
 from ibprobe.rundir.files import atomic_write_json, read_json, try_lock
@@ -239,9 +238,8 @@ def _job_args(run_dir: Path, spec: JobSpec, job_dir: Path) -> tuple[Settings, Fi
     if spec.role is Role.LABELS:
         y_fit, y_test = ds.labels[fit_idx], ds.labels[test_idx]
         onehot = np.eye(ds.num_classes, dtype=np.float32)
-        codes, weights = label_mixture(y_fit, ds.num_classes)
         return settings, FitData(x_fit, onehot[y_fit], x_test, onehot[y_test]), \
-            {**kw, "mixture": Mixture(codes, weights)}
+            {**kw, "mixture": Mixture(onehot, labels=y_fit)}
     # no pinned digest (a hand-edited analysis.json): keys under which nothing is stored, so the read says so
     keys = inputs["codes"] or {"fit": codes_key(x_fit, source, digest), "test": codes_key(x_test, source, digest)}
     store = ActivationStore(paths.RunDir(run_dir).activations)

@@ -28,13 +28,13 @@ from ibprobe.estimators.kid import KidConfig
 from ibprobe.jobs import plan_jobs, reference_jobs, resolve_jobs, write_job_index
 from ibprobe.measure.baselines import write_baselines
 from ibprobe.measure.kid import measure_kid
-from ibprobe.measure.mi import measure_jobs
+from ibprobe.measure.mi import measure_jobs, reference_candidates
 from ibprobe.models import build_model
 from ibprobe.presets import Preset, get_preset
 from ibprobe.report import plot_run, save_gallery
 from ibprobe.rundir.files import atomic_write_json
 from ibprobe.rundir.paths import RunDir
-from ibprobe.rundir.pinning import claim, source_inputs
+from ibprobe.rundir.pinning import claim, pin_reference_candidates, source_inputs
 from ibprobe.rundir.sources import ModelSource, dataset, decoder_split, default_chain, resolve_side, source_from_run
 from ibprobe.rundir.tables import CHANGES, MI, write_table
 from ibprobe.sample import find_decoders, kid_captions, sample_gallery
@@ -85,8 +85,10 @@ def _analyse(run_dir: Path, source: ModelSource, ds, cfg: AnalysisConfig, settin
     if all(r and r.get("status") == "ok" for r in results.values()):
         results.update(backend.run(run_dir, [j for j in todo if j not in starts], runtime,
                                    retry_failed=cfg.retry_failed))
+    labelled = len(np.unique(ds.labels[fit_idx])) > 1
+    candidates = pin_reference_candidates(run_dir, reference_candidates(settings, specs, labelled))
     rows, change_rows = measure_jobs(run_dir, specs, settings, repeats=cfg.repeats, results=results,
-                                     chain=list(cfg.chain) or default_chain(source, cfg.layers))
+                                     chain=list(cfg.chain) or default_chain(source, cfg.layers), candidates=candidates)
     write_table(run.table(MI.name), rows, MI)
     write_table(run.table(CHANGES.name), change_rows, CHANGES)
     write_baselines(run_dir, specs, settings, bins=cfg.bins, noise_var=cfg.kde_noise_var, progress=cfg.progress)

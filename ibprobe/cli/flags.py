@@ -110,6 +110,13 @@ def add_analysis(p, jobs_default: int) -> None:
                    "plain q(x) as in the paper")
     g.add_argument("--mixture-codes", type=count(0), default=16, metavar="M",
                    help="codes per code-mixture reference; costs M forward passes per scored image (0: none)")
+    g.add_argument("--ignorance", default="switch", choices=["switch", "none"],
+                   help="optional ignorance: a row whose q(x|h) does not beat the reference on validation images reads "
+                   "the reference (switch, the default: I(X;H) = 0), or always its own q(x|h) (none); mi.csv keeps "
+                   "the raw value in i_xh_raw_bits")
+    g.add_argument("--code-lr", default="trunk", choices=["trunk", "fresh"],
+                   help="the code path of each paired fit: the trunk's continued learning rate (trunk, the default) "
+                   "or its own Adam group from the fit's lr (fresh)")
     g.add_argument("--repeats", type=count(1), default=1, metavar="K",
                    help="fit every decoder with K seeds and report the spread (i_xh_seed_sd); K times the work")
 
@@ -215,6 +222,7 @@ def analysis_config(args, layers=None) -> AnalysisConfig:
                           probe=not args.no_probe, retry_failed=args.retry_failed, progress=not args.quiet,
                           keep_fit_state=args.keep_fit_state, decoder_data=args.decoder_data,
                           reference=args.reference, mixture_codes=args.mixture_codes, repeats=args.repeats,
+                          ignorance=args.ignorance, code_lr=args.code_lr,
                           chain=tuple(parse_list(getattr(args, "chain", None)) or ()),
                           bins=getattr(args, "bins", AnalysisConfig.bins),
                           kde_noise_var=getattr(args, "kde_noise_var", AnalysisConfig.kde_noise_var))

@@ -33,25 +33,29 @@ from ibprobe.config import AnalysisConfig, Runtime, Settings
 from ibprobe.data import stratified_split
 from ibprobe.errors import ConfigError, DataError
 from ibprobe.estimators.probe import probe_i_yh
-from ibprobe.estimators.reference import CODES, LABELS, PLAIN, choose, label_mixture
+from ibprobe.estimators.reference import CODES, LABELS, PLAIN, choose, with_ignorance
 from ibprobe.fit import FitData, Mixture, Start, fit_decoder
 from ibprobe.rundir.paths import DECODER, sanitize_name
 
 
 @dataclass(frozen=True)
 class Difference:
-    """A paired difference mean_i(a_i − b_i) of per-image NLLs on the same images, bits per image, with its 95%
-    Student-t interval over the n images and its standard error."""
+    """A paired difference mean(a − b) of per-image NLLs on the same images, bits per image, with its 95% Student-t
+    interval, its standard error, degrees of freedom and two-sided p-value; `n` images, `seeds` fits of each."""
 
     bits: float
     ci_low: float
     ci_high: float
     n: int
     se_bits: float
+    df: float = 0.0
+    p_value: float = 1.0
+    seeds: int = 1
+    seed_sd: float | None = None  # the sd over seeds of each seed's mean difference (None with one seed)
 
     @property
     def significant(self) -> bool:
-        """Whether the 95% interval excludes 0."""
+        """Whether the 95% interval excludes 0 (before any correction for many comparisons)."""
         return bool(self.ci_low > 0 or self.ci_high < 0)
 
 
@@ -70,41 +74,79 @@ class MIEstimate:
     h_y_bits: float | None = None     # CE(prior): the held-out labels' cross-entropy under the label frequencies
     h_x_ref: str = "plain"            # which density the reference is
     h_x_plain_bits: float | None = None  # held-out mean −log2 q(x) of the plain unconditional decoder
+    seeds: int = 1                    # fits of each decoder (--repeats); the estimate is their mean
+    seed_sd: float | None = None      # sd of Î over seeds, None with one seed
+    bits_raw: float | None = None     # Î from q(x|h) alone, before optional ignorance (None: not computed)
+    from_decoder: bool = True         # the row's density is q(x|h); False: optional ignorance chose the reference
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def paired_difference(a, b) -> Difference:
-    """mean_i(a_i − b_i) of two per-image NLL arrays (bits) on the same images, with a 95% Student-t interval
-    (mean ± t_{0.975,n−1}·sd/√n), symmetric around, hence always containing, the estimate.
+    """mean(a − b) of two per-image NLL arrays (bits) on the same images, with a 95% Student-t interval, symmetric
+    around, hence always containing, the estimate.
+
+    a, b: [N] (one fit each: the interval is over images, mean ± t_{0.975,n−1}·sd/√n) or [K, N] (K seeds of each
+    fit, --repeats, on the same N images). With K seeds the standard error adds the variation over images (of the
+    per-image means over seeds) and over seeds (of the per-seed means): se² = s²_images/N + s²_seeds/K, with
+    Welch–Satterthwaite degrees of freedom. That counts the seed-by-image interaction twice, so it is conservative.
 
     >>> d = paired_difference([3.0, 4.0, 5.0, 6.0], [1.0, 2.0, 2.5, 4.5])
     >>> round(d.bits, 3), d.n, d.significant
     (2.0, 4, True)
     """
     from scipy.stats import t as student_t  # scipy.stats costs ~0.7 s to import: only here, not at CLI start-up
-    a = np.asarray(a, dtype=np.float64).reshape(-1)
-    b = np.asarray(b, dtype=np.float64).reshape(-1)
-    if a.shape != b.shape:
-        raise DataError(f"a paired estimate needs NLLs of the same images: got {a.size} and {b.size} values")
-    if a.size < 2:
-        raise DataError(f"a paired estimate needs at least 2 images for a CI, got {a.size}")
+    a = np.atleast_2d(np.asarray(a, dtype=np.float64))
+    b = np.atleast_2d(np.asarray(b, dtype=np.float64))
+    if a.shape != b.shape or a.ndim != 2:
+        raise DataError(f"a paired estimate needs NLLs of the same images: got shapes {a.shape} and {b.shape}")
+    k, n = a.shape
+    if n < 2:
+        raise DataError(f"a paired estimate needs at least 2 images for a CI, got {n}")
     if not (np.isfinite(a).all() and np.isfinite(b).all()):
         raise DataError("per-image NLLs contain NaN or inf")
-    d = a - b  # (N,) bits
-    n = d.size
+    d = a - b  # (K, N) bits
     bits = float(d.mean())
-    se = float(d.std(ddof=1) / math.sqrt(n))
-    half = float(student_t.ppf(0.975, n - 1)) * se
-    return Difference(bits, bits - half, bits + half, int(n), se)
+    per_image = d.mean(0)  # (N,)
+    var_img = float(per_image.var(ddof=1)) / n
+    seed_sd = None
+    if k > 1:
+        per_seed = d.mean(1)  # (K,)
+        seed_sd = float(per_seed.std(ddof=1))
+        var_seed = seed_sd ** 2 / k
+        se = math.sqrt(var_img + var_seed)
+        den = var_img ** 2 / (n - 1) + var_seed ** 2 / (k - 1)
+        df = (var_img + var_seed) ** 2 / den if den > 0 else float(n - 1)
+    else:
+        se, df = math.sqrt(var_img), float(n - 1)
+    half = float(student_t.ppf(0.975, df)) * se
+    p = float(2 * student_t.sf(abs(bits) / se, df)) if se > 0 else (1.0 if bits == 0 else 0.0)
+    return Difference(bits, bits - half, bits + half, int(n), se, df, p, int(k), seed_sd)
+
+
+def holm(p_values) -> np.ndarray:
+    """Holm's step-down adjustment of p-values for many comparisons (controls the family-wise error rate):
+    p_(i) -> max_{j <= i} min(1, (m − j + 1) p_(j)) in ascending order.
+
+    >>> holm([0.01, 0.04, 0.03]).round(3).tolist()
+    [0.03, 0.06, 0.06]
+    """
+    p = np.asarray(p_values, dtype=np.float64)
+    m = len(p)
+    order = np.argsort(p, kind="stable")
+    adjusted = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+    out = np.empty(m)
+    out[order] = adjusted
+    return out
 
 
 def paired_mi(h_x_per_image, h_x_given_h_per_image, *, dims: int, probe=None, ref: str = "plain",
               h_x_plain_bits: float | None = None) -> MIEstimate:
     """Î(X;H) = mean_i(−log2 q_ref(x_i) + log2 q(x_i|h_i)) from the reference's and the conditional decoder's
-    per-image test NLLs (bits) on the same images, with its 95% CI (`paired_difference`); `dims` = D sub-pixels per
-    image; `probe` an optional ProbeEstimate of I(Y;H); `ref` names the reference.
+    per-image test NLLs (bits) on the same images ([N], or [K, N] for K seeds), with its 95% CI
+    (`paired_difference`); `dims` = D sub-pixels per image; `probe` an optional ProbeEstimate of I(Y;H); `ref` names
+    the reference.
 
     >>> est = paired_mi([60.0, 62.0, 61.0, 63.0], [50.0, 51.0, 52.0, 50.0], dims=64)
     >>> round(est.bits, 2), est.n, round(est.bits_per_dim, 4)
@@ -113,13 +155,15 @@ def paired_mi(h_x_per_image, h_x_given_h_per_image, *, dims: int, probe=None, re
     d = paired_difference(h_x_per_image, h_x_given_h_per_image)
     a = float(np.mean(np.asarray(h_x_per_image, dtype=np.float64)))
     b = float(np.mean(np.asarray(h_x_given_h_per_image, dtype=np.float64)))
+    # [K, N]: K seeds of both fits on the same N images; the estimate is the mean over seeds
     return MIEstimate(bits=d.bits, ci_low=d.ci_low, ci_high=d.ci_high, n=d.n, h_x_bits=a, h_x_given_h_bits=b,
+                      seeds=d.seeds, seed_sd=d.seed_sd,
                       bits_per_dim=d.bits / int(dims), i_yh_bits=None if probe is None else probe.bits,
                       h_y_bits=None if probe is None else probe.h_y_bits, h_x_ref=ref,
                       h_x_plain_bits=a if h_x_plain_bits is None and ref == "plain" else h_x_plain_bits)
 
 
-__all__ = ["Difference", "MIEstimate", "paired_difference", "paired_mi", "estimate_mi"]
+__all__ = ["Difference", "MIEstimate", "paired_difference", "holm", "paired_mi", "estimate_mi"]
 
 MIN_TEST, MIN_TRAIN = 2, 4  # images; fewer cannot give a paired CI or a decoder train/val split
 
@@ -127,7 +171,8 @@ MIN_TEST, MIN_TRAIN = 2, 4  # images; fewer cannot give a paired CI or a decoder
 def estimate_mi(images, codes, *, levels: int | None = None, labels=None, decoder=None, fit=None,
                 test_fraction: float = 0.2, seed: int = 0, device: str = "auto", workdir=None,
                 progress: bool = True, paired: bool = True, init_epochs: int | None = None,
-                reference: str = "best", mixture_codes: int = 16) -> MIEstimate | dict[str, MIEstimate]:
+                reference: str = "best", mixture_codes: int = 16, ignorance: str = "switch",
+                code_lr: str = "trunk") -> MIEstimate | dict[str, MIEstimate]:
     """Estimate I(X;H) (bits per image) for codes H of images X, and I(Y;H) when labels are given.
 
     Args:
@@ -148,6 +193,10 @@ def estimate_mi(images, codes, *, levels: int | None = None, labels=None, decode
             mixture (1/M) sum_j q(x|h_j), chosen on the decoders' validation images (see ibprobe.estimators.reference);
             "plain": q(x) alone.
         mixture_codes: M per code mixture (0: none); costs M forward passes per validation and test image.
+        ignorance: "switch" (a code whose q(x|h) does not beat the reference on validation images reads the
+            reference: Î = 0) or "none" (see ibprobe.estimators.reference.with_ignorance). `bits_raw` keeps the
+            value of q(x|h) alone.
+        code_lr: the code path of each paired fit: "trunk" (the trunk's continued schedule) or "fresh" (its own).
 
     Returns:
         An MIEstimate, or a dict name -> MIEstimate when `codes` is a dict (q(x) is fitted once and shared).
@@ -190,7 +239,7 @@ def estimate_mi(images, codes, *, levels: int | None = None, labels=None, decode
                         f"train and {len(te)} test images; need at least {MIN_TRAIN} and {MIN_TEST}")
 
     settings = _settings(decoder, fit, x.shape[1:], levels, device, seed, paired, init_epochs, reference,
-                         mixture_codes)
+                         mixture_codes, ignorance, code_lr)
     runtime = Runtime(device=device, progress=progress)
     x_tr, x_te = x[tr], x[te]
     dims = int(np.prod(x.shape[1:]))
@@ -218,7 +267,7 @@ def estimate_mi(images, codes, *, levels: int | None = None, labels=None, decode
     if best and labelled:
         k = int(y.max()) + 1
         onehot = np.eye(k, dtype=np.float32)
-        lab = one("labels", "_labels", onehot[y], q0, "q(x|y)", Mixture(*label_mixture(y[tr], k)))
+        lab = one("labels", "_labels", onehot[y], q0, "q(x|y)", Mixture(onehot, labels=y[tr]))
         candidates[LABELS] = (lab.mix_val_nll, lab.mix_test_nll)
     ref = choose({name: val for name, (val, _) in candidates.items()}, settings.reference)
     out: dict[str, MIEstimate] = {}
@@ -227,13 +276,16 @@ def estimate_mi(images, codes, *, levels: int | None = None, labels=None, decode
         if labelled:
             probe = probe_i_yh(code_map[name][tr], y[tr], code_map[name][te], y[te], num_classes=int(y.max()) + 1,
                                seed=seed)
-        out[name] = paired_mi(candidates[ref][1], f.test_nll, dims=dims, probe=probe, ref=ref,
-                             h_x_plain_bits=float(np.mean(plain.test_nll)))
+        ref_val, ref_test = candidates[ref]
+        used, own = with_ignorance(ref_val, ref_test, f.val_nll, f.test_nll, settings.ignorance)
+        out[name] = dataclasses.replace(
+            paired_mi(ref_test, used, dims=dims, probe=probe, ref=ref, h_x_plain_bits=float(np.mean(plain.test_nll))),
+            bits_raw=float(np.mean(ref_test) - np.mean(f.test_nll)), from_decoder=own)
     return out["code"] if single else out
 
 
 def _settings(decoder, fit, image_shape, levels: int, device: str, seed: int, paired: bool,
-              init_epochs, reference: str, mixture_codes: int) -> Settings:
+              init_epochs, reference: str, mixture_codes: int, ignorance: str, code_lr: str) -> Settings:
     """Settings from DecoderConfig/FitConfig objects (used as they are) or dicts of overrides on the defaults."""
     if decoder is not None and not isinstance(decoder, (DecoderConfig, Mapping)):
         raise ConfigError(f"decoder must be a DecoderConfig or a dict of its fields, got {type(decoder).__name__}")
@@ -242,7 +294,7 @@ def _settings(decoder, fit, image_shape, levels: int, device: str, seed: int, pa
     req = AnalysisConfig(decoder={} if not isinstance(decoder, Mapping) else dict(decoder),
                          fit={} if not isinstance(fit, Mapping) else dict(fit), device=device, seed=int(seed),
                          paired=bool(paired), init_epochs=init_epochs, reference=reference,
-                         mixture_codes=mixture_codes)
+                         mixture_codes=mixture_codes, ignorance=ignorance, code_lr=code_lr)
     settings = req.settings(image_shape, levels, decoder_data="heldout")
     if isinstance(decoder, DecoderConfig):
         for k, want in (("image_shape", tuple(int(s) for s in image_shape)), ("levels", int(levels))):

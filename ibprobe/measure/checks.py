@@ -1,36 +1,46 @@
 """Self-checks of the estimates, and the changes users ask about, with their own paired CIs.
 
 Changes: Î of the same layer at consecutive checkpoints, and of adjacent layers at one checkpoint. Both come from
-the per-image NLL differences of the two conditional decoders on the same test images, so the shared reference
-cancels: ΔÎ = Î_b − Î_a = mean_i(−log2 q_a(x_i|h_a) + log2 q_b(x_i|h_b)), with a t-interval over images.
+the per-image NLL differences of the two rows' densities on the same test images, so the shared reference cancels:
+ΔÎ = Î_b − Î_a = mean_i(−log2 q_a(x_i|h_a) + log2 q_b(x_i|h_b)), with a t-interval over images (and over seeds with
+--repeats, ibprobe.estimators.decoder.paired_difference). `significant` is decided after Holm's correction over
+every comparison in the table (their number is in each row), so a table of many changes does not report chance
+ones; the CI beside it is the uncorrected 95% interval of that one change.
 
 Self-checks flag rows of mi.csv whose estimate is suspect, in its `checks` column (names joined by ';'):
 - `dpi`: along a chain of layers where each is a function of the one before, a later layer cannot hold more
-  information about X; if its Î exceeds the earlier one's by more than the paired CI (ΔÎ's interval above 0), the
-  gain δ proves that the earlier layer's decoder misses at least δ bits (ε_{X|H} >= δ). The later row is flagged.
+  information about X; if its Î exceeds the earlier one's significantly (the Holm-corrected change of the table),
+  the gain δ proves that the earlier layer's decoder misses at least δ bits (ε_{X|H} >= δ). The later row is
+  flagged.
 - `above_h`: Î(X;H) exceeds the reference Ĥ(X): impossible for the true quantities.
-- `not_converged`: the row's decoder, or the reference's, was still improving at the end of its budget (best
-  validation epoch = the last epoch of the budget).
+- `not_converged`: a decoder the row depends on (its own, the reference's, and q0, where every paired fit starts)
+  hit its cap of epochs still improving: it never met its plateau rule (`patience` epochs without an improvement of
+  min_delta bits per image).
+- `partial_reference`: a candidate of the reference (pinned with the settings) has not finished, so the reference
+  was chosen among fewer densities than the run promises; rerun when every job has finished.
 - `yh_above_xh`: Î(Y;H) exceeds Î(X;H) by more than its CI: for Y a function of X, I(Y;H) <= I(X;H).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from ibprobe.estimators.decoder import paired_difference
+from ibprobe.estimators.decoder import holm, paired_difference
+
+ALPHA = 0.05  # family-wise error rate of the `significant` column
 
 
 def change(nll_a: np.ndarray, nll_b: np.ndarray) -> dict:
-    """ΔÎ = Î_b − Î_a (bits per image) from the two conditional decoders' per-image test NLLs, with a 95% CI."""
+    """ΔÎ = Î_b − Î_a (bits per image) from the two rows' per-image test NLLs ([N] or [K, N] for K seeds), with its
+    uncorrected 95% CI and p-value."""
     d = paired_difference(nll_a, nll_b)
-    return {"delta_bits": d.bits, "ci_low": d.ci_low, "ci_high": d.ci_high, "n_test": d.n,
-            "significant": d.significant}
+    return {"delta_bits": d.bits, "ci_low": d.ci_low, "ci_high": d.ci_high, "n_test": d.n, "seeds": d.seeds,
+            "p_value": d.p_value}
 
 
 def changes(rows: list[dict], nll: dict, chain: list[str] | None = None) -> list[dict]:
     """changes.csv rows: each layer between consecutive checkpoints ("epoch"), then adjacent layers at each
-    checkpoint ("layer"; in chain order when given, else the table's order). `nll`: (layer, epoch) -> per-image
-    test NLLs of the finished rows."""
+    checkpoint ("layer"; in chain order when given, else the table's order), `significant` after Holm's correction
+    over all of them. `nll`: (layer, epoch) -> per-image test NLLs of the finished rows' densities."""
     ok = [r for r in rows if (r["layer"], r["epoch"]) in nll]
     layers = list(dict.fromkeys(r["layer"] for r in ok))
     epochs = sorted({r["epoch"] for r in ok})
@@ -46,36 +56,47 @@ def changes(rows: list[dict], nll: dict, chain: list[str] | None = None) -> list
         for a, b in zip(have, have[1:]):
             out.append({"kind": "layer", "layer": a, "epoch": e, "layer_to": b, "epoch_to": e,
                         **change(nll[(a, e)], nll[(b, e)])})
+    if out:
+        for r, p in zip(out, holm([r["p_value"] for r in out])):
+            r.update(p_holm=float(p), significant=bool(p < ALPHA), comparisons=len(out))
     return out
 
 
-def self_checks(rows: list[dict], nll: dict, infos: dict, ref_info: dict | None,
-                chain: list[str] | None = None) -> dict[tuple, list[str]]:
+def self_checks(rows: list[dict], infos: dict, shared: list[dict], change_rows: list[dict],
+                chain: list[str] | None = None, partial: bool = False) -> dict[tuple, list[str]]:
     """{(layer, epoch): [check names]} for the finished rows (see the module docstring).
 
-    nll: (layer, epoch) -> per-image test NLLs; infos: (layer, epoch) -> the job's fit result; ref_info: the
-    reference decoder's fit result (None for a mixture of its own decoder or none at all)."""
+    infos: (layer, epoch) -> the fit results the row depends on beyond the shared ones (its own decoder's); shared:
+    the fit results every row depends on (q0, the reference's decoder); change_rows: the table's changes (for the
+    dpi check along `chain`); partial: whether a candidate of the reference is missing."""
     flags: dict[tuple, list[str]] = {}
-    ok = [r for r in rows if (r["layer"], r["epoch"]) in nll]
-    for r in ok:
+    shared_ok = all(converged(i) for i in shared)
+    for r in rows:
         key = (r["layer"], r["epoch"])
+        if key not in infos:
+            continue
         f = flags.setdefault(key, [])
         if r["i_xh_bits"] > r["h_x_bits"]:
             f.append("above_h")
-        if not converged(infos.get(key)) or (ref_info is not None and not converged(ref_info)):
+        if not shared_ok or not all(converged(i) for i in infos[key]):
             f.append("not_converged")
+        if partial:
+            f.append("partial_reference")
         if r.get("i_yh_bits") is not None and r["i_yh_bits"] > r["i_xh_ci_high"]:
             f.append("yh_above_xh")
-    for e in sorted({r["epoch"] for r in ok}):
-        links = [l for l in chain or [] if (l, e) in nll]
-        for a, b in zip(links, links[1:]):
-            if change(nll[(a, e)], nll[(b, e)])["ci_low"] > 0:
-                flags[(b, e)].append("dpi")
+    for c in change_rows if chain else []:  # with a chain, the "layer" changes follow it (see `changes`)
+        if c["kind"] == "layer" and c["significant"] and c["delta_bits"] > 0 and (c["layer_to"], c["epoch"]) in flags:
+            flags[(c["layer_to"], c["epoch"])].append("dpi")
     return {k: sorted(v) for k, v in flags.items()}
 
 
 def converged(info: dict | None) -> bool:
-    """Whether a decoder's best validation epoch came before the end of its budget (or it stopped early)."""
+    """Whether a decoder met its plateau rule: it stopped early, or its best validation epoch came at least
+    `patience` epochs (at least one) before its cap. A fit that ran no epoch (nothing to train) counts as
+    converged; so does a missing result (nothing to say)."""
     if not info:
         return True
-    return bool(info.get("stopped_early")) or int(info.get("best_epoch", 0)) < int(info.get("epochs", 0))
+    if info.get("stopped_early") or int(info.get("epochs_run", 1)) == 0:
+        return True
+    patience = max(1, int(info.get("patience", 0) or 0))
+    return int(info.get("best_epoch", 0)) <= int(info.get("epochs", 0)) - patience

@@ -10,6 +10,7 @@ per image unless named `bits_per_dim` (bits per sub-pixel, D = C·H·W).
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from ibprobe.estimators.decoder import MIEstimate, paired_mi
 from ibprobe.estimators.probe import probe_i_yh
 from ibprobe.estimators.reference import CODES
 from ibprobe.estimators.reference import LABELS as LABEL_REF
-from ibprobe.estimators.reference import PLAIN, choose
+from ibprobe.estimators.reference import PLAIN, choose, with_ignorance
 from ibprobe.jobs import JobSpec, read_result
 from ibprobe.measure.checks import changes, self_checks
 from ibprobe.rundir import paths
@@ -31,13 +32,26 @@ from ibprobe.rundir.tables import MI
 
 
 # ------------------------------------------------------------------------------------------------ a run folder
+def reference_candidates(settings: Settings, specs: list[JobSpec], labelled: bool) -> list[str]:
+    """The densities the reference is chosen among: the plain q(x), the label mixture (labelled data) and the code
+    mixture of every conditional job of `specs` (ibprobe.estimators.reference), as the settings ask."""
+    if settings.reference == "plain":
+        return [PLAIN]
+    return [PLAIN] + ([LABEL_REF] if labelled else []) + \
+        ([CODES + s.key for s in specs] if settings.mixture_codes > 0 else [])
+
+
 def measure_jobs(run_dir: str | os.PathLike, specs: list[JobSpec], settings: Settings, *, repeats: int = 1,
-                 chain: list[str] | None = None, results: dict | None = None) -> tuple[list[dict], list[dict]]:
+                 chain: list[str] | None = None, results: dict | None = None,
+                 candidates: list[str] | None = None) -> tuple[list[dict], list[dict]]:
     """(mi.csv rows, changes.csv rows) of the conditional jobs `specs` (repeat 0; `repeats` seeds in all).
 
-    A job that failed (or whose reference failed) gives a failed row saying why; `results` ({job id: result} from
-    the run) says why for jobs that left nothing on disk (e.g. their worker died). A finished job made from other
-    inputs than the folder's is a DataError: rows made from different inputs are never mixed.
+    The reference is chosen on the validation images among `candidates` (default: `reference_candidates`); while
+    one of them has not finished, every row says `partial_reference`. Each row reads its q(x|h), or the reference
+    under optional ignorance (Settings.ignorance); with several seeds its estimate is the mean over seeds. A job that
+    failed (or whose reference failed) gives a failed row saying why; `results` ({job id: result} from the run) says
+    why for jobs that left nothing on disk (e.g. their worker died). A finished job made from other inputs than the
+    folder's is a DataError: rows made from different inputs are never mixed.
     """
     run_dir = Path(run_dir)
     meta = read_pinned_analysis(run_dir)  # analysis.json, read once
@@ -45,17 +59,25 @@ def measure_jobs(run_dir: str | os.PathLike, specs: list[JobSpec], settings: Set
     fit_idx, test_idx = decoder_split(ds, settings.decoder_data, settings.seed)
     inputs = _check_made_from(run_dir, specs, settings, source, ds.images[fit_idx], ds.images[test_idx], repeats,
                               meta["inputs"]["checkpoints"])
-    dims = int(np.prod(ds.image_shape))
+    dims, n_test = int(np.prod(ds.image_shape)), len(test_idx)
+    labelled = len(np.unique(ds.labels[fit_idx])) > 1
     ref_res = read_result(JobSpec.reference().job_dir(run_dir)) or (results or {}).get(JobSpec.reference().key)
     if ref_res is None or ref_res.get("status") != "ok":
         reason = f"unconditional reference failed: {(ref_res or {}).get('error') or 'did not finish'}"
-        rows = [failed_row(**_where(s, run_dir), error=reason) for s in specs]
-        return rows, []
-    name = choose(_candidates(run_dir, specs, 0, "val"), settings.reference)
-    plain = _nll(JobSpec.reference().job_dir(run_dir), "test", n=len(test_idx))
-    ref_test = [_reference_nll(run_dir, specs, name, r, "test") for r in range(repeats)]
+        return [failed_row(**_where(s, run_dir), error=reason) for s in specs], []
+    wanted = candidates or reference_candidates(settings, specs, labelled)
+    jobs = _candidate_jobs(run_dir, wanted, repeats)
+    have = {n: j for n, j in jobs.items() if all(_finished(run_dir, s) for s in j)}
+    if PLAIN not in have:
+        reason = "a repeat of the unconditional reference did not finish; rerun to fit it"
+        return [failed_row(**_where(s, run_dir), error=reason) for s in specs], []
+    name = choose({n: _nll(j[0].job_dir(run_dir), "val", mixture=n != PLAIN) for n, j in have.items()},
+                  settings.reference)
+    ref = [(_nll(j.job_dir(run_dir), "val", mixture=name != PLAIN),
+            _nll(j.job_dir(run_dir), "test", mixture=name != PLAIN, n=n_test)) for j in jobs[name]]
+    plain = float(np.mean(_nll(JobSpec.reference().job_dir(run_dir), "test", n=n_test)))
     store = ActivationStore(paths.RunDir(run_dir).activations)
-    probed = settings.probe and len(np.unique(ds.labels[fit_idx])) > 1
+    probed = settings.probe and labelled
     rows, nll, infos = [], {}, {}
     for s in specs:
         res = read_result(s.job_dir(run_dir)) or (results or {}).get(s.key)
@@ -68,17 +90,47 @@ def measure_jobs(run_dir: str | os.PathLike, specs: list[JobSpec], settings: Set
             probe = probe_i_yh(store.read(s.epoch, s.layer, "fit", keys["fit"]), ds.labels[fit_idx],
                                store.read(s.epoch, s.layer, "test", keys["test"]), ds.labels[test_idx],
                                num_classes=ds.num_classes, seed=settings.seed)
-        nll[(s.layer, s.epoch)] = _nll(s.job_dir(run_dir), "test", n=len(test_idx))
-        infos[(s.layer, s.epoch)] = res
-        est = paired_mi(ref_test[0], nll[(s.layer, s.epoch)], dims=dims, probe=probe, ref=name,
-                       h_x_plain_bits=float(np.mean(plain)))
+        seeds = [r for r in range(repeats) if _finished(run_dir, s.again(r))]  # repeat 0 is finished
+        own = [(_nll(s.again(r).job_dir(run_dir), "val"), _nll(s.again(r).job_dir(run_dir), "test", n=n_test))
+               for r in seeds]
+        used = [with_ignorance(ref[r][0], ref[r][1], *own[i], settings.ignorance) for i, r in enumerate(seeds)]
+        ref_test = np.stack([ref[r][1] for r in seeds])  # (K, N)
+        nll[(s.layer, s.epoch)] = np.stack([u for u, _ in used])  # (K, N) the row's density, per seed
+        infos[(s.layer, s.epoch)] = [read_result(s.again(r).job_dir(run_dir)) for r in seeds]
+        est = dataclasses.replace(
+            paired_mi(ref_test, nll[(s.layer, s.epoch)], dims=dims, probe=probe, ref=name, h_x_plain_bits=plain),
+            bits_raw=float(np.mean(ref_test) - np.mean([t for _, t in own])), from_decoder=all(o for _, o in used))
         row = mi_row(est, **_where(s, run_dir), decoder=res["decoder"], decoder_data=settings.decoder_data)
-        row["i_xh_seed_sd"] = _seed_sd(run_dir, s, ref_test, est.bits)
+        if est.seeds > 1 and any(o for _, o in used) and not est.from_decoder:
+            row["i_xh_from"] = "mixed"  # some seeds read q(x|h), others the reference
         rows.append(row)
-    flags = self_checks(rows, nll, infos, _reference_info(run_dir, name), chain)
+    shared = [read_result(j.job_dir(run_dir)) for j in jobs[name]]  # the reference's decoder (a code mixture's too)
+    if settings.paired:
+        shared += [read_result(JobSpec.q0(r).job_dir(run_dir)) for r in range(repeats)]
+    change_rows = changes(rows, nll, chain)
+    flags = self_checks(rows, infos, shared, change_rows, chain, partial=len(have) < len(jobs))
     for r in rows:
         r["checks"] = ";".join(flags.get((r["layer"], r["epoch"]), [])) if r["status"] == "ok" else ""
-    return rows, changes(rows, nll, chain)
+    return rows, change_rows
+
+
+def _finished(run_dir: Path, spec: JobSpec) -> bool:
+    res = read_result(spec.job_dir(run_dir))
+    return res is not None and res.get("status") == "ok"
+
+
+def _candidate_jobs(run_dir: Path, names: list[str], repeats: int) -> dict[str, list[JobSpec]]:
+    """{candidate name: its job in each repeat}; a code mixture names its conditional job by id (layer@epoch)."""
+    out = {}
+    for name in names:
+        if name == PLAIN:
+            out[name] = [JobSpec.reference(r) for r in range(repeats)]
+        elif name == LABEL_REF:
+            out[name] = [JobSpec.labels(r) for r in range(repeats)]
+        elif name.startswith(CODES):
+            layer, _, epoch = name[len(CODES):].rpartition("@")
+            out[name] = [JobSpec.conditional(layer, int(epoch), repeat=r) for r in range(repeats)]
+    return out
 
 
 def _check_made_from(run_dir: Path, specs: list[JobSpec], settings: Settings, source, x_fit, x_test,
@@ -105,54 +157,18 @@ def _nll(job_dir: Path, which: str, mixture: bool = False, n: int | None = None)
     return load_nll(job_dir / paths.nll_file(which, mixture), n)
 
 
-def _candidates(run_dir: Path, specs: list[JobSpec], repeat: int, which: str) -> dict[str, np.ndarray]:
-    """Every finished reference candidate's per-image NLLs on the validation ("val") or test images."""
-    plain = JobSpec.reference(repeat).job_dir(run_dir)
-    if not (plain / paths.RESULT).exists():
-        return {}
-    out = {PLAIN: _nll(plain, which)}
-    for spec, name in [(JobSpec.labels(repeat), LABEL_REF)] + \
-            [(s.again(repeat), CODES + s.key) for s in specs]:
-        job = spec.job_dir(run_dir)
-        if (job / paths.RESULT).exists() and (job / paths.nll_file(which, mixture=True)).exists():
-            out[name] = _nll(job, which, mixture=True)
-    return out
-
-
-def _reference_nll(run_dir: Path, specs: list[JobSpec], name: str, repeat: int, which: str) -> np.ndarray | None:
-    """The per-image NLLs of the reference `name` in repeat `repeat` (None if that repeat lacks it)."""
-    return _candidates(run_dir, specs, repeat, which).get(name)
-
-
-def _reference_info(run_dir: Path, name: str) -> dict | None:
-    """The fit result of the plain or label reference's decoder (a code mixture's is its row's own)."""
-    if name == PLAIN:
-        return read_result(JobSpec.reference().job_dir(run_dir))
-    if name == LABEL_REF:
-        return read_result(JobSpec.labels().job_dir(run_dir))
-    return None
-
-
-def _seed_sd(run_dir: Path, s: JobSpec, ref_test: list, bits: float) -> float | None:
-    """The standard deviation of Î over the repeats that finished (None with one seed)."""
-    values = [bits]
-    for r, ref in enumerate(ref_test[1:], start=1):
-        job = s.again(r).job_dir(run_dir)
-        res = read_result(job)
-        if ref is not None and res is not None and res.get("status") == "ok":
-            values.append(float(np.mean(ref - _nll(job, "test"))))
-    return float(np.std(values, ddof=1)) if len(values) > 1 else None
-
-
 # ------------------------------------------------------------------------------------------------ mi.csv
 def mi_row(est: MIEstimate, *, epoch: int, checkpoint: str | None, layer: str, decoder: str,
            decoder_data: str | None = None) -> dict:
     """One row of analysis/mi.csv for a finished (checkpoint, layer)."""
     row = {c: None for c in MI.columns}
     row.update(epoch=int(epoch), checkpoint=checkpoint, layer=layer, i_xh_bits=est.bits, i_xh_ci_low=est.ci_low,
-               i_xh_ci_high=est.ci_high, h_x_bits=est.h_x_bits, h_x_ref=est.h_x_ref,
+               i_xh_ci_high=est.ci_high, i_xh_seed_sd=est.seed_sd,
+               i_xh_raw_bits=est.bits if est.bits_raw is None else est.bits_raw,
+               i_xh_from="decoder" if est.from_decoder else "reference", h_x_bits=est.h_x_bits, h_x_ref=est.h_x_ref,
                h_x_plain_bits=est.h_x_plain_bits, h_x_given_h_bits=est.h_x_given_h_bits,
                bits_per_dim=est.bits_per_dim, i_yh_bits=est.i_yh_bits, n_test=int(est.n),
+               seeds=int(est.seeds),
                decoder_data=decoder_data, decoder=decoder, checks="", status="ok", error="")
     return row
 

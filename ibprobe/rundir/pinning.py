@@ -64,6 +64,19 @@ def claim(run_dir: str | os.PathLike, settings: Settings, dataset_spec: dict, ne
         yield layers
 
 
+def pin_reference_candidates(run_dir: str | os.PathLike, names: list[str]) -> list[str]:
+    """The reference's candidate densities of the folder (ibprobe.estimators.reference): `names` the first time,
+    pinned in analysis.json; the pinned ones after that, so that the reference, and with it every number, does not
+    change with the layers and checkpoints added later or with which jobs have finished."""
+    run_dir = Path(run_dir)
+    with try_lock(run_dir / ".analysis.lock", wait=True):
+        meta = read_pinned_analysis(run_dir)
+        if not isinstance(meta.get("reference_candidates"), list):
+            meta["reference_candidates"] = list(names)
+            atomic_write_json(RunDir(run_dir).pinned, meta)
+        return [str(n) for n in meta["reference_candidates"]]
+
+
 @contextlib.contextmanager
 def hold(run_dir: str | os.PathLike) -> Iterator[None]:
     """Hold an analysed folder shared while working on it without pinning (e.g. `ibprobe run-job`)."""
@@ -101,7 +114,8 @@ def _pin(run_dir: Path, settings: Settings, dataset_spec: dict, new_layers: list
         for k in ("checkpoints", "files"):
             new["inputs"][k] = {**old["inputs"].get(k, {}), **new["inputs"].get(k, {})}
     layers = list(dict.fromkeys([*(old or {}).get("layers", []), *new_layers]))
-    atomic_write_json(path, {**new, "layers": layers})
+    kept = {"reference_candidates": old["reference_candidates"]} if old and "reference_candidates" in old else {}
+    atomic_write_json(path, {**new, "layers": layers, **kept})
     return layers
 
 

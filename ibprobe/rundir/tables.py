@@ -45,14 +45,15 @@ def _schema(name: str, columns: Sequence[str] | None, *, ints: Iterable[str] = (
 
 
 MI = _schema("mi", [
-    "epoch", "checkpoint", "layer", "i_xh_bits", "i_xh_ci_low", "i_xh_ci_high", "i_xh_seed_sd", "h_x_bits",
-    "h_x_ref", "h_x_plain_bits", "h_x_given_h_bits", "bits_per_dim", "i_yh_bits", "n_test", "decoder_data",
-    "decoder", "checks", "status", "error"],
-    ints={"epoch", "n_test"},
-    texts={"checkpoint", "layer", "h_x_ref", "decoder_data", "decoder", "checks", "status", "error"})
+    "epoch", "checkpoint", "layer", "i_xh_bits", "i_xh_ci_low", "i_xh_ci_high", "i_xh_seed_sd", "i_xh_raw_bits",
+    "i_xh_from", "h_x_bits", "h_x_ref", "h_x_plain_bits", "h_x_given_h_bits", "bits_per_dim", "i_yh_bits", "n_test",
+    "seeds", "decoder_data", "decoder", "checks", "status", "error"],
+    ints={"epoch", "n_test", "seeds"},
+    texts={"checkpoint", "layer", "i_xh_from", "h_x_ref", "decoder_data", "decoder", "checks", "status", "error"})
 CHANGES = _schema("changes", ["kind", "layer", "epoch", "layer_to", "epoch_to", "delta_bits", "ci_low", "ci_high",
-                              "significant", "n_test"],
-                  ints={"epoch", "epoch_to", "n_test"}, texts={"kind", "layer", "layer_to", "significant"})
+                              "p_value", "p_holm", "significant", "comparisons", "n_test", "seeds"],
+                  ints={"epoch", "epoch_to", "n_test", "seeds", "comparisons"}, bools={"significant"},
+                  texts={"kind", "layer", "layer_to"})
 BASELINES = _schema("baselines", ["epoch", "layer", "estimator", "bins", "noise_var", "i_xh_bits", "i_yh_bits", "n",
                                   "dims", "act_min", "act_max", "status", "error"],
                     ints={"epoch", "bins", "n", "dims"}, texts={"layer", "estimator", "status", "error"})
