@@ -81,6 +81,9 @@ def test_tolerance_and_table():
     assert not rep.ok
     table = V.format_table(rep)
     assert "f: id" in table and "[1.90, 2.30]" in table and "FAIL" in table
+    miss = V.Row("f", "image", 48.0, 40.0, 39.0, 41.0, 2.4, False, eps_ref=0.3, eps_cond=8.3)
+    line = [l for l in V.format_table(V.ValidationReport([miss], {}, 1.0)).splitlines() if "f: image" in l][0]
+    assert "NO" in line and "eps_ref +0.30, eps_cond +8.30" in line and "conditional decoder is off most" in line
 
 
 @pytest.fixture(scope="module")
@@ -89,16 +92,19 @@ def quick_report():
 
 
 def test_quick_known_answer_suite_meets_every_tolerance(quick_report):
-    """Every quick case within max(0.5 bits, 5%) of the truth, and the estimates order as the truth."""
-    names = [r.case for r in quick_report.rows]
-    assert names == ["noise", "id mod 2", "id", "id map 2x2", "image"]
-    assert quick_report.ordering == {"planes": True}, "\n" + V.format_table(quick_report)
+    """Every quick case within max(0.5 bits, 5%) of the truth, with and without labels (the null and constant codes
+    at about 0, the whole image as its own code), and the estimates order as the truth."""
+    names = [(r.family, r.case) for r in quick_report.rows]
+    cases = ["noise", "constant", "id mod 2", "id", "id map 2x2", "image"]
+    assert names == [(f, c) for f in ("planes", "planes with labels") for c in cases]
+    assert quick_report.ordering == {"planes": True, "planes with labels": True}, "\n" + V.format_table(quick_report)
     assert quick_report.ok, "\n" + V.format_table(quick_report)
 
 
 def test_quick_suite_intervals_contain_their_estimates(quick_report):
     for r in quick_report.rows:
-        assert r.ci_low < r.estimate < r.ci_high
+        assert r.ci_low <= r.estimate <= r.ci_high
+        assert r.estimate - r.truth == pytest.approx(r.eps_ref - r.eps_cond, abs=1e-9)  # the error, split exactly
 
 
 def test_cli_exit_code_follows_the_report(monkeypatch, capsys):
