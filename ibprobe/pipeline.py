@@ -153,11 +153,13 @@ def preset_configs(preset: str | Preset, regime: str, request: AnalysisConfig = 
                    train_overrides: dict | None = None, data_root: str | None = None,
                    download: bool = False) -> tuple[TrainConfig, AnalysisConfig]:
     """The TrainConfig and AnalysisConfig of one regime of a preset under the user's `request`: its layers (when
-    given), decoder and fit overrides win over the preset's; `train_overrides` over the preset's training."""
+    given), decoder and fit overrides win over the preset's; `train_overrides` over the preset's training (for the
+    autoencode regime, the preset's `autoencoder_train` over its `train`)."""
     p = get_preset(preset) if isinstance(preset, str) else preset
     tkw = dict(p.train, regime=regime, seed=request.seed)
     if regime == "autoencode":
-        tkw["model"] = p.autoencoder
+        args = {**dict(p.train.get("model_args", {})), **dict(p.autoencoder_train.get("model_args", {}))}
+        tkw.update(p.autoencoder_train, model=p.autoencoder, model_args=args)
     if data_root is not None:
         tkw["data_root"] = str(data_root)
     if download:
@@ -175,8 +177,8 @@ def run_preset(preset: str | Preset, out_dir: str | os.PathLike, request: Analys
                download: bool = False) -> dict[str, list[dict]]:
     """Train + analyse (+ draw) each regime of `preset` under the user's `request`; returns {regime: mi.csv rows}.
 
-    `kid`: the KID of decoder samples, computed with the figures: True (the defaults, seeded by the request's seed),
-    a KidConfig, or False. `backend`: who runs the decoder jobs (see run_analysis). Every setting is resolved before
+    `kid`: the KID of decoder samples, computed with the figures: True (the preset's KID defaults, `Preset.kid`,
+    seeded by the request's seed), a KidConfig, or False. `backend`: who runs the decoder jobs (see run_analysis). Every setting is resolved before
     any training starts.
 
     >>> import tempfile
@@ -191,7 +193,7 @@ def run_preset(preset: str | Preset, out_dir: str | os.PathLike, request: Analys
     """
     p = get_preset(preset) if isinstance(preset, str) else preset
     dirs = regime_dirs(out_dir, p, regimes)
-    kid = KidConfig(seed=request.seed) if kid is True else kid or None
+    kid = KidConfig(**{**p.kid, "seed": request.seed}) if kid is True else kid or None
     plans = {}
     for regime, run_dir in dirs.items():
         tcfg, acfg = preset_configs(p, regime, request, train_overrides=train_overrides, data_root=data_root,

@@ -196,12 +196,14 @@ def sample_decoders(run_dir: str | os.PathLike, found: dict, pairs: list[tuple[s
 
 
 def kid_captions(run_dir: str | os.PathLike) -> dict[tuple[str | None, int | None], str]:
-    """{(layer, epoch): "KID 0.012 ± 0.004"} from analysis/kid.csv ((None, None): q(x)); {} without the file."""
+    """{(layer, epoch): "KID 0.012 ± 0.004"} from analysis/kid.csv ((None, None): q(x)), ± its standard error
+    (kid_sem; the std over subsets in a table from before kid_sem); {} without the file."""
     path = paths.RunDir(run_dir).table(KID.name)
     if not path.is_file():
         return {}
     out = {}
     for r in read_table(path, KID):
         if r.get("kid_mean") is not None and r.get("reference") in ("conditional", "unconditional"):
-            out[(r["layer"], r["epoch"])] = f"KID {r['kid_mean']:.2g} ± {r.get('kid_std') or 0.0:.1g}"
+            err = r.get("kid_sem") if r.get("kid_sem") is not None else r.get("kid_std") or 0.0
+            out[(r["layer"], r["epoch"])] = f"KID {r['kid_mean']:.2g} ± {err:.1g}"
     return out

@@ -16,7 +16,7 @@ from ibprobe.errors import StorageError, UserError, one_line
 
 COMMANDS = {"run": "run", "train": "train", "layers": "layers", "capture": "capture", "analyze": "analyze",
             "run-job": "run_job", "plan": "plan", "plot": "plot", "gallery": "gallery", "validate": "validate",
-            "bench": "bench", "hessian": "hessian", "complexity": "complexity"}
+            "bench": "bench", "pilot": "pilot", "hessian": "hessian", "complexity": "complexity"}
 
 
 class Parser(argparse.ArgumentParser):

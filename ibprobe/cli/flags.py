@@ -8,13 +8,13 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 from ibprobe.backends import BACKENDS, Backend, make_backend
 from ibprobe.config import AnalysisConfig, check_int, check_seed
 from ibprobe.data import DATASET_NAMES
 from ibprobe.errors import ConfigError
-from ibprobe.estimators.kid import KidConfig
+from ibprobe.estimators.kid import WEIGHTS_FEATURES, KidConfig
 from ibprobe.lenses.run import LensTarget, target_from_run, target_from_spec
 from ibprobe.rundir.sources import NORMALIZE_PRESETS, dataset_spec
 
@@ -149,22 +149,28 @@ def add_estimators(p) -> None:
                    help="KDE baseline: variance of the noise added to the codes, in the activations' units squared "
                    f"(default {AnalysisConfig.kde_noise_var})")
     g.add_argument("--no-kid", action="store_true", help="skip the KID of decoder samples (computed with the figures)")
-    g.add_argument("--kid-samples", type=count(4), default=KidConfig.samples, metavar="N",
-                   help=f"KID: test images per decoder, one sample each (default {KidConfig.samples})")
-    g.add_argument("--kid-features", default="run", metavar="SPEC",
+    g.add_argument("--kid-samples", type=count(4), default=None, metavar="N",
+                   help=f"KID: test images per decoder, one sample each (default {KidConfig.samples}, or the "
+                   "preset's: 2000 for the paper presets, so that subsets hold 1000)")
+    g.add_argument("--kid-features", default=None, metavar="SPEC",
                    help="KID features: run (the analysed network's penultimate layer at its last checkpoint, the "
-                   "default) or torchvision:NAME with --kid-weights")
+                   f"default) or torchvision:NAME with --kid-weights; --kid-weights alone means {WEIGHTS_FEATURES}")
     g.add_argument("--kid-weights", metavar="PATH", help="local weights of --kid-features (nothing is downloaded)")
 
 
-def kid_config(args) -> KidConfig | None:
-    """The KidConfig of the add_estimators flags (seeded by --seed), or None with --no-kid."""
+def kid_config(args, defaults: Mapping[str, Any] | None = None) -> KidConfig | None:
+    """The KidConfig of the add_estimators flags (seeded by --seed), or None with --no-kid. Unset flags take
+    `defaults` (a preset's KidConfig fields), then KidConfig's own; without --kid-features the features are the
+    run's own network, or WEIGHTS_FEATURES when --kid-weights is given."""
     if args.no_kid:
         return None
     if args.kid_weights and not Path(args.kid_weights).expanduser().is_file():
         raise ConfigError(f"--kid-weights {args.kid_weights}: no such file")
-    return KidConfig(seed=args.seed or 0, samples=args.kid_samples, features=args.kid_features,
-                     weights=args.kid_weights)
+    cfg = dict(defaults or {})
+    if args.kid_samples is not None:
+        cfg["samples"] = args.kid_samples
+    features = args.kid_features or (WEIGHTS_FEATURES if args.kid_weights else cfg.pop("features", "run"))
+    return KidConfig(**{**cfg, "seed": args.seed or 0, "features": features, "weights": args.kid_weights})
 
 
 def add_train(p) -> None:

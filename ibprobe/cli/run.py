@@ -48,7 +48,7 @@ def handler(args) -> int:
     request = flags.analysis_config(args, parse_layers(args.layers) if args.layers else None)
     figures = not args.no_figures and args.backend != "none"
     results = run_preset(preset, out, request, regimes=args.regime, figures=figures, backend=flags.backend(args),
-                         kid=flags.kid_config(args) or False, train_overrides=flags.parse_kv(args.train, "--train"),
+                         kid=flags.kid_config(args, preset.kid) or False, train_overrides=flags.parse_kv(args.train, "--train"),
                          data_root=args.data_root, download=args.download)
     written = []
     for regime, run_dir in regime_dirs(out, preset, args.regime).items():

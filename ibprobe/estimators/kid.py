@@ -9,6 +9,23 @@ torch-fidelity and torchmetrics, whose draws `kid` reproduces), it is computed o
 the (population) standard deviation over subsets. Units: kernel units (dimensionless), 0 for equal laws; a
 finite-sample value may be slightly negative.
 
+How sure the mean is (`KidResult.sem`). The subsets are drawn from the same features and overlap (in
+`kid_halves` each uses a whole half), so their std over subsets measures the noise of drawing subsets from fixed
+data, not that of drawing the images and samples, and std / sqrt(subsets) understates the uncertainty of their
+mean by far (3 to 4 times in the tests). As the subsets grow in number their mean tends to one statistic of all
+the data, the U-statistic MMD²_U in the pairs z_i = (x_i, y_i) with h(z_i, z_j) = k(x_i, x_j) + k(y_i, y_j)
+− k(x_i, y_j) − k(x_j, y_i): in `kid_halves` sample i and image i (whose cross term k(x_i, y_i) no split ever
+uses); in `kid` the first min(N, M) rows of each side, an arbitrary pairing of independent sets (conservative when
+N != M, as the mean then uses more rows). By the law of total variance the standard error of the mean is
+    sem² = Var(MMD²_U) + std² / subsets,   Var(MMD²_U) = 2 / (N (N − 1)) · (2 (N − 2) ζ1 + ζ2)
+(Hoeffding's variance of a U-statistic of order 2, as Sutherland et al., 2017, use it for MMD), with ζ1 and ζ2
+estimated without bias from the N x N kernel matrices (`mmd2_and_variance`). It holds near 0 as well, where the
+second-order ζ2 term carries the variance and a first-order (delta-method) error would say 0, and when a sample
+depends on its own image (only the pairs need to be independent of each other). The tests check it by simulation:
+over repeated draws of the data, the spread of `kid` matches `sem`. It covers the draw of images and samples, not
+the choice of feature network. Rows of one table share the held-out images and the splits, so their errors are
+positively correlated and their sems combined in quadrature overstate the uncertainty of a difference.
+
 What it is used for here: the gallery shows samples from q(x | h(x_i)) for held-out images x_i. KID turns their
 look into a number per (layer, checkpoint): the decoder's samples against the held-out images, on disjoint halves
 of the N chosen images (`kid_halves`: no sample meets its own original), with two references on the same splits:
@@ -37,6 +54,7 @@ the images resized to its input size, grey repeated to its channels, with ImageN
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -54,17 +72,28 @@ from ibprobe.models.autoencoder import ResNetAutoencoder
 from ibprobe.rundir.checkpoints import extract_state_dict, load_checkpoint_file, load_weights
 
 
+WEIGHTS_FEATURES = "torchvision:inception_v3"  # the feature network that a weights file alone stands for: KID's own
+
+
 @dataclass(frozen=True)
 class KidConfig:
-    """How KID is estimated: `subsets` random subsets of `subset_size` features per side, seeded by `seed`
-    (the paper's 100 subsets of 1000, lowered to half the images); on `samples` held-out images per decoder, one
-    sample each; with `features` "run" (the analysed network's penultimate layer at its last checkpoint) or a
-    network spec such as "torchvision:inception_v3" whose weights are read from the local file `weights`."""
+    """How KID is estimated: `subsets` random subsets of `subset_size` features per side, seeded by `seed`; on
+    `samples` held-out images per decoder (at most: all of the decoders' test images when they are fewer), one
+    sample each, compared on disjoint halves, so a subset holds min(subset_size, samples // 2) features; with
+    `features` "run" (the analysed network's penultimate layer at its last checkpoint) or a network spec such as
+    "torchvision:inception_v3" whose weights are read from the local file `weights`.
 
-    subsets: int = 100
+    Defaults, measured on digits-quick (README, "KID of the samples"): with 64 or 128 samples no two layers at one
+    checkpoint were apart by twice their combined sem; all 287 test images told 5 of 12 pairs apart with 100
+    subsets and 10 of 12 with 1000, because at this size the subsets' own noise (std / sqrt(subsets)) was most of
+    the sem. Hence up to 1000 samples and 1000 subsets (the reference script's 100 subsets estimate the same
+    quantity with more noise; with the kernel matrices computed once, 1000 subsets of 1000 take seconds). The
+    paper presets ask for 2000 samples, so that subsets hold 1000 features as in Bińkowski et al.'s script."""
+
+    subsets: int = 1000
     subset_size: int = 1000
     seed: int = 0
-    samples: int = 256
+    samples: int = 1000
     features: str = "run"
     weights: str | None = None
 
@@ -76,6 +105,9 @@ class KidConfig:
         if self.features != "run" and ":" not in str(self.features):
             raise ConfigError(f"--kid-features must be run or a network spec such as torchvision:inception_v3, "
                               f"got {self.features!r}")
+        if self.features == "run" and self.weights:
+            raise ConfigError("--kid-weights is for a feature network of your own: name it with --kid-features "
+                              "(e.g. torchvision:inception_v3), or drop --kid-weights to use the analysed network")
         if self.features != "run" and not self.weights:
             raise ConfigError(f"--kid-features {self.features} needs --kid-weights PATH, a local weights file; "
                               "nothing is downloaded")
@@ -83,11 +115,14 @@ class KidConfig:
 
 @dataclass(frozen=True)
 class KidResult:
-    """KID (`kid`: the mean over subsets of the unbiased MMD², in kernel units, not bits) and its std over subsets,
-    from n_fake samples against n_real images, with the subset sizes it was computed from; `n` = n_fake."""
+    """KID (`kid`: the mean over subsets of the unbiased MMD², in kernel units, not bits), `std` over subsets (the
+    spread of one subset's estimate on these data) and `sem`, the standard error of `kid` over draws of the data
+    (see the module docstring; NaN below 4 rows), from n_fake samples against n_real images, with the subset
+    sizes; `n` = n_fake."""
 
     kid: float
     std: float
+    sem: float
     subsets: int
     subset_size: int
     n_real: int
@@ -98,9 +133,9 @@ class KidResult:
         return self.n_fake
 
     def row(self) -> dict:
-        """The columns of analysis/kid.csv: kid_mean, kid_std, subsets, subset_size, n_real, n_fake."""
+        """The columns of analysis/kid.csv: kid_mean, kid_std, kid_sem, subsets, subset_size, n_real, n_fake."""
         d = asdict(self)
-        return {"kid_mean": d.pop("kid"), "kid_std": d.pop("std"), **d}
+        return {"kid_mean": d.pop("kid"), "kid_std": d.pop("std"), "kid_sem": d.pop("sem"), **d}
 
 
 # ----------------------------------------------------------------------------------------------- the statistic
@@ -129,16 +164,120 @@ def mmd2_unbiased(x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor) ->
     if m < 2 or n < 2 or x.shape[1] != y.shape[1]:
         raise DataError(f"MMD needs two feature sets of >= 2 rows and equal width, "
                         f"got {tuple(x.shape)}, {tuple(y.shape)}")
-    kxx, kyy, kxy = polynomial_kernel(x, x), polynomial_kernel(y, y), polynomial_kernel(x, y)
+    return _mmd2(polynomial_kernel(x, x), polynomial_kernel(y, y), polynomial_kernel(x, y))
+
+
+def mmd2_and_variance(x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor) -> tuple[float, float]:
+    """(unbiased MMD² of the KID, the variance of the MMD² U-statistic) for feature sets x, y of m rows each,
+    row i of x paired with row i of y (m >= 4), in float64.
+
+    The U-statistic is in the pairs z_i = (x_i, y_i), with h(z_i, z_j) = k(x_i, x_j) + k(y_i, y_j) − k(x_i, y_j)
+    − k(x_j, y_i): the KID estimate without its m cross terms k(x_i, y_i). Its variance is
+    2 / (m (m − 1)) (2 (m − 2) ζ1 + ζ2) with ζ1 = E h12 h13 − θ² and ζ2 = E h12² − θ², each estimated without
+    bias (E h12² over ordered pairs, E h12 h13 over ordered triples and θ² = E h12 h34 over ordered quadruples of
+    distinct rows, all from the row sums of the matrix of h), so the estimate can be slightly negative when the
+    variance is near 0. x_i and y_i may depend on each other (a sample and the image it was conditioned on): the
+    z_i only need to be independent of one another.
+    """
+    x, y = _features(x, "first"), _features(y, "second")
+    if len(x) != len(y) or len(x) < 4 or x.shape[1] != y.shape[1]:
+        raise DataError(f"the variance of the MMD² estimate needs two feature sets of equal size >= 4 and equal "
+                        f"width, got {tuple(x.shape)}, {tuple(y.shape)}")
+    return _mmd2(polynomial_kernel(x, x), polynomial_kernel(y, y), polynomial_kernel(x, y)), u_variance(x, y)
+
+
+def _mmd2(kxx: torch.Tensor, kyy: torch.Tensor, kxy: torch.Tensor) -> float:
+    m, n = len(kxx), len(kyy)
     within_x = (kxx.sum() - kxx.diagonal().sum()) / (m * (m - 1))
     within_y = (kyy.sum() - kyy.diagonal().sum()) / (n * (n - 1))
     return float(within_x + within_y - 2.0 * kxy.mean())
 
 
+FULL_KERNELS_MAX = 4096  # rows per side up to which the kernel matrices are computed once for every subset
+
+
+def u_variance(x: torch.Tensor, y: torch.Tensor, block: int = 1024) -> float:
+    """The variance of the MMD² U-statistic in the paired rows of float64 x, y [m, d] (see mmd2_and_variance;
+    NaN for m < 4), from the matrix of h built `block` rows at a time, so memory stays O(block · m)."""
+    m = len(x)
+    rows, sq = torch.empty(m, dtype=torch.float64), 0.0
+    for i in range(0, m, block):
+        j = slice(i, min(i + block, m))
+        h = (polynomial_kernel(x[j], x) + polynomial_kernel(y[j], y) - polynomial_kernel(x[j], y)
+             - polynomial_kernel(y[j], x))  # (b, m): h(z_i, z_j) for the block's i
+        h[torch.arange(h.shape[0]), torch.arange(j.start, j.stop)] = 0.0  # i == j is not a pair
+        rows[j] = h.sum(1)
+        sq += float((h * h).sum())
+    return _u_variance(m, rows, sq)
+
+
+def _u_variance(m: int, rows: torch.Tensor, sq: float) -> float:
+    """Var of the order-2 U-statistic from the row sums `rows` [m] and the sum of squares `sq` of its matrix of h
+    (zero diagonal): unbiased estimates of E h12², E h12 h13 and θ² = E h12 h34 over distinct rows."""
+    if m < 4:
+        return float("nan")
+    total, rows_sq = float(rows.sum()), float((rows * rows).sum())
+    e_h2 = sq / (m * (m - 1))  # E h12²
+    e_h12_h13 = (rows_sq - sq) / (m * (m - 1) * (m - 2))  # E h12 h13
+    theta2 = (total * total - 4.0 * rows_sq + 2.0 * sq) / (m * (m - 1) * (m - 2) * (m - 3))  # E h12 h34 = θ²
+    zeta1, zeta2 = e_h12_h13 - theta2, e_h2 - theta2
+    return 2.0 / (m * (m - 1)) * (2.0 * (m - 2) * zeta1 + zeta2)
+
+
+class _Kernels:
+    """The kernel between two feature sets a [N, d], b [M, d], on all pairs computed once when both are at most
+    FULL_KERNELS_MAX rows (each subset is then a lookup), else per subset."""
+
+    def __init__(self, a: torch.Tensor, b: torch.Tensor):
+        self.a, self.b = a, b
+        self.full = max(len(a), len(b)) <= FULL_KERNELS_MAX
+        if self.full:
+            self.kaa = polynomial_kernel(a, a)  # (N, N)
+            self.kbb = self.kaa if b is a else polynomial_kernel(b, b)  # (M, M)
+            self.kab = self.kaa if b is a else polynomial_kernel(a, b)  # (N, M)
+
+    def mmd2(self, draws: list[tuple[torch.Tensor, torch.Tensor]], chunk: int = 256) -> list[float]:
+        """Unbiased MMD² between rows ia of a and rows ib of b for each (ia, ib) in `draws` (m rows each). With the
+        full matrices a subset's sums are quadratic forms of its 0/1 indicator vectors, `chunk` subsets at once."""
+        if not self.full:
+            return [mmd2_unbiased(self.a[ia], self.b[ib]) for ia, ib in draws]
+        out = []
+        for c in range(0, len(draws), chunk):
+            part = draws[c:c + chunk]
+            wa = torch.zeros(len(part), len(self.a), dtype=torch.float64)  # (S, N) indicators of ia
+            wb = torch.zeros(len(part), len(self.b), dtype=torch.float64)  # (S, M) indicators of ib
+            for k, (ia, ib) in enumerate(part):
+                wa[k, ia], wb[k, ib] = 1.0, 1.0
+            m = len(part[0][0])
+            within_a = ((wa @ self.kaa) * wa).sum(1) - wa @ self.kaa.diagonal()  # (S,) sums over i != j
+            within_b = ((wb @ self.kbb) * wb).sum(1) - wb @ self.kbb.diagonal()
+            cross = ((wa @ self.kab) * wb).sum(1)
+            out += ((within_a + within_b) / (m * (m - 1)) - 2.0 * cross / (m * m)).tolist()
+        return out
+
+    def u_variance(self, k: int) -> float:
+        """The U-statistic variance with row i of a paired with row i of b, over the first k rows."""
+        if not self.full:
+            return u_variance(self.a[:k], self.b[:k])
+        kab = self.kab[:k, :k]
+        h = self.kaa[:k, :k] + self.kbb[:k, :k] - kab - kab.T  # (k, k)
+        h.fill_diagonal_(0.0)
+        return _u_variance(k, h.sum(1), float((h * h).sum()))
+
+
+def _result(values: list[float], data_var: float, subsets: int, m: int, n_real: int, n_fake: int) -> KidResult:
+    """KidResult of per-subset MMD² values: sem² = the variance of the all-data statistic the subsets' mean
+    estimates (`data_var`, clipped at 0) + the subsets' own noise std² / subsets (module docstring)."""
+    v = np.asarray(values, dtype=np.float64)
+    std = float(v.std())
+    sem = math.sqrt(max(data_var, 0.0) + std ** 2 / len(v)) if math.isfinite(data_var) else float("nan")
+    return KidResult(float(v.mean()), std, sem, int(subsets), m, n_real, n_fake)
+
+
 def kid(real: np.ndarray | torch.Tensor, fake: np.ndarray | torch.Tensor, *, subsets: int = 100,
         subset_size: int = 1000, seed: int = 0) -> KidResult:
     """KID between `real` [N, ...] and `fake` [M, ...] features (flattened): mean and std of the unbiased MMD²
-    over `subsets` subsets of min(subset_size, N, M) rows drawn from each side.
+    over `subsets` subsets of min(subset_size, N, M) rows drawn from each side, and its sem (module docstring).
 
     Each subset takes the first rows of a fresh random permutation of each side (real first), drawn from a
     torch.Generator seeded with `seed`; this is the draw torchmetrics makes from the global generator, so with
@@ -157,13 +296,14 @@ def kid(real: np.ndarray | torch.Tensor, fake: np.ndarray | torch.Tensor, *, sub
     if m < 2:
         raise DataError(f"KID needs at least 2 images on each side, got {len(r)} real and {len(f)} fake")
     g = torch.Generator().manual_seed(int(seed))
-    values = []
+    draws = []
     for _ in range(int(subsets)):
-        rs = r[torch.randperm(len(r), generator=g)[:m]]
-        fs = f[torch.randperm(len(f), generator=g)[:m]]
-        values.append(mmd2_unbiased(rs, fs))
-    v = np.asarray(values)
-    return KidResult(float(v.mean()), float(v.std()), int(subsets), m, len(r), len(f))
+        ir = torch.randperm(len(r), generator=g)[:m]
+        draws.append((ir, torch.randperm(len(f), generator=g)[:m]))
+    kernels = _Kernels(r, f)
+    values = kernels.mmd2(draws)
+    # the first min(N, M) rows of each side, paired (independent sets: any pairing will do)
+    return _result(values, kernels.u_variance(min(len(r), len(f))), int(subsets), m, len(r), len(f))
 
 
 def kid_halves(held_out: np.ndarray | torch.Tensor, samples: np.ndarray | torch.Tensor | None = None, *,
@@ -187,12 +327,10 @@ def kid_halves(held_out: np.ndarray | torch.Tensor, samples: np.ndarray | torch.
     if m < 2:
         raise DataError(f"KID on disjoint halves needs at least 4 held-out images, got {len(r)}")
     g = torch.Generator().manual_seed(int(seed))
-    values = []
-    for _ in range(int(subsets)):
-        perm = torch.randperm(len(r), generator=g)
-        values.append(mmd2_unbiased(r[perm[half:half + m]], s[perm[:m]]))
-    v = np.asarray(values)
-    return KidResult(float(v.mean()), float(v.std()), int(subsets), m, len(r) - half, half)
+    perms = [torch.randperm(len(r), generator=g) for _ in range(int(subsets))]
+    kernels = _Kernels(r, s)
+    values = kernels.mmd2([(perm[half:half + m], perm[:m]) for perm in perms])
+    return _result(values, kernels.u_variance(len(r)), int(subsets), m, len(r) - half, half)
 
 
 def kid_split_half(held_out: np.ndarray | torch.Tensor, *, subsets: int = 100, subset_size: int = 1000,
@@ -216,7 +354,7 @@ def kid_rows(held_out: np.ndarray | torch.Tensor, conditional: Mapping[tuple[int
         features: what the features are (e.g. "run:pool@epoch_0003"), written into every row.
     Returns:
         Rows with epoch, layer, reference ("conditional", "unconditional", "split_half"), kid_mean, kid_std,
-        subsets, subset_size, n_real, n_fake, features. The reference rows have epoch and layer None.
+        kid_sem, subsets, subset_size, n_real, n_fake, features. The reference rows have epoch and layer None.
     """
     opts = dict(subsets=cfg.subsets, subset_size=cfg.subset_size, seed=cfg.seed)
     rows = [{"epoch": int(epoch), "layer": str(layer), "reference": "conditional",
@@ -356,7 +494,7 @@ def default_input_size(spec: str) -> int | None:
     return 299 if str(spec) == "torchvision:inception_v3" else None
 
 
-__all__ = ["KidConfig", "KidResult", "polynomial_kernel", "mmd2_unbiased", "kid",
+__all__ = ["WEIGHTS_FEATURES", "KidConfig", "KidResult", "polynomial_kernel", "mmd2_unbiased", "mmd2_and_variance", "u_variance", "kid",
            "kid_halves", "kid_split_half", "kid_rows", "default_feature_layer", "kid_features", "FeatureNet",
            "feature_net", "input_channels", "load_feature_model", "default_input_size"]
 

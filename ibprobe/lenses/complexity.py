@@ -29,8 +29,11 @@ gamma / sqrt(running_var + eps)), so the norms are those of the map conv+BN actu
 before BN is scale-free and its norm alone says nothing. Parameter-free layers (ReLU, pooling, upsampling,
 sigmoid) count as 1-Lipschitz (nearest upsampling by s in fact scales l2 norms by s: the autoencoder's
 products leave that constant factor out). Residual units are recognised for our BasicBlock (ResNet, ResNet autoencoder)
-and RiRBlock, where each generalized residual layer's four convolutions are ONE operator on the concatenated
-streams (row `layerS.B.conv{i}`, kernel [[rr, tr], [rt, tt]]); any other model is treated as a chain of its
+and RiRBlock. In an RiRBlock each generalized residual layer is ONE operator on the concatenated streams (row
+`layerS.B.conv{i}`): its four convolutions and its own residual-stream shortcut, kernel [[rr + shortcut_i, tr],
+[rt, tt]] with the shortcut (identity, or the 1x1 projection with its BatchNorm) at the centre tap, and the
+BatchNorm that follows the sum folded into its rows; the layer's shortcut is thus part of the operator (its norms
+count it), and the block's outer shortcut makes the block a unit. Any other model is treated as a chain of its
 weight layers in forward order.
 """
 from __future__ import annotations
@@ -170,9 +173,11 @@ def _units(model: nn.Module) -> dict[str, tuple[str, str]]:
     out = {}
     for name, m in model.named_modules():
         if isinstance(m, (BasicBlock, RiRBlock)):
+            if m.shortcut is None:  # an RiR block without an outer shortcut: its layers are on the main path
+                continue
             for i in range(1, m.depth + 1):
                 out[f"{name}.conv{i}"] = ("branch", name)
-            for sub, s in (m.shortcut.named_modules() if m.shortcut is not None else []):
+            for sub, s in m.shortcut.named_modules():
                 if isinstance(s, WEIGHT_LAYERS):
                     out[f"{name}.shortcut.{sub}"] = ("shortcut", name)
     return out
@@ -200,15 +205,24 @@ def _effective_weight(m: nn.Module, bn: nn.Module | None) -> torch.Tensor:
 
 def _rir_layer(block: RiRBlock, i: int, hw: tuple, name: str) -> dict:
     """Generalized residual layer i of an RiR block as ONE conv on the concatenated streams [r, t]: kernel
-    [[rr, tr], [rt, tt]], with bn{i}_r / bn{i}_t folded into its residual / transient output rows."""
+    [[rr + shortcut_i, tr], [rt, tt]] (the layer's shortcut at the 3x3 kernel's centre tap, which reads what a
+    strided 1x1 conv reads), with bn{i}_r / bn{i}_t folded into its residual / transient output rows."""
     c = {k: getattr(block, f"conv{i}_{k}") for k in ("rr", "tr", "rt", "tt")}
-    w = torch.cat([torch.cat([c["rr"].weight, c["tr"].weight], 1),
-                   torch.cat([c["rt"].weight, c["tt"].weight], 1)], 0).detach().double()  # (r+t, r_in+t_in, k, k)
+    rr = c["rr"].weight.detach().double().clone()  # (r_out, r_in, 3, 3)
+    sc = block.layer_shortcut(i)
+    if isinstance(sc, nn.Identity):
+        rr[:, :, 1, 1] += torch.eye(rr.shape[0], rr.shape[1], dtype=rr.dtype, device=rr.device)
+    elif sc is not None:  # the projection: a 1x1 conv and the norm that follows it
+        proj, norm = sc[0], sc[1]
+        rr[:, :, 1, 1] += _effective_weight(proj, norm if isinstance(norm, nn.BatchNorm2d) else None)[:, :, 0, 0]
+    w = torch.cat([torch.cat([rr, c["tr"].weight.detach().double()], 1),
+                   torch.cat([c["rt"].weight, c["tt"].weight], 1).detach().double()], 0)  # (r+t, r_in+t_in, k, k)
     bn_r, bn_t = getattr(block, f"bn{i}_r"), getattr(block, f"bn{i}_t")
     scale = torch.cat([_bn_scale(bn_r, block.r_out), _bn_scale(bn_t, block.t_out)]).to(w.device)
     c_in = block.r_in + block.t_in if i == 1 else block.r_out + block.t_out
+    params = list(c.values()) + ([sc[0]] if isinstance(sc, nn.Sequential) else [])
     return {"name": name, "module": c["rr"], "weight": w * scale.view(-1, 1, 1, 1),
-            "param_norm": float(sum(x.weight.detach().double().pow(2).sum() for x in c.values()).sqrt()),
+            "param_norm": float(sum(x.weight.detach().double().pow(2).sum() for x in params).sqrt()),
             "shape": (c_in, *hw), "bn_folded": isinstance(bn_r, nn.BatchNorm2d)}
 
 
@@ -220,6 +234,9 @@ def _layer_specs(model: nn.Module, in_shape: Sequence[int]) -> list[dict]:
     specs, done = [], set()
     for name, m, shape in order:
         parent, _, leaf = name.rpartition(".")
+        block, _, sub = parent.rpartition(".")
+        if block in rir and sub.startswith("shortcut") and sub[8:].isdigit():
+            continue  # a generalized layer's own projection: part of that layer's operator
         if parent in rir and leaf.startswith("conv"):
             i = int(leaf[4:].split("_")[0])
             if (parent, i) not in done:

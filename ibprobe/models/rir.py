@@ -1,20 +1,40 @@
 """ResNet in ResNet (Targ, Almeida & Lyman, "Resnet in Resnet: Generalizing Residual Architectures", 2016).
 
-Every block carries two streams of feature maps: a residual stream r, which has a shortcut, and a transient
-stream t, which has none. Each of a block's `shortcut_depth` layers is a generalized residual layer with four
-convolutions, r->r, t->r, r->t and t->t:
-    r_i = relu(bn{i}_r(conv{i}_rr(r_{i-1}) + conv{i}_tr(t_{i-1})) [+ shortcut(r_0) at the last layer])
-    t_i = relu(bn{i}_t(conv{i}_rt(r_{i-1}) + conv{i}_tt(t_{i-1})))
-so the shortcut spans the block's layers as in our ResNet's BasicBlock (shortcut_depth 1 is Targ et al.'s
-single generalized residual block; 2 is their RiR block, a ResNet block whose convolutions are generalized
-residual layers). With the cross-stream and transient convolutions at zero the residual stream is exactly a
-ResNet block; without the shortcut a block is a plain two-stream CNN.
+Every block carries two streams of feature maps: a residual stream r, which has shortcuts, and a transient stream
+t, which has none. The unit is Targ et al.'s generalized residual layer (their "generalized residual block",
+Section 2, Equation 1), four 3x3 convolutions r->r, t->r, r->t, t->t and the residual stream's own shortcut:
+    r_i = σ(conv{i}_rr(r_{i-1}) + conv{i}_tr(t_{i-1}) + shortcut{i}(r_{i-1}))
+    t_i = σ(conv{i}_rt(r_{i-1}) + conv{i}_tt(t_{i-1}))
+where σ is BatchNorm then ReLU, each stream with its own (bn{i}_r, relu{i}_r; bn{i}_t, relu{i}_t), applied after
+the sum ("Same-stream and cross-stream activations are summed (along with the shortcut connection for the
+residual stream) before applying batch normalization and ReLU nonlinearities", Section 2). shortcut{i} is the
+identity, or where the layer changes the width or the resolution a projection (a strided 1x1 convolution and
+its BatchNorm, "a projection as in He et al. (2015b)"). The transient stream has no shortcut.
+
+An RiR block (`shortcut_depth` k >= 2; Targ et al.'s RiR is k = 2) is a ResNet block whose k convolutions are
+generalized residual layers ("Replacing each of the convolutional layers within a residual block from the
+original ResNet with a generalized residual block", Section 2), keeping that block's outer shortcut around them:
+    r_out = relu_out(r_k + shortcut(r_0)),   t_out = t_k,
+the outer shortcut (identity, or a projection where the block changes shape) added to the RESIDUAL stream only,
+AFTER the last layer's σ and followed by a ReLU, as the original ResNet block adds its shortcut to the branch's
+output and then applies a ReLU. Which stream the outer shortcut feeds and where it joins is shown only in Targ et
+al.'s Figure 1, which we could not read: this placement is our reading of it (public implementations differ: one
+adds it to both streams after σ, others leave it out). shortcut_depth 1 is a stack of single generalized residual
+layers (Targ et al.'s generalized residual network), with no outer shortcut.
+
+What a block reduces to: with the cross-stream and transient convolutions at zero, the residual stream is a
+ResNet of one-convolution residual units r -> relu(bn(conv(r) + shortcut(r))) inside an outer shortcut, and the
+transient stream no longer reaches it; without shortcuts (shortcut=False removes every one, inner and outer) a
+block is a plain two-stream CNN.
 
 The streams travel between blocks as ONE tensor, r and t concatenated on channels (residual first), so
 every block and stage returns a tensor and can be tapped. Tap names: `stem`, `layerS.B` (both streams),
 `layerS.residual`, `layerS.transient` (the stage's last block's streams, split), `layerS`, `pool`, `fc`.
-Every ReLU is its own non-inplace module, used once. Config and inits follow ibprobe.models.resnet;
-init="zero" makes each block the identity on its (post-ReLU) residual stream.
+Every ReLU is its own non-inplace module, used once. Config and inits follow ibprobe.models.resnet, except
+init="zero": the convolutions INTO the residual stream (rr, tr) start at zero, so each generalized layer starts as
+σ(shortcut(r)), the identity on a post-ReLU residual stream up to its BatchNorm, and a block with an outer
+shortcut as twice the identity (its inner path plus its outer shortcut); the transient stream's convolutions keep
+their kaiming weights, so it carries signal from the start.
 """
 from __future__ import annotations
 
@@ -24,7 +44,7 @@ import torch
 import torch.nn as nn
 
 from ibprobe.errors import ConfigError
-from ibprobe.models.resnet import (INITS, ZERO_INIT_SCALE, GlobalPool, _norm, _tuple, default_strides, init_weights,
+from ibprobe.models.resnet import (INITS, GlobalPool, _norm, _tuple, default_strides, init_weights,
                                    make_projection, make_stem)
 
 
@@ -70,9 +90,10 @@ def _conv(c_in: int, c_out: int, stride: int, bias: bool) -> nn.Conv2d:
 
 
 class RiRBlock(nn.Module):
-    """Generalized residual block on the concatenated state (B, r_in + t_in, H, W) -> (B, r_out + t_out, H', W').
+    """`depth` generalized residual layers on the concatenated state (B, r_in + t_in, H, W) -> (B, r_out + t_out,
+    H', W'), with the outer shortcut on the residual stream when depth >= 2 (see the module docstring).
 
-    shortcut=False removes the residual stream's shortcut (a plain two-stream CNN block).
+    shortcut=False removes every shortcut, each layer's and the outer one (a plain two-stream CNN block).
     """
 
     def __init__(self, r_in: int, t_in: int, r_out: int, t_out: int, stride: int = 1, depth: int = 2,
@@ -86,33 +107,38 @@ class RiRBlock(nn.Module):
             self.add_module(f"conv{i}_tr", _conv(ti, r_out, s, False))
             self.add_module(f"conv{i}_rt", _conv(ri, t_out, s, not batchnorm))
             self.add_module(f"conv{i}_tt", _conv(ti, t_out, s, False))
+            self.add_module(f"shortcut{i}", _shortcut(ri, r_out, s, batchnorm) if shortcut else None)
             self.add_module(f"bn{i}_r", _norm(r_out, batchnorm))
             self.add_module(f"bn{i}_t", _norm(t_out, batchnorm))
-            if i < depth:
-                self.add_module(f"relu{i}_r", nn.ReLU(inplace=False))
-                self.add_module(f"relu{i}_t", nn.ReLU(inplace=False))
-        if not shortcut:
-            self.shortcut: nn.Module | None = None
-        elif stride != 1 or r_in != r_out:
-            self.shortcut = make_projection(r_in, r_out, stride, batchnorm)
-        else:
-            self.shortcut = nn.Identity()
-        self.relu_out = nn.ReLU(inplace=False)
-        self.relu_out_t = nn.ReLU(inplace=False)
+            self.add_module(f"relu{i}_r", nn.ReLU(inplace=False))
+            self.add_module(f"relu{i}_t", nn.ReLU(inplace=False))
+        outer = shortcut and depth >= 2
+        self.shortcut = _shortcut(r_in, r_out, stride, batchnorm) if outer else None
+        self.relu_out = nn.ReLU(inplace=False) if outer else None
+
+    def layer_shortcut(self, i: int) -> nn.Module | None:
+        """Layer i's own shortcut on the residual stream (None without shortcuts)."""
+        return getattr(self, f"shortcut{i}")
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         r0, t = h.split([self.r_in, self.t_in], dim=1)  # (B, r_in, H, W), (B, t_in, H, W)
         r = r0
         for i in range(1, self.depth + 1):
             c = lambda name, x: getattr(self, f"conv{i}_{name}")(x)  # noqa: E731
-            r_new = getattr(self, f"bn{i}_r")(c("rr", r) + c("tr", t))  # (B, r_out, H', W')
-            t = getattr(self, f"bn{i}_t")(c("rt", r) + c("tt", t))  # (B, t_out, H', W')
-            r = r_new
-            if i < self.depth:
-                r, t = getattr(self, f"relu{i}_r")(r), getattr(self, f"relu{i}_t")(t)
+            z_r = c("rr", r) + c("tr", t)  # (B, r_out, H', W')
+            if self.layer_shortcut(i) is not None:
+                z_r = z_r + self.layer_shortcut(i)(r)
+            z_t = c("rt", r) + c("tt", t)  # (B, t_out, H', W')
+            r = getattr(self, f"relu{i}_r")(getattr(self, f"bn{i}_r")(z_r))
+            t = getattr(self, f"relu{i}_t")(getattr(self, f"bn{i}_t")(z_t))
         if self.shortcut is not None:
-            r = r + self.shortcut(r0)
-        return torch.cat([self.relu_out(r), self.relu_out_t(t)], dim=1)  # (B, r_out + t_out, H', W')
+            r = self.relu_out(r + self.shortcut(r0))  # the outer ResNet shortcut, residual stream only
+        return torch.cat([r, t], dim=1)  # (B, r_out + t_out, H', W')
+
+
+def _shortcut(c_in: int, c_out: int, stride: int, batchnorm: bool) -> nn.Module:
+    """The identity, or a projection (strided 1x1 conv and its norm) where the width or resolution changes."""
+    return make_projection(c_in, c_out, stride, batchnorm) if stride != 1 or c_in != c_out else nn.Identity()
 
 
 class RiRStage(nn.Module):
@@ -184,25 +210,17 @@ class RiR(nn.Module):
 
 
 def _zero_init(model: nn.Module) -> None:
-    """Each block's residual-stream update starts at zero: last bn_r gamma 0 (or, without BN, the last r-side
-    convs 0); every other conv of the block is scaled by ZERO_INIT_SCALE, as in ResNet's init="zero"."""
+    """Every convolution into the residual stream (rr and tr, weights and biases) starts at zero, so each
+    generalized layer's residual stream starts as σ(shortcut(r)); the transient stream's keep their init."""
     with torch.no_grad():
         for m in model.modules():
-            if not isinstance(m, RiRBlock):
-                continue
-            for i in range(1, m.depth + 1):
-                for name in ("rr", "tr", "rt", "tt"):
-                    if i < m.depth or name in ("rr", "tr"):
-                        getattr(m, f"conv{i}_{name}").weight.mul_(ZERO_INIT_SCALE)
-            bn = getattr(m, f"bn{m.depth}_r")
-            if isinstance(bn, nn.BatchNorm2d):
-                nn.init.zeros_(bn.weight)
-            else:
-                for name in ("rr", "tr"):
-                    conv = getattr(m, f"conv{m.depth}_{name}")
-                    nn.init.zeros_(conv.weight)
-                    if conv.bias is not None:
-                        nn.init.zeros_(conv.bias)
+            if isinstance(m, RiRBlock):
+                for i in range(1, m.depth + 1):
+                    for name in ("rr", "tr"):
+                        conv = getattr(m, f"conv{i}_{name}")
+                        nn.init.zeros_(conv.weight)
+                        if conv.bias is not None:
+                            nn.init.zeros_(conv.bias)
 
 
 __all__ = ["RiR", "RiRConfig", "RiRBlock", "RiRStage"]

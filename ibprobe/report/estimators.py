@@ -33,13 +33,21 @@ _REFERENCE_STYLE = {
 
 
 # ----------------------------------------------------------------------------------------------- KID
+def _kid_error(row: dict) -> float:
+    """The half-width of a KID row's bar: 2 kid_sem, or 1 kid_std in a table from before kid_sem."""
+    if row.get("kid_sem") is not None and math.isfinite(row["kid_sem"]):
+        return 2.0 * float(row["kid_sem"])
+    return float(row.get("kid_std") or 0.0)
+
+
 def kid_vs_epoch(rows: list[dict], *, title: str | None = None):
     """KID of q(x | h) samples against the held-out images, per layer (one panel each) against epoch.
 
-    Points are the mean over subsets with ±1 std bars. The reference rows (layer None) are drawn in every panel
-    as horizontal lines with ±1 std bands: q(x) samples against the held-out images (a decoder that knows no
-    code) and one half of the held-out images against the other (the floor set by sampling noise). The epoch
-    axis is symlog, so the initialisation at epoch 0 is shown.
+    Points are the mean over subsets with ±2 standard-error bars (kid_sem, about a 95% interval over draws of the
+    images and samples; a table from before kid_sem gives ±1 std over subsets instead). The reference rows (layer
+    None) are drawn in every panel as horizontal lines with the same bands: q(x) samples against the held-out
+    images (a decoder that knows no code) and one half of the held-out images against the other (the floor set by
+    sampling noise). The epoch axis is symlog, so the initialisation at epoch 0 is shown.
     """
     cond = [r for r in ok_rows(rows, "kid_mean", "epoch", "layer") if r.get("reference", "conditional") == "conditional"]
     if not cond:
@@ -55,12 +63,12 @@ def kid_vs_epoch(rows: list[dict], *, title: str | None = None):
     for ax, (i, (layer, lr)) in zip(axes.flat, enumerate(groups.items())):
         e = np.array([r["epoch"] for r in lr], dtype=float)
         m = np.array([r["kid_mean"] for r in lr], dtype=float)
-        s = np.array([r.get("kid_std") or 0.0 for r in lr], dtype=float)
+        s = np.array([_kid_error(r) for r in lr], dtype=float)
         ax.errorbar(e, m, yerr=s, fmt="-", marker=MARKERS[i % len(MARKERS)], ms=4, color=colours[layer], lw=1.5,
                     capsize=2, label="q(x|h) samples vs held-out")
         for name, ref in refs.items():
             style = _REFERENCE_STYLE[name]
-            v, sd = float(ref["kid_mean"]), float(ref.get("kid_std") or 0.0)
+            v, sd = float(ref["kid_mean"]), _kid_error(ref)
             ax.axhline(v, color=style["color"], ls=style["ls"], lw=1.1, label=style["label"], gid=f"ref_{name}")
             if sd > 0:
                 ax.axhspan(v - sd, v + sd, color=style["color"], alpha=0.12, lw=0)

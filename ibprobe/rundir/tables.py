@@ -60,8 +60,8 @@ BASELINES = _schema("baselines", ["epoch", "layer", "estimator", "bins", "noise_
 SENSITIVITY = _schema("binning_sensitivity", ["epoch", "layer", "bins", "i_xh_bits", "i_yh_bits", "n", "dims",
                                               "ceiling_bits"],
                       ints={"epoch", "bins", "n", "dims"}, texts={"layer"})
-KID = _schema("kid", ["epoch", "layer", "reference", "kid_mean", "kid_std", "subsets", "subset_size", "n_real",
-                      "n_fake", "features"],
+KID = _schema("kid", ["epoch", "layer", "reference", "kid_mean", "kid_std", "kid_sem", "subsets", "subset_size",
+                      "n_real", "n_fake", "features"],
               ints={"epoch", "subsets", "subset_size", "n_real", "n_fake"}, texts={"layer", "reference", "features"})
 HESSIAN = _schema("hessian", None, ints={"epoch", "k", "n_images"}, texts={"method", "checkpoint"})
 HESSIAN_LINEAR = _schema("hessian_linear", None, ints={"shortcut_depth", "depth", "n_params", "n_zero", "n_negative"},

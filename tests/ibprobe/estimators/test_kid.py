@@ -1,4 +1,5 @@
-"""KID: zero for equal laws, positive for a shift, the library's numbers on fixed features, features from a layer."""
+"""KID: zero for equal laws, positive for a shift, the library's numbers on fixed features, a standard error that is
+the spread of KID over draws of the data, features from a layer, the flags' feature rule."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,8 +9,10 @@ import torch.nn as nn
 
 from ibprobe.capture import capture
 from ibprobe.errors import ConfigError, DataError, LayerError
+from ibprobe.estimators import kid as kid_module
 from ibprobe.estimators.kid import (KidConfig, default_feature_layer, kid, kid_features, kid_halves, kid_rows,
-                                    kid_split_half, load_feature_model, mmd2_unbiased, polynomial_kernel)
+                                    kid_split_half, load_feature_model, mmd2_and_variance, mmd2_unbiased,
+                                    polynomial_kernel)
 from ibprobe.models import build_model
 from ibprobe.rundir.tables import KID
 
@@ -71,6 +74,44 @@ def test_halves_never_pair_a_sample_with_its_original():
         kid_halves(held, held[:100], **opts)
 
 
+@pytest.mark.parametrize("rho,shift,naive_low", [(0.0, 0.0, True), (0.9, 0.0, False), (0.5, 0.5, True)])
+def test_the_sem_is_the_spread_of_kid_over_draws_of_the_data(rho, shift, naive_low):
+    """Over 200 draws of N = 48 images and samples (sample i depending on image i by rho), the spread of the KID on
+    halves matches the rms of its sem, while the std over (overlapping) subsets / sqrt(subsets) understates it
+    unless the samples nearly copy their images (then the all-data statistic barely varies, and the subsets' own
+    noise is most of the error)."""
+    rng = np.random.default_rng(0)
+    means, sems, naive = [], [], []
+    for rep in range(200):
+        x = rng.standard_normal((48, 4))
+        s = rho * x + np.sqrt(1 - rho ** 2) * 1.3 * rng.standard_normal((48, 4)) + shift
+        r = kid_halves(x, s, subsets=20, seed=rep)
+        means.append(r.kid), sems.append(r.sem), naive.append(r.std / np.sqrt(20))
+    spread, sem = np.std(means), np.sqrt(np.mean(np.square(sems)))
+    assert 0.8 < sem / spread < 1.25, (sem, spread)
+    assert (np.mean(naive) < 0.75 * spread) == naive_low
+
+
+def test_the_variance_of_the_u_statistic_is_unbiased():
+    rng = np.random.default_rng(1)
+    draws = [mmd2_and_variance(rng.standard_normal((12, 3)), rng.standard_normal((12, 3)) + 0.4) for _ in range(3000)]
+    u = [kid for kid, _ in draws]
+    assert np.mean([v for _, v in draws]) == pytest.approx(np.var(u), rel=0.1)
+    with pytest.raises(DataError, match="equal size >= 4"):
+        mmd2_and_variance(rng.standard_normal((12, 3)), rng.standard_normal((10, 3)))
+
+
+def test_kernels_computed_once_give_what_kernels_per_subset_give(monkeypatch):
+    x, s = _gauss(90, d=5, seed=1), _gauss(90, d=5, shift=0.2, seed=2)
+    once = kid_halves(x, s, subsets=15, seed=3), kid(x, s[:70], subsets=15, subset_size=40, seed=3)
+    monkeypatch.setattr(kid_module, "FULL_KERNELS_MAX", 10)
+    per_subset = kid_halves(x, s, subsets=15, seed=3), kid(x, s[:70], subsets=15, subset_size=40, seed=3)
+    for a, b in zip(once, per_subset):
+        assert (a.kid, a.std, a.sem) == pytest.approx((b.kid, b.std, b.sem), rel=1e-9, abs=1e-12)
+    floor = kid_split_half(x, subsets=15, seed=3)  # the all-data statistic of a set with itself is exactly 0
+    assert floor.sem == pytest.approx(floor.std / np.sqrt(15))
+
+
 def test_kid_rows_share_splits_and_are_reproducible():
     held = _gauss(60, d=4, seed=1)
     cond = {(0, "layer1"): _gauss(60, d=4, seed=2), (3, "layer1"): _gauss(60, d=4, shift=1.0, seed=3)}
@@ -88,6 +129,8 @@ def test_kid_rows_share_splits_and_are_reproducible():
         KidConfig(subset_size=1)
     with pytest.raises(ConfigError, match="kid-weights"):
         KidConfig(features="torchvision:inception_v3")
+    with pytest.raises(ConfigError, match="kid-features"):  # weights for the run's own network mean nothing
+        KidConfig(weights="w.pt")
 
 
 def _images(n=6, c=1, seed=0):

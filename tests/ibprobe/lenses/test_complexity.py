@@ -150,27 +150,24 @@ def test_rir_layers_are_one_operator_on_both_streams():
                     blocks=(1, 1)).eval()
     block = getattr(m.layer2, "0")
     with torch.no_grad():
-        for bn in (block.bn1_r, block.bn1_t):
+        for bn in (block.bn1_r, block.bn1_t, block.shortcut1[1]):
             bn.running_var.uniform_(0.5, 2.0)
             bn.weight.uniform_(0.5, 2.0)
     rows = {r["layer"]: r for r in layer_norms(m, iters=5000)}
     assert rows["layer2.0.conv1"]["role"] == "branch" and rows["layer2.0.shortcut.0"]["role"] == "shortcut"
     assert rows["layer2.0.conv1"]["in_shape"] == "5x6x6" and rows["layer2.0.conv2"]["in_shape"] == "6x3x3"
-    assert not any(name.endswith("_rr") for name in rows)
+    assert not any(name.endswith("_rr") or ".shortcut1" in name for name in rows)  # one operator per layer
 
-    def layer1(h):  # the block's first generalized layer: its linear part (BN shift removed, no ReLU)
-        r, t = h.split([3, 2], 1)
-        zr = block.bn1_r(block.conv1_rr(r) + block.conv1_tr(t)) - block.bn1_r.bias[:, None, None] \
-            + block.bn1_r.running_mean[:, None, None] * _bn(block.bn1_r)
-        zt = block.bn1_t(block.conv1_rt(r) + block.conv1_tt(t)) - block.bn1_t.bias[:, None, None] \
-            + block.bn1_t.running_mean[:, None, None] * _bn(block.bn1_t)
-        return torch.cat([zr, zt], 1)
+    def layer1(blk, h):  # a block's first generalized layer before its ReLUs, less its value at 0 (its linear part)
+        def pre(h):  # the four convs and the layer's own shortcut (identity or projection), then the BNs
+            r, t = h.split([3, 2], 1)
+            return torch.cat([blk.bn1_r(blk.conv1_rr(r) + blk.conv1_tr(t) + blk.shortcut1(r)),
+                              blk.bn1_t(blk.conv1_rt(r) + blk.conv1_tt(t))], 1)
+        return pre(h) - pre(torch.zeros_like(h))
 
-    with torch.no_grad():
-        a = _matrix(lambda h: layer1(h.float()).double(), (5, 6, 6))
-    assert rows["layer2.0.conv1"]["spectral"] == pytest.approx(float(torch.linalg.matrix_norm(a, ord=2)), rel=1e-4)
+    for name, blk in (("layer2.0", block), ("layer1.0", getattr(m.layer1, "0"))):  # a projection, the identity
+        with torch.no_grad():
+            a = _matrix(lambda h: layer1(blk, h.float()).double(), (5, 6, 6))
+        assert rows[f"{name}.conv1"]["spectral"] == pytest.approx(float(torch.linalg.matrix_norm(a, ord=2)),
+                                                                  rel=1e-4), name
     assert complexity_summary(list(rows.values()))["n_units"] == 2
-
-
-def _bn(bn):
-    return (bn.weight / torch.sqrt(bn.running_var + bn.eps))[:, None, None]

@@ -68,6 +68,9 @@ def test_kid_csv_conditional_rows_and_both_references(tiny_run):
     floor = rows[-1]
     assert floor["kid_std"] > 0 and abs(floor["kid_mean"]) < 2 * floor["kid_std"]  # same law: within 2 std of 0
     assert all(r["kid_std"] > 0 for r in rows)
+    # the floor's all-data statistic is exactly 0, so its sem is the subsets' own noise; the others' is at least that
+    assert floor["kid_sem"] == pytest.approx(floor["kid_std"] / math.sqrt(30), rel=1e-6)
+    assert all(r["kid_sem"] >= r["kid_std"] / math.sqrt(30) * (1 - 1e-6) for r in rows)
     assert [r["kid_mean"] for r in rows] == pytest.approx([r["kid_mean"] for r in kid], rel=1e-9)
     captions = kid_captions(out)
     assert set(captions) == {(l, e) for e, l in PAIRS} | {(None, None)}
