@@ -262,6 +262,8 @@ class TrainConfig:
     labels_path: str | None = None
     levels: int | None = None
     test_fraction: float = 0.2
+    images_key: str | None = None  # the array of an .npz images_path / labels_path
+    labels_key: str | None = None
     model: str = "resnet"
     model_args: dict = field(default_factory=dict)
     regime: str = "classify"
@@ -286,7 +288,8 @@ class TrainConfig:
         if self.regime == "autoencode" and self.model in ("resnet", "rir"):
             raise ConfigError("the autoencode regime needs an autoencoder: use --model resnet_ae")
         if self.regime == "classify" and self.model == "resnet_ae":
-            raise ConfigError("resnet_ae is an autoencoder: use --regime autoencode, or --model resnet to classify")
+            raise ConfigError("resnet_ae is an autoencoder: train it with --train regime=autoencode, or classify "
+                              "with --model resnet")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.schedule not in SCHEDULES:
@@ -331,6 +334,7 @@ class TrainConfig:
         spec = {"name": self.dataset, "data_root": self.data_root, "seed": self.seed,
                 "test_fraction": self.test_fraction, "images_path": self.images_path,
                 "labels_path": self.labels_path, "levels": self.levels}
+        spec.update({k: v for k, v in (("images_key", self.images_key), ("labels_key", self.labels_key)) if v})
         return spec if self.max_train is None else {**spec, "max_train": int(self.max_train)}
 
 
