@@ -228,10 +228,15 @@ class ActivationStore:
     def _intact(self, epoch: int, layer: str, split: str, entry: dict) -> np.memmap | None:
         """The entry's file as a read-only memmap if its header matches the manifest `entry`, else None."""
         try:
-            a = np.load(self.path(epoch, layer, split), mmap_mode="r")
+            a = np.load(self.path(epoch, layer, split), mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError, EOFError):  # missing, truncated or not an array
             return None
-        return a if a.dtype == np.float16 and list(a.shape) == list(entry.get("shape", ())) else None
+        if not isinstance(a, np.ndarray):  # another file put in its place (an .npz is a zip)
+            getattr(a, "close", lambda: None)()
+            return None
+        shape = entry.get("shape")
+        ok = isinstance(shape, (list, tuple)) and tuple(a.shape) == tuple(shape)
+        return a if a.dtype == np.float16 and ok else None
 
     def read(self, epoch: int, layer: str, split: str, key: str | None = None) -> np.memmap:
         """Read-only float16 memmap [N, ...]; LayerError if it was never captured (or, given a key, if it was
@@ -351,9 +356,12 @@ def fill_store(store: ActivationStore, source, images: dict[str, np.ndarray], la
             for split, x in images.items():
                 want = [l for l, s in missing if s == split]
                 if want:
-                    capture_to_store(model, x, want, store, epoch=epoch, split=split, levels=levels,
-                                     normalize=source.normalize, batch_size=batch_size, device=device,
-                                     checkpoint=str(path), overwrite=True, key=keys[split])
+                    try:
+                        capture_to_store(model, x, want, store, epoch=epoch, split=split, levels=levels,
+                                         normalize=source.normalize, batch_size=batch_size, device=device,
+                                         checkpoint=str(path), overwrite=True, key=keys[split])
+                    except LayerError as e:  # say which checkpoint (e.g. the one that diverged)
+                        raise LayerError(f"checkpoint {path} (epoch {epoch}): {e}") from None
         if progress:
             print(f"captured activations at epoch {epoch} ({len(missing)} layer x split)", file=sys.stderr)
     return all_keys

@@ -95,6 +95,8 @@ def load_dataset(
     labels_path: str | os.PathLike | None = None,
     levels: int | None = None,
     max_train: int | None = None,
+    images_key: str | None = None,
+    labels_key: str | None = None,
 ) -> Dataset:
     """Load a dataset by name; see the module docstring. Raises DataError/ConfigError for user mistakes.
 
@@ -102,7 +104,8 @@ def load_dataset(
     others leave the split, so "the images the network trained on" stays exact.
 
     `levels`: for `npy`, the declared number of intensity levels; for other sets, an optional coarser
-    re-quantisation (x * levels // native_levels).
+    re-quantisation (x * levels // native_levels). `images_key` / `labels_key`: the array of an .npz file to read
+    (not needed when it holds one).
     """
     name = str(name).lower().replace("-", "_")
     if name not in DATASET_NAMES:
@@ -116,6 +119,7 @@ def load_dataset(
     }
     if max_train is not None:
         spec["max_train"] = int(max_train)
+    spec.update({k: str(v) for k, v in (("images_key", images_key), ("labels_key", labels_key)) if v is not None})
     root = Path(data_root) if data_root is not None else default_data_root()
     split: tuple[np.ndarray, np.ndarray] | None = None  # fixed (train_idx, test_idx) of the source
     if name == "digits":
@@ -130,7 +134,7 @@ def load_dataset(
         images, labels, classes = _load_image_folder(root)
         native = 256
     else:
-        images, labels, native, classes = _load_npy(images_path, labels_path, levels)
+        images, labels, native, classes = _load_npy(images_path, labels_path, levels, images_key, labels_key)
         levels = None  # already the declared level count
 
     if levels is not None and int(levels) != native:
@@ -327,13 +331,13 @@ def _load_image_folder(root: Path, force_rgb: bool = False):
     return out, labels, classes
 
 
-def _load_npy(images_path, labels_path, levels):
+MAX_CLASSES = 1000  # class indices may exceed the number of images up to this many classes (ImageNet's)
+
+
+def _load_npy(images_path, labels_path, levels, images_key=None, labels_key=None):
     if images_path is None:
         raise DataError("dataset 'npy' needs --images PATH.npy (uint8 [N,C,H,W]) and optionally --labels PATH.npy")
-    images = _read_npy(Path(images_path), "images")
-    if not np.issubdtype(images.dtype, np.integer) and images.dtype != np.bool_:
-        raise DataError(f"{images_path} has dtype {images.dtype}; images must be integers in [0, levels-1] "
-                        f"(e.g. uint8). Quantise floats first, e.g. np.round(x * 255).astype(np.uint8)")
+    images = read_array(images_path, "images", key=images_key, kinds="biu")
     images = _to_nchw(images, images_path)
     if images.shape[0] == 0 or images.size == 0:
         raise DataError(f"{images_path} holds no images (shape {tuple(images.shape)}); save some with np.save")
@@ -352,23 +356,107 @@ def _load_npy(images_path, labels_path, levels):
         labels = np.zeros(n, dtype=np.int64)
         classes = ["0"]
     else:
-        labels = _read_npy(Path(labels_path), "labels")
+        labels = read_array(labels_path, "labels", key=labels_key, kinds="iu")
         if labels.ndim != 1 or len(labels) != n:
             raise DataError(f"{labels_path} has shape {labels.shape}; expected one label per image, shape ({n},)")
-        if not np.issubdtype(labels.dtype, np.integer) or (n and labels.min() < 0):
-            raise DataError(f"{labels_path} must hold non-negative integer class indices (dtype {labels.dtype})")
+        lo, hi = int(labels.min()), int(labels.max())
+        if lo < 0 or hi >= max(n, MAX_CLASSES):  # checked before the class count sizes anything
+            raise DataError(f"{labels_path} has labels in [{lo}, {hi}]; labels must be class indices 0..K-1 with K "
+                            f"at most the number of images ({n}) or {MAX_CLASSES}: number your classes from 0, e.g. "
+                            f"y = np.unique(y, return_inverse=True)[1]")
         labels = labels.astype(np.int64)
-        classes = [str(i) for i in range(int(labels.max()) + 1 if n else 1)]
+        classes = [str(i) for i in range(hi + 1)]
     return images.astype(np.uint8), labels, levels, classes
 
 
-def _read_npy(path: Path, what: str) -> np.ndarray:
-    if not path.is_file():
+def read_array(path: str | os.PathLike, what: str, key: str | None = None, kinds: str = "biu") -> np.ndarray:
+    """A user's array: a .npy file, or one array of a .npz (its only one, or `key`), checked before it is read.
+
+    Its header must declare a dtype of one of `kinds` (numpy kind letters: b bool, i int, u unsigned), no Python
+    objects (a pickled array is refused, never unpickled), and no more data than the file holds, so that no size
+    written in a file sizes an allocation the data does not fill. Every failure is a DataError naming the file.
+    """
+    path = Path(path)
+    flag = f"--{what}-key"
+    if not path.exists():
         raise DataError(f"{what} file {path} does not exist; save your array with np.save('{path.name}', array)")
+    if path.is_dir():
+        raise DataError(f"{what} file {path} is a folder; give a .npy file (np.save) or an .npz file (np.savez)")
     try:
-        return np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as e:
-        raise DataError(f"cannot read {what} file {path} as a .npy array: {e}") from None
+        with open(path, "rb") as f:
+            head = f.read(6)
+            f.seek(0)
+            if head.startswith(b"PK"):
+                return _read_npz(f, path, what, key, kinds)
+            if key is not None:
+                raise ConfigError(f"{flag} {key}: {path} is not an .npz file but one array; drop {flag}")
+            if head != b"\x93NUMPY":
+                raise DataError(f"cannot read {what} file {path}: it is not a .npy or .npz file (it starts with "
+                                f"{head!r}); save your array with np.save('{path.name}', array)")
+            return _read_member(f, os.fstat(f.fileno()).st_size, path, what, kinds)
+    except OSError as e:
+        raise DataError(f"cannot read {what} file {path}: {e.strerror or e}") from None
+
+
+def _read_npz(f, path: Path, what: str, key: str | None, kinds: str) -> np.ndarray:
+    import zipfile
+    import zlib
+
+    flag = f"--{what}-key"
+    try:
+        with zipfile.ZipFile(f) as z:
+            names = [n[:-4] for n in z.namelist() if n.endswith(".npy")]
+            if not names:
+                raise DataError(f"{what} file {path} is a zip file that holds no arrays; save yours with "
+                                f"np.savez('{path.name}', {what}=array)")
+            if key is None and len(names) > 1:
+                raise ConfigError(f"{what} file {path} holds {len(names)} arrays ({', '.join(names[:8])}); choose one "
+                                  f"with {flag} NAME")
+            if key is not None and key not in names:
+                raise ConfigError(f"{flag} {key}: {path} has no array {key!r}; it holds {', '.join(names[:8])}")
+            info = z.getinfo(f"{key or names[0]}.npy")
+            with z.open(info) as m:
+                return _read_member(m, info.file_size, Path(f"{path}[{key or names[0]}]"), what, kinds,
+                                    real_file=False)
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, NotImplementedError) as e:
+        raise DataError(f"cannot read {what} file {path}: a damaged .npz file ({type(e).__name__}: {e}); save it "
+                        f"again with np.savez") from None
+
+
+def _read_member(f, size: int, path: Path, what: str, kinds: str, real_file: bool = True) -> np.ndarray:
+    """The array of the .npy stream `f` of `size` bytes, after its header has been checked."""
+    fmt = np.lib.format
+    try:
+        version = fmt.read_magic(f)
+        header = getattr(fmt, "_read_array_header", None)
+        shape, fortran, dtype = header(f, version) if header else (
+            fmt.read_array_header_1_0(f) if version == (1, 0) else fmt.read_array_header_2_0(f))
+    except (ValueError, OSError, EOFError) as e:
+        raise DataError(f"cannot read {what} file {path}: its .npy header is damaged ({e}); save it again with "
+                        f"np.save") from None
+    if dtype.hasobject:
+        raise DataError(f"{what} file {path} holds Python objects (a pickled array, dtype {dtype}), which are never "
+                        f"unpickled; save a numeric array, e.g. np.save(path, np.asarray(x, dtype=np.uint8))")
+    if dtype.kind not in kinds:
+        want = "integer class indices" if what == "labels" else "integers in [0, levels-1] (e.g. uint8); quantise " \
+            "floats first, e.g. np.round(x * 255).astype(np.uint8)"
+        raise DataError(f"{what} file {path} has dtype {dtype}; {what} must be {want}")
+    declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    held = size - f.tell()
+    if declared > held:
+        raise DataError(f"{what} file {path} is truncated or damaged: its header declares an array of shape "
+                        f"{tuple(shape)} ({declared} bytes), the file holds {max(held, 0)}; save it again with np.save")
+    order = "F" if fortran else "C"
+    try:
+        if real_file:
+            return np.fromfile(f, dtype=dtype, count=int(np.prod(shape, dtype=object))).reshape(shape, order=order)
+        data = f.read(declared)
+        if len(data) != declared:
+            raise DataError(f"{what} file {path} is truncated: {len(data)} of {declared} bytes")
+        return np.frombuffer(data, dtype=dtype).reshape(shape, order=order).copy()
+    except (ValueError, OSError, EOFError) as e:
+        raise DataError(f"cannot read {what} file {path} ({type(e).__name__}: {e}); save it again with np.save") \
+            from None
 
 
 def _to_nchw(images: np.ndarray, path) -> np.ndarray:

@@ -155,7 +155,10 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, *, device: str = "auto",
     dev = resolve_device(device)
     ds = load_dataset(download=cfg.download, **cfg.dataset_spec())
     if cfg.regime == "classify" and ds.num_classes < 2:
-        raise ConfigError(f"dataset {cfg.dataset!r} has {ds.num_classes} class; use --regime autoencode")
+        data = f"--images {cfg.images_path} with {'labels of' if cfg.labels_path else 'no --labels, so'} one class" \
+            if cfg.dataset == "npy" else f"dataset {cfg.dataset!r} has one class"
+        raise ConfigError(f"{data}: a classifier needs two or more; give labels of several classes, or train an "
+                          f"autoencoder with --model resnet_ae --train regime=autoencode")
     g_data = seed_everything(cfg.seed)
     model = build_model(cfg.model, in_shape=ds.image_shape, num_classes=ds.num_classes, **cfg.model_args)
     run = RunDir(out)

@@ -38,9 +38,15 @@ def _ints(text: str) -> tuple[int, ...]:
     return vals
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m decoders.tools.bench",
-                                description="Throughput and peak memory of one PixelCNN++ decoder config.")
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a refused flag said in one line (not the usage block) and exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}; see `{self.prog} --help`\n")
+
+
+def build_parser(prog: str = "python -m decoders.tools.bench") -> argparse.ArgumentParser:
+    p = _Parser(prog=prog, description="Throughput and peak memory of one PixelCNN++ decoder config.")
     p.add_argument("--image-shape", type=_ints, default=(3, 32, 32), help="C,H,W (default 3,32,32)")
     p.add_argument("--levels", type=int, default=256)
     p.add_argument("--nr-resnet", type=int, default=5)
@@ -250,13 +256,14 @@ def compare_cpu_cuda(model: torch.nn.Module, x: torch.Tensor, c: torch.Tensor | 
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns an exit code (2 and one line on stderr for a bad flag or config)."""
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "python -m decoders.tools.bench") -> int:
+    """Entry point; returns an exit code (2 and one line on stderr for a bad flag or config). `prog`: the command
+    that runs it, as its messages name it."""
+    args = build_parser(prog).parse_args(argv)
     try:
         run_bench(args)
     except ValueError as e:
-        print(f"decoders.tools.bench: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     return 0
 

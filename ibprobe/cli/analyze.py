@@ -10,7 +10,7 @@ from pathlib import Path
 from ibprobe.cli import flags
 from ibprobe.pipeline import draw_figures, run_analysis
 from ibprobe.rundir.paths import RunDir
-from ibprobe.rundir.sources import NORMALIZE_PRESETS, dataset_spec, prepare_analysis
+from ibprobe.rundir.sources import NORMALIZE_PRESETS, prepare_analysis
 from ibprobe.rundir.tables import MI
 
 EXAMPLE = """examples:
@@ -59,11 +59,10 @@ def add_parser(sub) -> None:
 
 def handler(args) -> int:
     t0, kid = time.time(), flags.kid_config(args)
-    spec = dataset_spec(args.dataset, data_root=args.data_root, images=args.images, labels=args.labels,
-                        levels=args.levels)
+    spec = flags.data_spec(args)
     prep = prepare_analysis(model=args.model, checkpoints=args.checkpoints, dataset_spec=spec,
                             cfg=flags.analysis_config(args, args.layers.split(",")),
-                            model_args=flags.parse_kv(args.model_arg, "--model-arg"), normalize=args.normalize,
+                            model_args=flags.model_args(args, args.model), normalize=args.normalize,
                             download=args.download)
     out = Path(args.out)
     if not args.quiet:

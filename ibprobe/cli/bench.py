@@ -22,6 +22,6 @@ def add_parser(sub) -> None:
 
 def handler(args) -> int:
     try:
-        return bench.main(list(args.bench_args))
+        return bench.main(list(args.bench_args), prog=f"ibprobe bench {args.target}")
     except SystemExit as e:  # --help, or a flag argparse rejected (it has printed why)
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)

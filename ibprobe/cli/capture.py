@@ -21,7 +21,7 @@ def add_parser(sub) -> None:
         "images, from one side of the network's training split, as `ibprobe run` chooses them) and stream the "
         "chosen layers to DIR/activations/epoch_XXXX/<layer>/<split>.npy, with a manifest.json per epoch. Entries "
         "already stored from the same images are kept.")
-    p.add_argument("--run", required=True, metavar="DIR", help="training run folder")
+    p.add_argument("--run", required=True, type=flags.folder, metavar="DIR", help="training run folder")
     flags.add_layers(p, required=True)
     p.add_argument("--epochs", metavar="0,3", help="checkpoint epochs (default: all)")
     p.add_argument("--splits", default="fit,test", metavar="fit,test", help="which image sets (default both)")

@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from ibprobe.backends import BACKENDS, Backend, make_backend
-from ibprobe.config import AnalysisConfig, check_int, check_seed
+from ibprobe.config import AnalysisConfig, check_int, check_seed, parse_value
 from ibprobe.data import DATASET_NAMES
 from ibprobe.errors import ConfigError
 from ibprobe.estimators.kid import WEIGHTS_FEATURES, KidConfig
 from ibprobe.lenses.run import LensTarget, target_from_run, target_from_spec
+from ibprobe.models import parse_model_args
 from ibprobe.rundir.sources import NORMALIZE_PRESETS, dataset_spec
 
 
@@ -47,6 +48,13 @@ def out_dir(text: str) -> str:
     return text
 
 
+def folder(text: str) -> str:
+    """An argparse type: a folder to read, not empty (an empty path would mean the current folder)."""
+    if not text.strip() or "\0" in text:
+        raise argparse.ArgumentTypeError("the folder must be a non-empty path, e.g. runs/mine")
+    return text
+
+
 # ------------------------------------------------------------------------------------------------ groups
 def add_device(p) -> None:
     p.add_argument("--device", default="auto", metavar="DEV", help="auto (default: cuda if present), cpu, cuda or "
@@ -64,12 +72,16 @@ def add_seed(p, what: str = "seed for the split, the networks and the decoders",
 def add_data_source(p) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--dataset", metavar="NAME", help=f"a named data set: {', '.join(DATASET_NAMES)}")
-    g.add_argument("--data-root", metavar="DIR", help="folder holding the named data set (default $IBPROBE_DATA or "
-                                                      "./data)")
+    g.add_argument("--data-root", type=folder, metavar="DIR",
+                   help="folder holding the named data set (default $IBPROBE_DATA or ./data)")
     g.add_argument("--download", action="store_true", help="let torchvision download the named data set into "
                                                            "--data-root")
-    g.add_argument("--images", metavar="X.npy", help="your images: integer array [N,C,H,W] (or [N,H,W,C], [N,H,W])")
-    g.add_argument("--labels", metavar="Y.npy", help="your labels: integer array [N]")
+    g.add_argument("--images", metavar="X.npy", help="your images: integer array [N,C,H,W] (or [N,H,W,C], [N,H,W]) in "
+                                                     "a .npy file, or in an .npz file")
+    g.add_argument("--images-key", metavar="NAME", help="with an .npz --images: the array to read (needed when it "
+                                                        "holds several)")
+    g.add_argument("--labels", metavar="Y.npy", help="your labels: integer array [N], classes 0..K-1")
+    g.add_argument("--labels-key", metavar="NAME", help="with an .npz --labels: the array to read")
     g.add_argument("--levels", type=count(2), metavar="L",
                    help="intensity levels of --images (256 for 8-bit); with --dataset, re-quantise to L levels")
 
@@ -182,7 +194,7 @@ def add_train(p) -> None:
 def add_lens_source(p, several_runs: bool = False) -> None:
     """What a checkpoint lens (hessian, complexity) looks at: a training run, or a model spec with checkpoints."""
     g = p.add_argument_group("checkpoints: --run DIR, or --model SPEC --checkpoints GLOB with --dataset/--images")
-    g.add_argument("--run", nargs="+" if several_runs else None, metavar="DIR",
+    g.add_argument("--run", nargs="+" if several_runs else None, type=folder, metavar="DIR",
                    help="training run folder(s) written by `ibprobe train`/`ibprobe run`: their checkpoints and the "
                    "images they trained on; outputs go into the run folder")
     g.add_argument("--checkpoints", nargs="+", metavar="GLOB", help="with --model: checkpoint files or quoted globs")
@@ -194,9 +206,10 @@ def add_lens_source(p, several_runs: bool = False) -> None:
     add_data_source(p)
 
 
-def lens_targets(args) -> list[tuple[LensTarget, str]]:
+def lens_targets(args, other: str = "") -> list[tuple[LensTarget, str]]:
     """[(LensTarget, output folder)] of the add_lens_source flags: one per --run (its own folder, or --out for a
-    single run), or the --model spec's (into --out)."""
+    single run), or the --model spec's (into --out). `other`: what else the command can look at, for the message
+    that asks for one."""
     runs = [args.run] if isinstance(args.run, str) else list(args.run or [])
     if runs and (args.model or args.checkpoints or args.dataset or args.images or args.normalize):
         raise ConfigError("--run DIR brings its own model, checkpoints and data: drop --model, --checkpoints, "
@@ -204,16 +217,21 @@ def lens_targets(args) -> list[tuple[LensTarget, str]]:
     if runs:
         return [(target_from_run(r), args.out if args.out and len(runs) == 1 else r) for r in runs]
     if not args.model or not args.checkpoints:
-        raise ConfigError("say which checkpoints to look at: --run DIR (one of our training runs), or --model SPEC "
+        raise ConfigError(f"say what to look at: {other}--run DIR (one of our training runs), or --model SPEC "
                           "--checkpoints GLOB with --dataset NAME or --images X.npy")
     if not args.out:
         raise ConfigError("--model needs --out DIR, the folder for analysis/ and figures/")
-    spec = dataset_spec(args.dataset, data_root=args.data_root, images=args.images, labels=args.labels,
-                        levels=args.levels)
+    spec = data_spec(args)
     target = target_from_spec(model=args.model, checkpoints=args.checkpoints, dataset_spec=spec,
-                              model_args=parse_kv(args.model_arg, "--model-arg"), normalize=args.normalize,
+                              model_args=model_args(args, args.model), normalize=args.normalize,
                               download=args.download)
     return [(target, args.out)]
+
+
+def data_spec(args) -> dict:
+    """The data spec (`load_dataset` keywords) of the add_data_source flags."""
+    return dataset_spec(args.dataset, data_root=args.data_root, images=args.images, labels=args.labels,
+                        levels=args.levels, images_key=args.images_key, labels_key=args.labels_key)
 
 
 def add_figures(p) -> None:
@@ -241,28 +259,9 @@ def backend(args) -> Backend:
                         ray=parse_kv(args.ray, "--ray"), slurm=parse_kv(args.slurm, "--slurm"), device=args.device)
 
 
-def parse_value(text: str) -> Any:
-    """Parse a CLI value: int, float, bool, None, comma list, else string."""
-    t = text.strip()
-    low = t.lower()
-    if low in ("true", "yes"):
-        return True
-    if low in ("false", "no"):
-        return False
-    if low in ("none", "null"):
-        return None
-    for cast in (int, float):
-        try:
-            return cast(t)
-        except ValueError:
-            pass
-    if "," in t:
-        return tuple(parse_value(p) for p in t.split(",") if p.strip())
-    return t
-
-
-def parse_kv(items: Iterable[str] | None, what: str = "option") -> dict[str, Any]:
-    """Parse ['a=1', 'b=x'] (each item may also hold several space-separated pairs) into a dict."""
+def parse_kv(items: Iterable[str] | None, what: str = "option", raw: bool = False) -> dict[str, Any]:
+    """Parse ['a=1', 'b=x'] (each item may also hold several space-separated pairs) into a dict; with `raw`, the
+    values stay text (for a caller that knows their types)."""
     out: dict[str, Any] = {}
     for item in items or []:
         for part in str(item).split():
@@ -272,8 +271,14 @@ def parse_kv(items: Iterable[str] | None, what: str = "option") -> dict[str, Any
             k = k.strip().replace("-", "_")
             if not k:
                 raise ConfigError(f"{what} {part!r} has an empty key")
-            out[k] = parse_value(v)
+            out[k] = v if raw else parse_value(v)
     return out
+
+
+def model_args(args, spec: str | None) -> dict[str, Any]:
+    """The --model-arg values, each parsed once as the parameter of model `spec` it goes to needs."""
+    texts = parse_kv(args.model_arg, "--model-arg", raw=True)
+    return parse_model_args(str(spec or "resnet"), texts) if texts else {}
 
 
 def parse_epochs(text: str | None) -> list[int] | None:

@@ -13,7 +13,8 @@ def add_parser(sub) -> None:
         description="For N held-out images, draw the original and K samples from q(x | h(x)) for every fitted "
         "(layer, checkpoint) decoder of DIR, plus the unconditional q(x). Writes DIR/figures/gallery.png, "
         ".pdf and gallery.npz (the drawn pixels).")
-    p.add_argument("dir", metavar="DIR", help="run folder written by `ibprobe run` or `ibprobe analyze`")
+    p.add_argument("dir", type=flags.folder, metavar="DIR",
+                   help="run folder written by `ibprobe run` or `ibprobe analyze`")
     p.add_argument("--n-images", type=flags.count(1), default=4, metavar="N",
                    help="held-out images, chosen by --seed (default 4)")
     p.add_argument("--samples", type=flags.count(1), default=4, metavar="K",

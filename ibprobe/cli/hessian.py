@@ -65,7 +65,7 @@ def handler(args) -> int:
         print(linear_table_text(rows))
     else:
         written = []
-        for target, out in flags.lens_targets(args):
+        for target, out in flags.lens_targets(args, other="--linear (Li et al.'s deep linear networks), "):
             rows, files = hessian_lens(target, out, k=args.k, n=args.batch, method=args.method, seed=args.seed,
                                        epochs=flags.parse_epochs(args.epochs), device=args.device,
                                        progress=not args.quiet)

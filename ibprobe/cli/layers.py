@@ -17,7 +17,7 @@ def add_parser(sub) -> None:
         "layers", help="list the tappable layers (module paths) of a model",
         description="Print one module path per line: the names --layers accepts in capture, run and analyze.")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--run", metavar="DIR", help="a training run folder (reads DIR/config.json)")
+    src.add_argument("--run", type=flags.folder, metavar="DIR", help="a training run folder (reads DIR/config.json)")
     src.add_argument("--model", metavar="SPEC", help="resnet, resnet_ae, rir, torchvision:NAME or pkg.module:callable")
     p.add_argument("--model-arg", action="extend", nargs="+", metavar="K=V", help="model option (repeatable)")
     p.add_argument("--dataset", default="digits", help="gives the input shape and classes (default digits)")
@@ -44,7 +44,7 @@ def handler(args) -> int:
         if args.num_classes is not None:
             num_classes = args.num_classes
         model = build_model(args.model, in_shape=in_shape, num_classes=num_classes,
-                            **flags.parse_kv(args.model_arg, "--model-arg"))
+                            **flags.model_args(args, args.model))
     try:
         print("\n".join(list_layers(model, every=args.all)), flush=True)
     except BrokenPipeError:  # e.g. `ibprobe layers ... | head`

@@ -22,7 +22,8 @@ def add_parser(sub) -> None:
         "the wall time, worker-hours and cost on 1..K workers. Fits nothing.")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--preset", choices=sorted(PRESETS), help="the jobs `ibprobe run --preset NAME` would fit")
-    what.add_argument("--run", metavar="DIR", help="the jobs of an analysed folder (with their state)")
+    what.add_argument("--run", type=flags.folder, metavar="DIR",
+                      help="the jobs of an analysed folder (with their state)")
     p.add_argument("--workers", type=flags.count(1), default=1, metavar="K",
                    help="workers (processes, tasks at once; default 1)")
     p.add_argument("--jobs-per-task", type=flags.count(1), default=1, metavar="K", help="jobs per task (default 1)")
@@ -32,7 +33,8 @@ def add_parser(sub) -> None:
     bench = p.add_mutually_exclusive_group()
     bench.add_argument("--bench", metavar="FILE", help="read the speeds from this bench file instead of measuring")
     bench.add_argument("--write-bench", metavar="FILE", help="also write the speeds measured here to FILE")
-    p.add_argument("--data-root", metavar="DIR", help="folder holding the preset's data set (else known sizes)")
+    p.add_argument("--data-root", type=flags.folder, metavar="DIR",
+                   help="folder holding the preset's data set (else known sizes)")
     flags.add_layers(p)
     flags.add_device(p)
     flags.add_quiet(p)

@@ -15,7 +15,8 @@ def add_parser(sub) -> None:
         description="Draw DIR/figures/{info_plane,mi_vs_epoch,training_curves}.{png,pdf} from DIR/analysis/mi.csv "
         "and DIR/metrics.jsonl, and estimators, binning_sensitivity and kid from DIR/analysis/{baselines,"
         "binning_sensitivity,kid}.csv, each beside the CSV it was drawn from.")
-    p.add_argument("dir", metavar="DIR", help="run folder written by `ibprobe run` or `ibprobe analyze`")
+    p.add_argument("dir", type=flags.folder, metavar="DIR",
+                   help="run folder written by `ibprobe run` or `ibprobe analyze`")
     p.add_argument("--estimators", metavar="A,B", help=f"estimators to draw on the planes of figures/estimators: "
                    f"{', '.join(ESTIMATORS)} (default: every one the folder has)")
     p.add_argument("--layout", default="panels", choices=LAYOUTS,

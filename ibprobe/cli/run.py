@@ -27,7 +27,8 @@ def add_parser(sub) -> None:
     p.add_argument("--out", default=None, type=flags.out_dir, metavar="DIR", help="run folder (default runs/<preset>)")
     p.add_argument("--regime", action="append", choices=["classify", "autoencode"],
                    help="only this regime of a two-regime preset (repeatable)")
-    p.add_argument("--data-root", default=None, metavar="DIR", help="folder holding the preset's data set")
+    p.add_argument("--data-root", default=None, type=flags.folder, metavar="DIR",
+                   help="folder holding the preset's data set")
     p.add_argument("--download", action="store_true", help="let torchvision download the data set into --data-root")
     flags.add_layers(p)
     flags.add_train(p)

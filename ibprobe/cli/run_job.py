@@ -19,7 +19,8 @@ def add_parser(sub) -> None:
         "runs the I-th chunk of --jobs-per-task of those others (for `sbatch --array`). "
         "Then rerun `ibprobe run` or `ibprobe analyze` to measure and draw. A finished job is skipped, a killed one "
         "resumes, one that another process holds is waited for. Exit 0: all done; 1: a job failed.")
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a folder prepared by `ibprobe run` or `ibprobe analyze`")
+    p.add_argument("run_dir", type=flags.folder, metavar="RUN_DIR",
+                   help="a folder prepared by `ibprobe run` or `ibprobe analyze`")
     p.add_argument("job_ids", nargs="*", metavar="JOB_ID",
                    help="e.g. _unconditional or layer2@10 (see RUN_DIR/decoders/jobs.json)")
     p.add_argument("--task", type=flags.count(0), metavar="I", help="instead of ids: the I-th (0-based) task of the "

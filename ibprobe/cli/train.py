@@ -15,8 +15,7 @@ from ibprobe.config import TrainConfig
 from ibprobe.errors import ConfigError
 from ibprobe.rundir.checkpoints import list_checkpoints
 from ibprobe.rundir.paths import RunDir
-from ibprobe.rundir.sources import dataset_spec
-from ibprobe.train import train, train_config
+from ibprobe.train import stored_config, train, train_config
 
 
 def add_parser(sub) -> None:
@@ -36,17 +35,19 @@ def add_parser(sub) -> None:
 
 
 def handler(args) -> int:
-    if args.dataset or args.images or args.labels:  # the data flags must agree; the paths stay as given
-        dataset_spec(args.dataset, images=args.images, labels=args.labels, levels=args.levels)
+    if args.dataset or args.images or args.labels or args.images_key or args.labels_key:  # the data flags must
+        flags.data_spec(args)  # agree; the paths stay as given
     given = flags.parse_kv(args.train, "--train")
     named = {"dataset": args.dataset, "data_root": args.data_root, "images_path": args.images,
-             "labels_path": args.labels, "levels": args.levels, "model": args.model, "seed": args.seed}
+             "labels_path": args.labels, "levels": args.levels, "model": args.model, "seed": args.seed,
+             "images_key": args.images_key, "labels_key": args.labels_key}
     both = sorted(k for k, v in named.items() if v is not None and k in given)
     if both:
         raise ConfigError(f"{', '.join(both)} given twice (as a flag and in --train); give each once")
     given.update({k: v for k, v in named.items() if v is not None})
-    if args.model_arg:
-        given["model_args"] = flags.parse_kv(args.model_arg, "--model-arg")
+    if args.model_arg:  # typed for the model they go to: the one asked for, else the run's, else the default
+        spec = given.get("model") or (stored_config(args.out) or {}).get("model") or TrainConfig.model
+        given["model_args"] = flags.model_args(args, spec)
     if args.download:
         given["download"] = True
     if args.images:

@@ -479,7 +479,7 @@ def load_feature_model(spec: str, weights: str | None, *, model_args: Mapping[st
     if not weights:
         raise ConfigError(f"KID features {spec!r} need a local weights file (--kid-weights PATH); "
                           "nothing is downloaded")
-    sd, _ = extract_state_dict(load_checkpoint_file(weights))
+    sd, _ = extract_state_dict(load_checkpoint_file(weights), f"--kid-weights {weights}")
     convs = [v for v in sd.values() if v.ndim == 4]
     mats = [v for k, v in sd.items() if v.ndim == 2 and k.endswith("weight")]
     in_channels = int(convs[0].shape[1]) if convs else 3

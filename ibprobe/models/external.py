@@ -18,11 +18,13 @@ import importlib.util
 import inspect
 import os
 import sys
+import typing
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
+from ibprobe.config import annotation_text
 from ibprobe.errors import ConfigError
 
 TORCHVISION = "torchvision"
@@ -126,14 +128,8 @@ def _import_module(module: str) -> Any:
     return importlib.import_module(module)
 
 
-def build_user_model(
-    module: str, attr: str, *, in_shape: tuple[int, int, int], num_classes: int, **model_args: Any
-) -> nn.Module:
-    """Import `module` (current folder on sys.path) and call `attr(**model_args)`.
-
-    Only `model_args` are passed, plus `num_classes`, `in_channels` and `in_shape` when the callable declares a
-    parameter of exactly that name and `model_args` does not already set it.
-    """
+def resolve_user_callable(module: str, attr: str) -> Any:
+    """The callable `attr` of the user's `module` (imported from the current folder, or a file.py)."""
     spec = f"{module}:{attr}"
     try:
         mod = _import_module(module)
@@ -153,6 +149,64 @@ def build_user_model(
         obj = getattr(obj, part)
     if not callable(obj):
         raise ConfigError(f"{spec} is not callable")
+    return obj
+
+
+def external_arg_types(spec: str) -> tuple[dict[str, str], bool]:
+    """({parameter: annotation text (see ibprobe.config.typed)}, whether it takes other keywords too) of an
+    external spec's callable: a user callable's signature, its annotations or else its defaults' types. A
+    torchvision builder passes its keywords on unread, so nothing is known of it: ({}, True)."""
+    prefix, sep, name = str(spec).partition(":")
+    if not sep or not prefix or not name:
+        raise ConfigError(f"model spec {spec!r} must be 'torchvision:NAME' or 'package.module:callable'")
+    if prefix == TORCHVISION:
+        return {}, True
+    return callable_arg_types(resolve_user_callable(prefix, name))
+
+
+def callable_arg_types(obj: Any) -> tuple[dict[str, str], bool]:
+    """({keyword parameter: annotation text}, takes **kwargs) of a callable; see external_arg_types."""
+    try:
+        params = inspect.signature(obj).parameters
+    except (TypeError, ValueError):
+        return {}, True
+    try:
+        hints = typing.get_type_hints(obj.__init__ if inspect.isclass(obj) else obj)
+    except Exception:  # noqa: BLE001 - annotations that do not resolve: read them as written
+        hints = {}
+    types, open_ = {}, False
+    for p in params.values():
+        if p.kind is p.VAR_KEYWORD:
+            open_ = True
+        elif p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+            ann = hints.get(p.name, p.annotation)
+            if ann is inspect.Parameter.empty:
+                ann = _default_type(p.default)
+            types[p.name] = annotation_text(ann)
+    return types, open_
+
+
+def _default_type(default: Any) -> str:
+    """The type a parameter's default suggests: 'int' for 4, 'tuple[int,...]' for (16, 32); 'Any' for None."""
+    if isinstance(default, (bool, int, float, str)):
+        return type(default).__name__
+    if isinstance(default, (tuple, list)) and default and len({type(v) for v in default}) == 1 and \
+            isinstance(default[0], (bool, int, float, str)):
+        return f"tuple[{type(default[0]).__name__},...]"
+    return "Any"
+
+
+def build_user_model(
+    module: str, attr: str, *, in_shape: tuple[int, int, int], num_classes: int, **model_args: Any
+) -> nn.Module:
+    """Import `module` (current folder on sys.path) and call `attr(**model_args)`.
+
+    Only `model_args` are passed, plus `num_classes`, `in_channels` and `in_shape` when the callable declares a
+    parameter of exactly that name and `model_args` does not already set it. A constructor that fails is the
+    user's arguments' (or code's) fault: one ConfigError that names them.
+    """
+    spec = f"{module}:{attr}"
+    obj = resolve_user_callable(module, attr)
     kwargs = dict(model_args)
     try:
         params = inspect.signature(obj).parameters
@@ -163,8 +217,10 @@ def build_user_model(
             kwargs[key] = value
     try:
         model = obj(**kwargs)
-    except TypeError as e:
-        raise ConfigError(f"{spec} could not be called with {kwargs}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - the user's constructor refused these arguments
+        msg = (str(e).strip().splitlines() or [""])[0][:300]
+        raise ConfigError(f"{spec} could not be called with {kwargs}: {type(e).__name__}: {msg}; check --model-arg") \
+            from None
     if not isinstance(model, nn.Module):
         raise ConfigError(f"{spec} returned a {type(model).__name__}, not a torch.nn.Module")
     return model

@@ -12,9 +12,10 @@ from typing import Any, Callable
 
 import torch.nn as nn
 
+from ibprobe.config import check_int, from_text, parse_value
 from ibprobe.errors import ConfigError
 from ibprobe.models.autoencoder import ResNetAEConfig, ResNetAutoencoder
-from ibprobe.models.external import build_external
+from ibprobe.models.external import build_external, external_arg_types
 from ibprobe.models.resnet import ResNet, ResNetConfig
 from ibprobe.models.rir import RiR, RiRConfig
 from ibprobe.rundir.files import jsonable
@@ -48,6 +49,35 @@ def model_arg_names(name: str) -> list[str]:
                           f"(or an external spec such as torchvision:resnet18 or pkg.module:callable)")
     _, cfg_cls, implied = _REGISTRY[name]
     return [f.name for f in dataclasses.fields(cfg_cls) if f.name not in implied]
+
+
+def model_arg_types(name: str) -> tuple[dict[str, str], bool]:
+    """({model arg: annotation text}, whether other keywords are passed on unread) of a model spec: our config
+    dataclass's fields, a user callable's signature, nothing known of a torchvision builder."""
+    if ":" in str(name):
+        return external_arg_types(name)
+    model_arg_names(name)  # an unknown name is a ConfigError
+    _, cfg_cls, implied = _REGISTRY[name]
+    return {f.name: str(f.type) for f in dataclasses.fields(cfg_cls) if f.name not in implied}, False
+
+
+def parse_model_args(name: str, texts: dict[str, str], what: str = "--model-arg") -> dict[str, Any]:
+    """`--model-arg K=V` texts parsed once, each as the parameter it goes to needs (ibprobe.config.from_text):
+    a value that cannot be what its parameter takes, or a parameter the model does not have, is a ConfigError
+    naming it. `num_classes` (which ibprobe also reads) is an integer >= 1 for every model."""
+    types, open_ = model_arg_types(name)
+    out: dict[str, Any] = {}
+    for key, text in texts.items():
+        if key == "num_classes":
+            out[key] = check_int(f"{what} num_classes", parse_value(str(text)), 1)
+        elif key in types:
+            out[key] = from_text(f"{what} {key}", types[key], text)
+        elif open_:
+            out[key] = parse_value(str(text))
+        else:
+            raise ConfigError(f"{what} {key}: model {name} has no parameter {key!r}; it takes "
+                              f"{', '.join(types) or 'none'}")
+    return out
 
 
 def build_model(name: str, *, in_shape: tuple[int, int, int] = (3, 32, 32), num_classes: int = 10,

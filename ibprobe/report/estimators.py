@@ -234,6 +234,8 @@ def check_estimators(estimators: Sequence[str] | None, layout: str = "panels") -
     """`estimators` (None: all) if every one is decoder, binning or kde and `layout` is known; else ConfigError."""
     if layout not in LAYOUTS:
         raise ConfigError(f"--layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    if estimators is not None and not list(estimators):
+        raise ConfigError(f"--estimators is empty; name one or more of {', '.join(ESTIMATORS)}")
     unknown = sorted(set(estimators or ()) - set(ESTIMATORS))
     if unknown:
         raise ConfigError(f"unknown estimator(s) {', '.join(unknown)}; choose among {', '.join(ESTIMATORS)}")
@@ -252,8 +254,9 @@ def plot_estimators(run_dir: str | os.PathLike, mi_rows: list[dict], *, estimato
     check_estimators(estimators, layout)
     run = RunDir(run_dir)
     figdir = run.figures
+    tables = read_estimator_tables(run_dir)
     base_path = run.table(BASELINES.name)
-    baselines = read_table(base_path, BASELINES) if base_path.is_file() else []
+    baselines = tables[BASELINES.name]
     if estimators and not baselines and set(estimators) - {"decoder"}:
         raise UserError(f"{base_path} not found: rerun `ibprobe run` or `ibprobe analyze` on this folder to "
                         f"compute the binning and KDE baselines")
@@ -265,14 +268,20 @@ def plot_estimators(run_dir: str | os.PathLike, mi_rows: list[dict], *, estimato
         if drawn:
             fig = estimator_planes(drawn, estimators=estimators, layout=layout, title=title)
             written += save_figure(fig, figdir / "estimators", drawn)
-    schema: Schema
     for schema, draw in ((SENSITIVITY, binning_sensitivity_plot), (KID, kid_vs_epoch)):
-        table = run.table(schema.name)
-        rows = read_table(table, schema) if table.is_file() else []
+        rows = tables[schema.name]
         if ok_rows(rows, "layer", "epoch"):
-            written += save_figure(draw(rows), figdir / schema.name, table)
+            written += save_figure(draw(rows), figdir / schema.name, run.table(schema.name))
     return written
 
 
-__all__ = ["ESTIMATORS", "LAYOUTS", "check_estimators", "kid_vs_epoch", "estimator_label", "estimator_planes", "binning_sensitivity_plot",
-           "plot_estimators"]
+def read_estimator_tables(run_dir: str | os.PathLike) -> dict[str, list[dict]]:
+    """{table name: rows} of the tables plot_estimators draws from (baselines, binning_sensitivity, kid; [] where
+    missing): a damaged one is a UserError here, before anything is drawn."""
+    run = RunDir(run_dir)
+    schemas: tuple[Schema, ...] = (BASELINES, SENSITIVITY, KID)
+    return {s.name: read_table(run.table(s.name), s) if run.table(s.name).is_file() else [] for s in schemas}
+
+
+__all__ = ["ESTIMATORS", "LAYOUTS", "check_estimators", "read_estimator_tables", "kid_vs_epoch", "estimator_label",
+           "estimator_planes", "binning_sensitivity_plot", "plot_estimators"]

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ibprobe.errors import DataError, UserError
-from ibprobe.report.estimators import plot_estimators
+from ibprobe.report.estimators import plot_estimators, read_estimator_tables
 from ibprobe.report.figure import (MARKERS, asym_err, by_layer, epoch_norm, epoch_ticks, finite, flag_handles, flagged,
                                    layer_colours, new_figure, note_failed, ok_rows, save_figure, symlog_epochs)
 from ibprobe.rundir.files import read_json
@@ -224,8 +224,11 @@ def plot_run(run_dir: str | os.PathLike, *, estimators: list[str] | None = None,
         return [path for sub in subruns for path in plot_run(sub, estimators=estimators, layout=layout)]
     if not mi_path.is_file():
         raise UserError(f"{mi_path} not found; run `ibprobe run --out {run_dir}` or `ibprobe analyze` first")
-    rows = read_table(mi_path, MI)
+    rows = read_table(mi_path, MI)  # every table first: a damaged one stops the plot before any figure is written
     metrics = read_metrics(run.metrics) if run.metrics.is_file() else None
+    changes_path = run.table(CHANGES.name)
+    changes = read_table(changes_path, CHANGES) if changes_path.is_file() else None
+    read_estimator_tables(run_dir)
     title = _run_title(cfg := _run_config(run_dir))
     figdir = run.figures
     written: list[Path] = []
@@ -233,8 +236,6 @@ def plot_run(run_dir: str | os.PathLike, *, estimators: list[str] | None = None,
     if plane_rows:
         written += save_figure(info_plane(rows, title=title), figdir / "info_plane", plane_rows)
     epoch_rows = ok_rows(rows, "i_xh_bits", "epoch")
-    changes_path = run.table(CHANGES.name)
-    changes = read_table(changes_path, CHANGES) if changes_path.is_file() else None
     if epoch_rows:
         written += save_figure(mi_vs_epoch(rows, changes=changes, title=title), figdir / "mi_vs_epoch", epoch_rows)
     try:

@@ -104,8 +104,8 @@ def _is_state_dict(obj: Any) -> bool:
     )
 
 
-def extract_state_dict(obj: Any) -> tuple[dict[str, torch.Tensor], dict]:
-    """Find the model weights in a loaded checkpoint.
+def extract_state_dict(obj: Any, source: str = "the checkpoint") -> tuple[dict[str, torch.Tensor], dict]:
+    """Find the model weights in a loaded checkpoint (`source` names it in an error).
 
     Returns:
         (state_dict, meta): meta has "format" (what was recognised), "epoch" if the file has an integer
@@ -140,7 +140,7 @@ def extract_state_dict(obj: Any) -> tuple[dict[str, torch.Tensor], dict]:
         keys = list(obj.keys())[:8] if isinstance(obj, Mapping) else []
         shown = f"; its top-level keys are {keys}" if keys else f"; it holds a {type(obj).__name__}"
         raise CheckpointError(
-            "found no model weights in the checkpoint (expected a state_dict, or a dict with one of "
+            f"found no model weights in {source} (expected a state_dict, or a dict with one of "
             f"{', '.join(repr(k) for k in WRAPPER_KEYS)}){shown}"
         )
     sd, prefix = _strip_common_prefixes(dict(sd))
@@ -186,6 +186,12 @@ def apply_state_dict(model: nn.Module, sd: Mapping[str, torch.Tensor], *, source
         for k in want
         if k in sd and tuple(sd[k].shape) != tuple(want[k].shape)
     ]
+    params = dict(model.named_parameters())
+    bad = [k for k in want if k in sd and isinstance(sd[k], torch.Tensor) and sd[k].is_floating_point()
+           and (torch.isnan(sd[k]).any() or (k in params and torch.isinf(sd[k]).any()))]
+    if bad:  # NaN weights (or infinite parameters) never come from a run that went well
+        raise CheckpointError(f"{source} holds NaN or infinite weights ({_few(bad)}): the training run it comes "
+                              f"from diverged; leave this checkpoint out")
     if missing or unexpected or shapes:
         parts = []
         if missing:
@@ -211,7 +217,7 @@ def _few(names: list[str], n: int = 3) -> str:
 
 def load_weights(model: nn.Module, path: str | os.PathLike) -> dict:
     """Load the checkpoint at `path` into `model` (safely, strictly); return the checkpoint's meta."""
-    sd, meta = extract_state_dict(load_checkpoint_file(path))
+    sd, meta = extract_state_dict(load_checkpoint_file(path), f"checkpoint {path}")
     want = set(model.state_dict())
     prefix = meta["stripped_prefix"]
     if prefix and set(sd) != want:  # the model itself may have a top module called "model"/"module"
@@ -262,7 +268,7 @@ def resolve_checkpoints(globs: str | os.PathLike | list) -> list[tuple[int, Path
 
     found: list[tuple[Path, int | None, str]] = []
     for p in paths:
-        _, meta = extract_state_dict(load_checkpoint_file(p))
+        _, meta = extract_state_dict(load_checkpoint_file(p), f"checkpoint {p}")
         if "epoch" in meta:
             found.append((p, meta["epoch"], "its 'epoch' key"))
         else:

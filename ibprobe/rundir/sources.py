@@ -18,9 +18,9 @@ import numpy as np
 
 from decoders import DecoderError, check_images
 from ibprobe.capture import capture, check_layers
-from ibprobe.config import AnalysisConfig, Settings
+from ibprobe.config import AnalysisConfig, Settings, check_int
 from ibprobe.data import Dataset, describe_sizes, load_dataset, stratified_split
-from ibprobe.errors import ConfigError, DataError, UserError
+from ibprobe.errors import ConfigError, DataError, LayerError, UserError
 from ibprobe.models import build_model
 from ibprobe.rundir.checkpoints import (build_run_model, list_checkpoints, load_run_checkpoint, load_run_config,
                                         load_run_model, load_weights, resolve_checkpoints)
@@ -159,16 +159,21 @@ def open_source(run_dir: str | os.PathLike, spec: dict | None = None) -> tuple[M
 
 
 def dataset_spec(name: str | None = None, *, data_root=None, images=None, labels=None,
-                 levels: int | None = None) -> dict:
+                 levels: int | None = None, images_key: str | None = None, labels_key: str | None = None) -> dict:
     """The `load_dataset(**spec)` keywords for a named data set or user arrays (absolute paths)."""
     if name and images:
         raise ConfigError("give either --dataset NAME or --images X.npy, not both")
+    if images_key is not None and not images:
+        raise ConfigError("--images-key goes with --images X.npz")
+    if labels_key is not None and not labels:
+        raise ConfigError("--labels-key goes with --labels Y.npz")
     if images:
         if levels is None:
             raise ConfigError("--images needs --levels L, the number of intensity levels (256 for 8-bit images)")
         spec = {"name": "npy", "images_path": str(Path(images).expanduser().resolve()), "levels": int(levels)}
         if labels:
             spec["labels_path"] = str(Path(labels).expanduser().resolve())
+        spec.update({k: v for k, v in (("images_key", images_key), ("labels_key", labels_key)) if v is not None})
         return spec
     if labels:
         raise ConfigError("--labels goes with --images; a named --dataset brings its own labels")
@@ -311,7 +316,8 @@ def prepare_analysis(*, model: str, checkpoints, dataset_spec: dict, cfg: Analys
     settings = cfg.settings(ds.image_shape, ds.levels, resolve_side(ds, cfg.decoder_data))
     decoder_split(ds, settings.decoder_data, settings.seed)  # enough images on that side?
     source, net = spec_source(model, checkpoints, ds, model_args=model_args, normalize=norm)
-    code_shapes = probe_layers(net.eval(), ds, cfg.layers, norm, spec=str(model))
+    code_shapes = probe_layers(net.eval(), ds, cfg.layers, norm, spec=str(model),
+                               weights=f"checkpoint {source.checkpoints[-1][1]}")
     if cfg.progress:
         print(f"{describe_sizes(ds)}; {model} with {len(source.checkpoints)} checkpoint(s) (epochs "
               f"{', '.join(str(e) for e, _ in source.checkpoints)}); layers "
@@ -333,7 +339,7 @@ def spec_source(model: str, checkpoints, ds: Dataset, *, model_args: dict | None
     """(ModelSource of a model spec and its checkpoints, the model with every checkpoint loaded into it in turn,
     safely and strictly: the last one's weights); num_classes defaults to the data set's."""
     margs = dict(model_args or {})
-    num_classes = int(margs.pop("num_classes", ds.num_classes))
+    num_classes = check_int("--model-arg num_classes", margs.pop("num_classes", ds.num_classes), 1)
     net = build_model(model, in_shape=ds.image_shape, num_classes=num_classes, **margs)
     ckpts = resolve_checkpoints(checkpoints)
     for _, path in ckpts:
@@ -350,12 +356,15 @@ def model_failed(e: Exception, shape: tuple, detail: str = "") -> ConfigError:
     return ConfigError(f"the model failed on images of shape {tuple(shape)}{detail}: {type(e).__name__}: {msg}")
 
 
-def probe_layers(net, ds: Dataset, layers, normalize, spec: str = "") -> dict:
-    """{layer: activation shape per image} from two test images; every layer must exist and fire exactly once."""
+def probe_layers(net, ds: Dataset, layers, normalize, spec: str = "", weights: str = "") -> dict:
+    """{layer: activation shape per image} from two test images; every layer must exist and fire exactly once.
+    `weights`: the checkpoint `net` holds, named when its activations are not finite."""
     check_layers(net, layers, spec=spec)
     x = ds.images[ds.test_idx[:2]]
     try:
         acts = capture(net, x, list(layers), levels=ds.levels, normalize=normalize, batch_size=2, device="cpu")
+    except LayerError as e:
+        raise LayerError(f"{e} (with the weights of {weights})" if weights else str(e)) from None
     except UserError:
         raise
     except Exception as e:  # noqa: BLE001 - the user's model cannot take these images: say so in one line

@@ -122,7 +122,7 @@ def jobs_of_run(run_dir: str | Path) -> list[PlannedJob]:
     run = RunDir(run_dir)
     store = ActivationStore(run.activations)
     config = run.config  # a trained run says its regime; an analysed folder of your own has none
-    regime = (read_json(config).get("regime") if config.is_file() else None) or "-"
+    regime = (_read_or_none(config) or {}).get("regime") or "-"
     out = []
     for s in read_job_index(run_dir):
         shape = ds.num_classes if s.role is Role.LABELS else None if s.layer is None else \
@@ -130,9 +130,21 @@ def jobs_of_run(run_dir: str | Path) -> list[PlannedJob]:
         job = _planned(s, regime, settings, len(fit_idx), len(test_idx), shape)
         state = job_state(s.job_dir(run_dir))
         log = s.job_dir(run_dir) / FIT_LOG
-        took = sum(r["seconds"] for r in read_json(log)["curve"]) if state == "done" and log.exists() else None
+        try:  # what the fit took, as its log says: a damaged log says nothing
+            took = float(sum(r["seconds"] for r in read_json(log)["curve"])) if state == "done" else None
+        except (OSError, ValueError, KeyError, TypeError):
+            took = None
         out.append(replace(job, state=state, measured_s=took))
     return out
+
+
+def _read_or_none(path: Path) -> dict | None:
+    """A JSON object file, or None where it is missing or damaged."""
+    try:
+        d = read_json(path)
+    except (OSError, ValueError):
+        return None
+    return d if isinstance(d, dict) else None
 
 
 def _planned(s: JobSpec, regime: str, settings: Settings, n_images: int, n_test: int, code_shape) -> PlannedJob:
@@ -326,7 +338,7 @@ def format_plan(plan: Plan, workers: int, *, price_per_hour: float | None = None
               "est. s: a job's whole budget (early stopping shortens it); fit s: what a finished fit took",
               "", f"{'workers':>7} {'wall':>10}" + (f" {'wall, left':>10}" if left else "")
               + f" {'worker-h':>9}" + (f" {'cost':>10}" if price_per_hour is not None else "")]
-    for k in sorted({1, 2, 4, 8, 16, 32, 64} & set(range(1, int(workers) + 1)) | {int(workers)}):
+    for k in sorted({k for k in (1, 2, 4, 8, 16, 32, 64) if k <= int(workers)} | {int(workers)}):
         wall = plan.wall(k, jobs_per_task=jobs_per_task, backend=backend)
         row = f"{k:>7} {_hms(wall):>10}"
         if left:

@@ -227,3 +227,88 @@ def test_max_train_keeps_a_seeded_subset_as_the_training_split():
     keep = np.sort(np.random.default_rng(0).permutation(len(full.train_idx))[:100])
     assert np.array_equal(sub.train_idx, full.train_idx[keep])
     assert np.array_equal(load_dataset(**sub.spec).train_idx, sub.train_idx)
+
+
+# ------------------------------------------------------------------------------------------------ user arrays, read safely
+def _npy(tmp_path, name, a, **kw):
+    np.save(tmp_path / name, a, **kw)
+    return tmp_path / name
+
+
+def test_an_npz_gives_its_one_array_or_the_one_named(tmp_path):
+    from ibprobe.data import read_array
+
+    x = np.arange(24, dtype=np.uint8).reshape(2, 1, 3, 4)
+    np.savez(tmp_path / "one.npz", x)
+    np.savez(tmp_path / "two.npz", x=x, y=np.arange(2))
+    assert np.array_equal(read_array(tmp_path / "one.npz", "images"), x)
+    assert np.array_equal(read_array(tmp_path / "two.npz", "images", key="x"), x)
+    with pytest.raises(ConfigError, match=r"holds 2 arrays \(x, y\); choose one with --images-key NAME"):
+        read_array(tmp_path / "two.npz", "images")
+    with pytest.raises(ConfigError, match="--labels-key z: .* has no array 'z'; it holds x, y"):
+        read_array(tmp_path / "two.npz", "labels", key="z")
+    np.savez(tmp_path / "none.npz")
+    with pytest.raises(DataError, match="holds no arrays"):
+        read_array(tmp_path / "none.npz", "images")
+    f = np.asfortranarray(x[0, 0])
+    assert np.array_equal(read_array(_npy(tmp_path, "f.npy", f), "images"), f)
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda p: np.save(p, np.array([1, None], dtype=object), allow_pickle=True), "holds Python objects"),
+    (lambda p: np.save(p, np.zeros(3, np.float32)), "has dtype float32"),
+    (lambda p: np.save(p, np.zeros(3, "m8[s]")), "has dtype timedelta64"),  # numpy calls it an integer
+    (lambda p: p.write_bytes(np.zeros(100, np.uint8).tobytes()), "it is not a .npy or .npz file"),  # a memmap's bytes
+    (lambda p: p.write_bytes(b"PK\x03\x04 no zip"), "a damaged .npz"),
+    (lambda p: p.write_bytes(b"\x93NUMPY\x01\x00garbage"), ".npy header is damaged"),
+    (lambda p: p.mkdir(), "is a folder"),
+], ids=["pickle", "float", "timedelta", "raw-bytes", "broken-zip", "broken-header", "folder"])
+def test_an_array_file_that_is_not_integers_is_refused_naming_it(tmp_path, make, match):
+    from ibprobe.data import read_array
+
+    make(tmp_path / "x.npy")
+    with pytest.raises(DataError, match=match) as e:
+        read_array(tmp_path / "x.npy", "images")
+    assert "x.npy" in str(e.value)
+
+
+def test_a_size_in_a_header_sizes_nothing_before_the_data_is_there(tmp_path):
+    """A header that declares 10^10 images over a file of 64 bytes, or a truncated file, is refused before any
+    array of the declared size is made (peak traced memory stays under 1 MB)."""
+    import io
+    import tracemalloc
+    import zipfile
+
+    from ibprobe.data import read_array
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "|u1", "fortran_order": False, "shape": (10**10, 1, 8, 8)})
+    (tmp_path / "lies.npy").write_bytes(buf.getvalue() + bytes(64))
+    with zipfile.ZipFile(tmp_path / "lies.npz", "w") as z:  # an .npz member too, which is read the other way
+        z.writestr("x.npy", buf.getvalue() + bytes(64))
+    tracemalloc.start()
+    for name in ("lies.npy", "lies.npz"):
+        with pytest.raises(DataError, match=f"{name}.*(truncated|damaged)"):
+            read_array(tmp_path / name, "images")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 2**20, peak
+
+
+@pytest.mark.parametrize("labels,ok", [
+    (np.array([0, 1, 2, 1]), True),
+    (np.array([0, 1, 999, 1]), True),  # up to 1000 classes even with few images
+    (np.array([0, 1, 10**9, 1]), False),
+    (np.array([0, 1, 2**63, 1], dtype=np.uint64), False),
+    (np.array([0, -1, 2, 1]), False),
+    (np.array([0, 1, 2, 1], dtype=np.uint8), True),
+], ids=["small", "below-the-limit", "a-billion", "2**63", "negative", "uint8"])
+def test_labels_are_class_indices_checked_before_they_size_anything(tmp_path, labels, ok):
+    x = _npy(tmp_path, "x.npy", np.zeros((4, 1, 2, 2), np.uint8))
+    y = _npy(tmp_path, "y.npy", labels)
+    if ok:
+        ds = load_dataset("npy", images_path=x, labels_path=y, levels=2)
+        assert ds.num_classes == int(labels.max()) + 1 and ds.labels.dtype == np.int64
+    else:
+        with pytest.raises(DataError, match=r"y.npy has labels in .*class indices 0..K-1 with K at most"):
+            load_dataset("npy", images_path=x, labels_path=y, levels=2)

@@ -74,3 +74,14 @@ def test_ibprobe_bench_decoder_delegates(capsys):
     assert re.search(r"^train_images_per_s: [0-9.]+", out, re.M)
     assert "samples_per_s" not in out
     assert cli_main(["bench", "decoder", "--help"]) == 0
+
+
+@pytest.mark.parametrize("argv,needle", [(["--x"], "unrecognized arguments: --x"),
+                                          (["--levels", "abc"], "argument --levels: invalid int value: 'abc'"),
+                                          (["--levels", "1"], "levels must be an integer >= 2")])
+def test_a_refused_flag_is_one_line_named_after_the_command(capsys, argv, needle):
+    from ibprobe.cli import main as ibprobe
+
+    assert ibprobe(["bench", "decoder", *argv]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("ibprobe bench decoder: error: ") and needle in err[0], err

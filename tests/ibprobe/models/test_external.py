@@ -92,3 +92,47 @@ def test_adapt_input_channels_replaces_first_conv_in_a_sequential():
     assert conv.in_channels == 2 and conv.out_channels == 5 and conv.bias is None and conv.stride == (2, 2)
     with pytest.raises(ConfigError, match="no 3-channel first Conv2d"):
         adapt_input_channels(nn.Sequential(nn.Linear(3, 3)), 1)
+
+
+# ------------------------------------------------------------------------------------------------ --model-arg typing
+def test_model_args_are_parsed_once_as_their_parameters_need(in_fixtures, tmp_path, monkeypatch):
+    """Against the annotations where the callable has them, else its defaults' types; text for a str parameter."""
+    from ibprobe.models import parse_model_args
+
+    (tmp_path / "typed_nets.py").write_text(
+        "from typing import Optional, Sequence\nimport torch.nn as nn\n"
+        "def net(width: int, scale: float = 1.0, name: str = 'a', sizes: Sequence[int] = (1,),\n"
+        "        drop: Optional[float] = None, flag=False, depth=2, anything=None):\n"
+        "    return nn.Identity()\n")
+    monkeypatch.chdir(tmp_path)
+    got = parse_model_args("typed_nets:net", {"width": "8", "scale": "2", "name": "1e3", "sizes": "3,4",
+                                              "drop": "none", "flag": "yes", "depth": "3", "anything": "1,x"})
+    assert got == {"width": 8, "scale": 2.0, "name": "1e3", "sizes": (3, 4), "drop": None, "flag": True,
+                   "depth": 3, "anything": (1, "x")}
+    for texts, match in [({"width": "abc"}, "--model-arg width must be an integer, got 'abc'"),
+                         ({"width": "1.5"}, "--model-arg width must be an integer"),
+                         ({"scale": "nan"}, "--model-arg scale must be a finite number"),
+                         ({"sizes": "3,x"}, "--model-arg sizes must be a comma list of integers, got '3,x'"),
+                         ({"num_classes": "abc"}, "--model-arg num_classes must be an integer"),
+                         ({"num_classes": "0"}, "--model-arg num_classes must be an integer >= 1"),
+                         ({"widht": "8"}, "--model-arg widht: model typed_nets:net has no parameter 'widht'; it "
+                                          "takes width, scale")]:
+        with pytest.raises(ConfigError, match=match):
+            parse_model_args("typed_nets:net", texts)
+
+
+def test_our_models_and_torchvision_type_their_model_args():
+    from ibprobe.models import parse_model_args
+
+    assert parse_model_args("resnet", {"widths": "8,16", "blocks": "2", "batchnorm": "false"}) == \
+        {"widths": (8, 16), "blocks": 2, "batchnorm": False}
+    with pytest.raises(ConfigError, match="--model-arg widths must be a comma list of integers, got '8,x'"):
+        parse_model_args("resnet", {"widths": "8,x"})
+    with pytest.raises(ConfigError, match="--model-arg width: model resnet has no parameter 'width'; it takes widths"):
+        parse_model_args("resnet", {"width": "8"})
+    assert parse_model_args("torchvision:resnet18", {"zero_init_residual": "true"}) == {"zero_init_residual": True}
+
+
+def test_a_constructor_that_refuses_its_arguments_is_one_config_error(in_fixtures):
+    with pytest.raises(ConfigError, match=r"TinyNet could not be called with .*'width': -1.*RuntimeError.*--model-arg"):
+        build_external("byo_nets:TinyNet", in_shape=(1, 8, 8), num_classes=10, width=-1)

@@ -201,3 +201,16 @@ def test_resolve_errors(tmp_path):
     torch.save(sd, tmp_path / "final.pt")
     with pytest.raises(CheckpointError, match="cannot tell the epoch of .*final.pt"):
         resolve_checkpoints([str(tmp_path / "*.pt")])
+
+
+def test_a_checkpoint_of_a_run_that_diverged_is_named(tmp_path):
+    """NaN weights (or an infinite parameter) are refused at loading, naming the file and the tensor; which of
+    several files holds no weights is named too."""
+    sd = _small().state_dict()
+    sd["3.weight"] = torch.full_like(sd["3.weight"], float("nan"))
+    torch.save(sd, tmp_path / "nan.pt")
+    with pytest.raises(CheckpointError, match=r"checkpoint .*nan.pt holds NaN or infinite weights \(3.weight\)"):
+        load_weights(_small(), tmp_path / "nan.pt")
+    torch.save([sd], tmp_path / "list.pt")
+    with pytest.raises(CheckpointError, match=r"found no model weights in checkpoint .*list.pt.*holds a list"):
+        load_weights(_small(), tmp_path / "list.pt")

@@ -106,3 +106,12 @@ def test_plan_of_a_finished_folder_shows_what_each_fit_took(reference, capsys):
                           "pool@1"}
     assert all(v[-1] == "done" and float(v[-2]) > 0 for v in lines.values())  # fit s, from each job's fit log
     assert "wall, left" in out and " 0:00:00" in out  # nothing is left to fit
+
+
+def test_a_plan_for_two_billion_workers_is_a_few_lines():
+    """The worker counts shown are 1, 2, 4, ... up to 64 and the one asked for: never a list of all of them."""
+    jobs = plan.jobs_of_preset("digits-quick", device="cpu")
+    p = plan.Plan.of(jobs, {plan.speed_key(j.decoder, j.fit): plan.Speed(0.1, 0.0) for j in jobs}, 1.0, "test")
+    text = plan.format_plan(p, 2**31)
+    rows = [line.split()[0] for line in text.splitlines() if line.strip()[:1].isdigit() and len(line.split()) == 3]
+    assert rows == ["1", "2", "4", "8", "16", "32", "64", str(2**31)]
