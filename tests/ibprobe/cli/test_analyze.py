@@ -227,7 +227,8 @@ def test_nan_in_one_job_marks_it_failed_and_the_rest_finish(byo, capsys, monkeyp
         n = len(eval_images)
         nll = np.full(n, 100.0) - (0.0 if codes is None else 10.0 + np.arange(n) % 2)
         return FitResult(eval_nll_bits=nll, curve=[], best_epoch=1, best_val_bits_per_dim=1.0, epochs_run=1,
-                         stopped_early=True, val_nll_bits=np.full(2, 100.0), val_idx=np.arange(2))
+                         stopped_early=True, val_nll_bits=np.full(2, 100.0 if codes is None else 90.0),
+                         val_idx=np.arange(2))  # the code helps on validation too, so it is chosen over q(x)
 
     monkeypatch.setattr(ibprobe.fit.decoder_fitting, "fit", fake_fit)
     rc = main(_argv(byo, "--no-figures", "--no-probe", "--reference", "plain"))
