@@ -239,3 +239,18 @@ def test_regime_and_model_must_agree():
         TrainConfig(model="resnet_ae", regime="classify")
     assert TrainConfig(model="resnet_ae", regime="autoencode").model == "resnet_ae"
 
+
+def test_the_digits_preset_checkpoints_the_first_epoch_in_both_regimes():
+    """The digits preset sees the first stage: 8 log-spaced checkpoints, step 0 and 3 inside epoch 1, for classify
+    and autoencode alike; a user's own placement of checkpoints replaces the preset's as a whole."""
+    from ibprobe.data import load_dataset
+    from ibprobe.pipeline import preset_configs
+
+    for regime in ("classify", "autoencode"):
+        tcfg, _ = preset_configs("digits", regime)
+        spe = tcfg.steps_per_epoch(len(load_dataset(**tcfg.dataset_spec()).train_idx))
+        steps = tcfg.schedule_steps(spe)
+        assert tcfg.regime == regime and len(steps) == 8 and steps[0] == 0 and steps[-1] == tcfg.epochs * spe
+        assert sum(1 for s in steps if 0 < s < spe) >= 3
+    mine, _ = preset_configs("digits", "classify", train_overrides={"checkpoint_epochs": (0, 30)})
+    assert mine.checkpoint_schedule is None and mine.schedule_steps(23) == (0, 690)
