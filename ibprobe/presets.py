@@ -64,7 +64,7 @@ PRESETS: dict[str, Preset] = {
         Preset(
             name="digits",
             description="embedded digits, classify and autoencode, 5 and 4 layers x 8 log-spaced checkpoints "
-                        "(step 0 and 3 inside the first epoch); about 35-40 min with 2 idle cores",
+                        "(step 0 and 3 inside the first epoch); its time with this schedule is not measured yet",
             train=dict(dataset="digits", model="resnet", model_args=_DIGITS_NET, epochs=30,
                        checkpoint_schedule="log:8", optimizer="adam", lr=3e-3, batch_size=64),
             layers={
