@@ -6,16 +6,16 @@ mode under no_grad with forward hooks that store copies (`.detach().clone()`), n
 op later in the forward pass cannot corrupt them. Hooks are removed in a `finally`. A layer that fires zero
 times or more than once in one forward pass is a LayerError (a reused module would silently mix outputs).
 
-Activation store layout (float16 .npy, one file per (checkpoint epoch, layer, split)):
-    root/epoch_XXXX/<sanitize_name(layer)>/<split>.npy
-    root/epoch_XXXX/manifest.json   {layer: {"dir", "splits": {split: {"shape", "dtype", "n", "checkpoint"}}}}
+Activation store layout (float16 .npy, one file per (checkpoint, layer, split); a checkpoint is keyed by its
+optimizer step, ibprobe.rundir.paths):
+    root/step_XXXXXXXX/<sanitize_name(layer)>/<split>.npy
+    root/step_XXXXXXXX/manifest.json   {layer: {"dir", "splits": {split: {"shape", "dtype", "n", "checkpoint"}}}}
 Files are written streaming (peak memory does not grow with N) under a temp name and renamed when complete; a failed
 write (a full disk) leaves no temp file. Entries are keyed by `codes_key` (the images, the network and its
 normalisation, the checkpoint's content), so the store never serves codes of other inputs; damaged ones are recaptured.
 """
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import hashlib
 import json
@@ -34,7 +34,7 @@ from ibprobe.config import resolve_device
 from ibprobe.data import to_model_input
 from ibprobe.errors import CheckpointError, LayerError
 from ibprobe.rundir.files import NpyStream, atomic_write_json, file_digest, jsonable, read_json, try_lock
-from ibprobe.rundir.paths import epoch_dirname, sanitize_name
+from ibprobe.rundir.paths import checkpoint_name_key, sanitize_name, step_dirname
 
 SPLITS = ("fit", "test")  # the analysis image sets: the decoders' and probe's fitting images, their test images
 
@@ -197,38 +197,38 @@ def capture(model: nn.Module, images: np.ndarray | torch.Tensor, layers: Sequenc
 
 
 class ActivationStore:
-    """float16 activations per (epoch, layer, split) under `root`; see the module docstring."""
+    """float16 activations per (checkpoint step, layer, split) under `root`; see the module docstring."""
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
 
-    def epoch_dir(self, epoch: int) -> Path:
-        return self.root / epoch_dirname(epoch)
+    def step_dir(self, step: int) -> Path:
+        return self.root / step_dirname(step)
 
-    def path(self, epoch: int, layer: str, split: str) -> Path:
-        return self.epoch_dir(epoch) / sanitize_name(layer) / f"{sanitize_name(split)}.npy"
+    def path(self, step: int, layer: str, split: str) -> Path:
+        return self.step_dir(step) / sanitize_name(layer) / f"{sanitize_name(split)}.npy"
 
-    def manifest(self, epoch: int) -> dict:
-        """{layer: entry} of one epoch; a damaged manifest reads as empty, so its entries are captured again."""
-        p = self.epoch_dir(epoch) / "manifest.json"
+    def manifest(self, step: int) -> dict:
+        """{layer: entry} of one checkpoint; a damaged manifest reads as empty, so its entries are captured again."""
+        p = self.step_dir(step) / "manifest.json"
         try:
             m = read_json(p) if p.is_file() else {}
         except ValueError:
             return {}
         return m if isinstance(m, dict) and all(isinstance(v, dict) for v in m.values()) else {}
 
-    def has(self, epoch: int, layer: str, split: str, key: str | None = None) -> bool:
+    def has(self, step: int, layer: str, split: str, key: str | None = None) -> bool:
         """Whether the entry is stored intact (its file's header matches the manifest) and, given a key, was captured
         from the inputs that key names."""
-        entry = self.manifest(epoch).get(layer, {}).get("splits", {}).get(split)
+        entry = self.manifest(step).get(layer, {}).get("splits", {}).get(split)
         if not isinstance(entry, dict) or (key is not None and entry.get("key") != key):
             return False
-        return self._intact(epoch, layer, split, entry) is not None
+        return self._intact(step, layer, split, entry) is not None
 
-    def _intact(self, epoch: int, layer: str, split: str, entry: dict) -> np.memmap | None:
+    def _intact(self, step: int, layer: str, split: str, entry: dict) -> np.memmap | None:
         """The entry's file as a read-only memmap if its header matches the manifest `entry`, else None."""
         try:
-            a = np.load(self.path(epoch, layer, split), mmap_mode="r", allow_pickle=False)
+            a = np.load(self.path(step, layer, split), mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError, EOFError):  # missing, truncated or not an array
             return None
         if not isinstance(a, np.ndarray):  # another file put in its place (an .npz is a zip)
@@ -238,15 +238,15 @@ class ActivationStore:
         ok = isinstance(shape, (list, tuple)) and tuple(a.shape) == tuple(shape)
         return a if a.dtype == np.float16 and ok else None
 
-    def read(self, epoch: int, layer: str, split: str, key: str | None = None) -> np.memmap:
+    def read(self, step: int, layer: str, split: str, key: str | None = None) -> np.memmap:
         """Read-only float16 memmap [N, ...]; LayerError if it was never captured (or, given a key, if it was
         captured from other images or another source)."""
-        p = self.path(epoch, layer, split)
-        manifest = self.manifest(epoch)
+        p = self.path(step, layer, split)
+        manifest = self.manifest(step)
         entry = manifest.get(layer, {}).get("splits", {}).get(split)
-        a = self._intact(epoch, layer, split, entry) if isinstance(entry, dict) else None
+        a = self._intact(step, layer, split, entry) if isinstance(entry, dict) else None
         if a is None:
-            raise LayerError(f"no stored activations for layer {layer!r}, split {split!r} at {epoch_dirname(epoch)} "
+            raise LayerError(f"no stored activations for layer {layer!r}, split {split!r} at {step_dirname(step)} "
                              f"({p}); stored layers there: {', '.join(sorted(manifest)) or 'none'}; run "
                              f"`ibprobe capture`")
         if key is not None and entry.get("key") != key:
@@ -254,18 +254,20 @@ class ActivationStore:
                              f"this analysis uses; rerun the command to capture them again")
         return a
 
-    def epochs(self) -> list[int]:
-        return sorted(int(p.name.split("_")[1]) for p in self.root.glob("epoch_*") if p.is_dir())
+    def steps(self) -> list[int]:
+        """The checkpoint steps with a folder in the store."""
+        keys = (checkpoint_name_key(p.name) for p in self.root.glob("step_*") if p.is_dir())
+        return sorted(n for kind, n in filter(None, keys) if kind == "step")
 
-    def _record(self, epoch: int, layer: str, split: str, info: dict) -> None:
-        m = self.manifest(epoch)
+    def _record(self, step: int, layer: str, split: str, info: dict) -> None:
+        m = self.manifest(step)
         entry = m.setdefault(layer, {"dir": sanitize_name(layer), "splits": {}})
         entry["splits"][split] = info
-        atomic_write_json(self.epoch_dir(epoch) / "manifest.json", m)
+        atomic_write_json(self.step_dir(step) / "manifest.json", m)
 
 
 def capture_to_store(model: nn.Module, images: np.ndarray | torch.Tensor, layers: Sequence[str],
-                     store: ActivationStore, *, epoch: int, split: str, levels: int, normalize: Any = None,
+                     store: ActivationStore, *, step: int, split: str, levels: int, normalize: Any = None,
                      batch_size: int = 256, device: str | torch.device = "cpu", checkpoint: str | None = None,
                      overwrite: bool = False, key: str | None = None) -> dict[str, Path]:
     """Stream the activations of `layers` on `images` into `store` as float16; returns {layer: path}.
@@ -274,8 +276,8 @@ def capture_to_store(model: nn.Module, images: np.ndarray | torch.Tensor, layers
     (|a| > 65504) or non-finite ones are a LayerError, and nothing partial is left behind.
     """
     layers = list(layers)
-    todo = [l for l in layers if overwrite or not store.has(epoch, l, split, key)]
-    paths = {l: store.path(epoch, l, split) for l in layers}
+    todo = [l for l in layers if overwrite or not store.has(step, l, split, key)]
+    paths = {l: store.path(step, l, split) for l in layers}
     if not todo:
         return paths
     n = len(images)
@@ -296,9 +298,9 @@ def capture_to_store(model: nn.Module, images: np.ndarray | torch.Tensor, layers
                 raise LayerError(f"no images to capture for split {split!r}")
             w = writers.pop(l)
             w.commit()
-            store._record(epoch, l, split, {"shape": w.shape, "dtype": "float16", "n": n, "key": key,
-                                            "checkpoint": None if checkpoint is None else str(checkpoint),
-                                            "file": str(paths[l].relative_to(store.epoch_dir(epoch)))})
+            store._record(step, l, split, {"shape": w.shape, "dtype": "float16", "n": n, "key": key,
+                                           "checkpoint": None if checkpoint is None else str(checkpoint),
+                                           "file": str(paths[l].relative_to(store.step_dir(step)))})
     finally:
         batches.close()  # removes the hooks now, even while an exception propagates
         for w in writers.values():
@@ -316,39 +318,38 @@ def images_key(images: np.ndarray, normalize: Any = None) -> str:
 def codes_key(images: np.ndarray, source, checkpoint_digest: str) -> str:
     """The key an activation entry is stored and read under: a digest of the images, of the network they go through
     (`source`, a ModelSource: its spec and normalisation) and of the checkpoint's content (ibprobe.rundir.files.file_digest)."""
-    net = {k: v for k, v in dataclasses.asdict(source).items() if k != "checkpoints"}
-    return images_key(images, (json.dumps(jsonable(net), sort_keys=True), str(checkpoint_digest)))
+    return images_key(images, (json.dumps(jsonable(source.network()), sort_keys=True), str(checkpoint_digest)))
 
 
 def fill_store(store: ActivationStore, source, images: dict[str, np.ndarray], layers: Sequence[str], *, levels: int,
-               epochs=None, device: str | torch.device = "cpu", batch_size: int = 256, overwrite: bool = False,
+               steps=None, device: str | torch.device = "cpu", batch_size: int = 256, overwrite: bool = False,
                progress: bool = True, digests: dict | None = None) -> dict[int, dict[str, str]]:
     """Capture `layers` on each named image set (split) at each checkpoint of `source` (a ModelSource) into
-    `store`; returns {epoch: {split: key}}, the `codes_key` each entry is stored and read under.
+    `store`; returns {step: {split: key}}, the `codes_key` each entry is stored and read under.
 
     Entries already stored from the same inputs are kept unless `overwrite`; entries stored from other images,
-    another normalisation or other weights are captured again. `digests` ({epoch: content digest}, as an analysis
+    another normalisation or other weights are captured again. `digests` ({step: content digest}, as an analysis
     pinned them): a checkpoint whose content differs now is a CheckpointError, not codes of other weights under the
     pinned key. Each checkpoint is captured under a lock, so several processes on one folder capture it once.
-    `epochs`: a subset of the source's checkpoint epochs (default all).
+    `steps`: a subset of the source's checkpoint steps (default all).
     """
     layers = list(layers)
-    checkpoints = [(int(e), p) for e, p in source.checkpoints if epochs is None or int(e) in set(epochs)]
+    checkpoints = [(int(s), p) for s, p in source.checkpoints if steps is None or int(s) in set(steps)]
     all_keys: dict[int, dict[str, str]] = {}
-    for epoch, path in progress_report(checkpoints, enabled=progress, desc="capture", unit="checkpoint"):
+    for step, path in progress_report(checkpoints, enabled=progress, desc="capture", unit="checkpoint"):
         digest = file_digest(path)
-        pinned = None if digests is None else digests.get(str(epoch), digests.get(epoch))
+        pinned = None if digests is None else digests.get(str(step), digests.get(step))
         if pinned is not None and pinned != digest:
             raise CheckpointError(f"checkpoint {path} changed while this analysis ran (its content differs from when "
                                   f"the analysis began); rerun the command")
-        keys = all_keys[epoch] = {split: codes_key(x, source, digest) for split, x in images.items()}
+        keys = all_keys[step] = {split: codes_key(x, source, digest) for split, x in images.items()}
 
         def todo() -> list[tuple[str, str]]:
-            return [(l, s) for l in layers for s in images if overwrite or not store.has(epoch, l, s, keys[s])]
+            return [(l, s) for l in layers for s in images if overwrite or not store.has(step, l, s, keys[s])]
 
         if not todo():
             continue
-        with try_lock(store.epoch_dir(epoch) / ".capture.lock", wait=True):
+        with try_lock(store.step_dir(step) / ".capture.lock", wait=True):
             missing = todo()
             if not missing:
                 continue
@@ -357,13 +358,14 @@ def fill_store(store: ActivationStore, source, images: dict[str, np.ndarray], la
                 want = [l for l, s in missing if s == split]
                 if want:
                     try:
-                        capture_to_store(model, x, want, store, epoch=epoch, split=split, levels=levels,
+                        capture_to_store(model, x, want, store, step=step, split=split, levels=levels,
                                          normalize=source.normalize, batch_size=batch_size, device=device,
                                          checkpoint=str(path), overwrite=True, key=keys[split])
                     except LayerError as e:  # say which checkpoint (e.g. the one that diverged)
-                        raise LayerError(f"checkpoint {path} (epoch {epoch}): {e}") from None
+                        raise LayerError(f"checkpoint {path} (step {step}): {e}") from None
         if progress:
-            print(f"captured activations at epoch {epoch} ({len(missing)} layer x split)", file=sys.stderr)
+            print(f"captured activations at step {step} (epoch {source.epoch_of(step):.3g}; {len(missing)} layer x "
+                  f"split)", file=sys.stderr)
     return all_keys
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -215,6 +216,7 @@ def check_seed(value: Any, name: str = "--seed") -> int:
 
 
 REGIMES = ("classify", "autoencode")
+CHECKPOINT_KEYS = ("checkpoint_epochs", "checkpoint_steps", "checkpoint_schedule")  # TrainConfig: where checkpoints are
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("cosine", "step", "none")
 AUGMENTS = ("none", "crop", "crop_flip")
@@ -271,6 +273,8 @@ class TrainConfig:
     regime: str = "classify"
     epochs: int = 8
     checkpoint_epochs: tuple[int, ...] | None = None  # None -> default_checkpoint_epochs(epochs)
+    checkpoint_steps: tuple[int, ...] | None = None  # explicit optimizer steps (with checkpoint_epochs: both sets)
+    checkpoint_schedule: str | None = None  # "log:N" (N log-spaced steps), "epochs" or None (checkpoint_epochs)
     seed: int = 0
     optimizer: str = "sgd"
     lr: float = 0.05
@@ -317,6 +321,12 @@ class TrainConfig:
             if bad:
                 raise ConfigError(f"checkpoint epochs {bad} are outside 0..{self.epochs}")
             object.__setattr__(self, "checkpoint_epochs", eps)
+        if self.checkpoint_steps is not None:
+            given = self.checkpoint_steps
+            steps = tuple(sorted(set(check_int("checkpoint_steps", s, 0) for s in
+                                     (given if isinstance(given, (tuple, list)) else (given,)))))
+            object.__setattr__(self, "checkpoint_steps", steps)
+        self._check_schedule()
         if self.normalize is not None:
             try:
                 norm = tuple(tuple(float(v) for v in np.atleast_1d(p)) for p in self.normalize)
@@ -328,8 +338,44 @@ class TrainConfig:
             object.__setattr__(self, "normalize", norm)
         object.__setattr__(self, "model_args", {k: _tupled(v) for k, v in dict(self.model_args).items()})
 
+    def _check_schedule(self) -> None:
+        sched = self.checkpoint_schedule
+        if sched is None or sched == "epochs":
+            if sched == "epochs" and self.checkpoint_steps is not None:
+                raise ConfigError("checkpoint_schedule=epochs takes checkpoints at checkpoint_epochs only; drop "
+                                  "checkpoint_steps, or the schedule to have both")
+            return
+        n = log_count(sched)
+        if self.checkpoint_epochs is not None or self.checkpoint_steps is not None:
+            raise ConfigError(f"checkpoint_schedule={sched} places every checkpoint itself; drop checkpoint_epochs "
+                              f"and checkpoint_steps, or the schedule")
+        object.__setattr__(self, "checkpoint_schedule", f"log:{n}")
+
     def schedule_epochs(self) -> tuple[int, ...]:
+        """The epochs an epoch schedule takes checkpoints at (checkpoint_epochs, else 0, 1, 2, 4, ... and the last);
+        () for a log schedule or explicit steps alone."""
+        if self.checkpoint_schedule not in (None, "epochs") or (
+                self.checkpoint_steps is not None and self.checkpoint_epochs is None):
+            return ()
         return self.checkpoint_epochs if self.checkpoint_epochs is not None else default_checkpoint_epochs(self.epochs)
+
+    def steps_per_epoch(self, n_train: int) -> int:
+        """Optimizer steps of one epoch over `n_train` images (the last batch may be smaller)."""
+        return max(1, math.ceil(int(n_train) / self.batch_size))
+
+    def schedule_steps(self, steps_per_epoch: int) -> tuple[int, ...]:
+        """The optimizer steps this run takes checkpoints at, when an epoch is `steps_per_epoch` steps: "log:N" gives
+        `log_steps(N, last step)`; otherwise checkpoint_steps and the steps that end the schedule's epochs. A step
+        beyond the last one is a ConfigError."""
+        last = self.epochs * int(steps_per_epoch)
+        if self.checkpoint_schedule not in (None, "epochs"):
+            return log_steps(log_count(self.checkpoint_schedule), last)
+        steps = set(self.checkpoint_steps or ()) | {e * int(steps_per_epoch) for e in self.schedule_epochs()}
+        beyond = sorted(s for s in steps if s > last)
+        if beyond:
+            raise ConfigError(f"checkpoint_steps {beyond} are beyond the run's last step {last} ({self.epochs} epochs "
+                              f"of {steps_per_epoch} steps); give steps in 0..{last}")
+        return tuple(sorted(steps))
 
     def dataset_spec(self) -> dict:
         """Keyword arguments of ibprobe.data.load_dataset for this run's data (download never re-triggered)."""
@@ -342,6 +388,44 @@ class TrainConfig:
 
 def _tupled(v: Any) -> Any:
     return tuple(_tupled(x) for x in v) if isinstance(v, (list, tuple)) else v
+
+
+def log_count(schedule: str) -> int:
+    """N of a checkpoint schedule "log:N" (an integer >= 2: the initialisation and the last step at least)."""
+    kind, _, n = str(schedule).partition(":")
+    try:
+        count = int(n)
+    except ValueError:
+        count = 0
+    if kind.strip() != "log" or count < 2:
+        raise ConfigError(f"checkpoint_schedule must be epochs or log:N with N >= 2 checkpoints, got {schedule!r}")
+    return count
+
+
+def log_steps(n: int, last: int) -> tuple[int, ...]:
+    """`n` distinct optimizer steps from 0 (the initialisation) to `last`, both included, log-spaced in between.
+
+    The n - 1 steps after 0 start at step 1 and grow geometrically to `last`; each next step is placed log-evenly
+    between the one before and `last`, at least one step later, so rounding at the start (1, 2, 3, ... where the
+    spacing is below one step) never merges two checkpoints and the spacing stays geometric afterwards. A run of
+    fewer than n distinct steps (last + 1 < n) takes a checkpoint at every step.
+
+    >>> log_steps(8, 690)    # digits: 30 epochs of 23 steps
+    (0, 1, 3, 9, 27, 80, 235, 690)
+    >>> log_steps(5, 3)
+    (0, 1, 2, 3)
+    """
+    n, last = int(n), int(last)
+    if last + 1 <= n:
+        return tuple(range(last + 1))
+    if n < 2:
+        return (0,) if n == 1 else ()
+    out = [0, 1] if n > 2 else [0]
+    for left in range(n - len(out), 0, -1):  # steps still to place, the last of them `last`
+        prev = out[-1]
+        nxt = round(prev * (last / prev) ** (1.0 / left)) if prev > 0 else last
+        out.append(min(max(prev + 1, nxt), last - (left - 1)))
+    return tuple(out)
 
 
 def default_checkpoint_epochs(epochs: int) -> tuple[int, ...]:

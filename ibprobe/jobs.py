@@ -50,12 +50,12 @@ INIT, REFERENCE, LABELS = FOLDERS[Role.Q0], FOLDERS[Role.REFERENCE], FOLDERS[Rol
 
 @dataclass(frozen=True)
 class JobSpec:
-    """One decoder fit: its role, and for a q(x|h) the layer and checkpoint (epoch, file). `repeat` r > 0 is the same
-    fit with another seed (--repeats), in DIR/decoders/_repeat<r>/."""
+    """One decoder fit: its role, and for a q(x|h) the layer and checkpoint (its step, its file). `repeat` r > 0 is the
+    same fit with another seed (--repeats), in DIR/decoders/_repeat<r>/."""
 
     role: Role
     layer: str | None = None
-    epoch: int | None = None
+    step: int | None = None
     checkpoint: str | None = None
     repeat: int = 0
 
@@ -77,19 +77,19 @@ class JobSpec:
         return cls(Role.LABELS, repeat=repeat)
 
     @classmethod
-    def conditional(cls, layer: str, epoch: int, checkpoint: str | None = None, repeat: int = 0) -> "JobSpec":
-        return cls(Role.CONDITIONAL, layer, int(epoch), checkpoint, repeat)
+    def conditional(cls, layer: str, step: int, checkpoint: str | None = None, repeat: int = 0) -> "JobSpec":
+        return cls(Role.CONDITIONAL, layer, int(step), checkpoint, repeat)
 
     @property
     def key(self) -> str:
-        """The job id: `layer@epoch`, `_unconditional`, `_unconditional_init` or `_labels`, and `#r` for repeat r."""
-        base = f"{self.layer}@{self.epoch}" if self.role is Role.CONDITIONAL else FOLDERS[self.role]
+        """The job id: `layer@step`, `_unconditional`, `_unconditional_init` or `_labels`, and `#r` for repeat r."""
+        base = f"{self.layer}@{self.step}" if self.role is Role.CONDITIONAL else FOLDERS[self.role]
         return base + (f"#{self.repeat}" if self.repeat else "")
 
     def job_dir(self, run_dir: str | os.PathLike) -> Path:
         run = paths.RunDir(run_dir)
         if self.role is Role.CONDITIONAL:
-            return run.job(self.layer, self.epoch, self.repeat)
+            return run.job(self.layer, self.step, self.repeat)
         return run.job(FOLDERS[self.role], repeat=self.repeat)
 
     def again(self, repeat: int) -> "JobSpec":
@@ -131,12 +131,12 @@ def reference_jobs(settings: Settings, labelled: bool) -> list[JobSpec]:
 
 def plan_jobs(source, layers) -> list[JobSpec]:
     """The conditional jobs, one per (checkpoint, layer), in checkpoint order."""
-    return [JobSpec.conditional(layer, int(e), str(p)) for e, p in source.checkpoints for layer in layers]
+    return [JobSpec.conditional(layer, int(s), str(p)) for s, p in source.checkpoints for layer in layers]
 
 
 def write_job_index(run_dir: Path, specs: list[JobSpec]) -> Path:
     """DIR/decoders/jobs.json: every job of the folder with its id, role, folder and checkpoint."""
-    jobs = [{"id": s.key, "role": s.role.value, "layer": s.layer, "epoch": s.epoch, "repeat": s.repeat,
+    jobs = [{"id": s.key, "role": s.role.value, "layer": s.layer, "step": s.step, "repeat": s.repeat,
              "checkpoint": relative_to_run(s.checkpoint, run_dir), "dir": str(s.job_dir(".").as_posix())}
             for s in specs]
     return atomic_write_json(paths.RunDir(run_dir).job_index, {"jobs": jobs})
@@ -157,10 +157,14 @@ def read_job_index(run_dir: str | os.PathLike) -> list[JobSpec]:
         raise UserError(f"{run_dir} has no job index ({path}); run `ibprobe run` or `ibprobe analyze` first")
     root = Path(run_dir)
     try:
-        return [JobSpec(_role(j), j["layer"], j["epoch"], None if j["checkpoint"] is None else
+        jobs = read_json(path)["jobs"]
+        if any("step" not in j and "epoch" in j for j in jobs):
+            raise UserError(f"{path} keys its checkpoints by epoch (an older ibprobe's); analyse the run into a new "
+                            f"--out folder, where checkpoints are keyed by step")
+        return [JobSpec(_role(j), j["layer"], j["step"], None if j["checkpoint"] is None else
                         str(root / j["checkpoint"]) if not Path(j["checkpoint"]).is_absolute() else j["checkpoint"],
                         int(j.get("repeat", 0)))
-                for j in read_json(path)["jobs"]]
+                for j in jobs]
     except (ValueError, KeyError, TypeError) as e:
         raise DataError(f"{path} is damaged ({type(e).__name__}); rerun `ibprobe run` or `ibprobe analyze` on "
                         f"{run_dir} to write it again") from None
@@ -226,7 +230,7 @@ def _job_args(run_dir: Path, spec: JobSpec, job_dir: Path) -> tuple[Settings, Fi
     source, ds = open_source(run_dir, meta["dataset"])
     fit_idx, test_idx = decoder_split(ds, settings.decoder_data, settings.seed)
     x_fit, x_test = ds.images[fit_idx], ds.images[test_idx]
-    digest = meta["inputs"]["checkpoints"].get(str(spec.epoch)) if spec.role is Role.CONDITIONAL else None
+    digest = meta["inputs"]["checkpoints"].get(str(spec.step)) if spec.role is Role.CONDITIONAL else None
     inputs = job_inputs(settings, x_fit, x_test, source=source, checkpoint=digest)  # each image set hashed once
     plain = {**inputs, "checkpoint": None, "codes": None}  # what a reference (and q0) is made from
     q0 = None
@@ -243,8 +247,8 @@ def _job_args(run_dir: Path, spec: JobSpec, job_dir: Path) -> tuple[Settings, Fi
     # no pinned digest (a hand-edited analysis.json): keys under which nothing is stored, so the read says so
     keys = inputs["codes"] or {"fit": codes_key(x_fit, source, digest), "test": codes_key(x_test, source, digest)}
     store = ActivationStore(paths.RunDir(run_dir).activations)
-    codes_fit = store.read(spec.epoch, spec.layer, "fit", keys["fit"])
-    codes_test = store.read(spec.epoch, spec.layer, "test", keys["test"])
+    codes_fit = store.read(spec.step, spec.layer, "fit", keys["fit"])
+    codes_test = store.read(spec.step, spec.layer, "test", keys["test"])
     mixture = settings.mixture_codes if settings.reference != "plain" and settings.mixture_codes > 0 else None
     return settings, FitData(x_fit, codes_fit, x_test, codes_test), {**kw, "inputs": inputs, "mixture": mixture}
 

@@ -1,15 +1,24 @@
 """Train a classifier or autoencoder and keep its history on disk.
 
 Run folder:
-    out_dir/config.json              everything to rebuild the run (TrainConfig + dataset spec + shapes)
-    out_dir/checkpoints/epoch_XXXX.pt at the scheduled epochs (epoch 0 = the initialisation)
-    out_dir/checkpoints/last.pt      rolling resume point, written every epoch
-    out_dir/metrics.jsonl            one line per epoch: train/test loss (+ accuracy for classify), seconds
+    out_dir/config.json                  everything to rebuild the run (TrainConfig + dataset spec + shapes, and the
+                                         resolved schedule: steps_per_epoch, schedule_steps)
+    out_dir/checkpoints/step_XXXXXXXX.pt at the scheduled optimizer steps (step 0 = the initialisation)
+    out_dir/checkpoints/last.pt          rolling resume point, written at the end of every epoch
+    out_dir/metrics.jsonl                one line per epoch: step, train/test loss (+ accuracy for classify), seconds
 
-Checkpoints hold {model, optimizer, epoch, step, config, rng, metrics}: tensors and primitives only, so
-`torch.load(weights_only=True)` reads them. Data order and augmentation draw from explicit torch.Generators
-whose states are checkpointed, so on CPU a killed-and-resumed run ends with the same weights as an
-uninterrupted one, and the same seed gives the same weights.
+A checkpoint is named by the optimizer step at which it was taken, because the first stage of training (fitting)
+is early and short: a log-spaced schedule (`checkpoint_schedule=log:N`) puts several checkpoints inside the first
+epoch, where an epoch schedule has none. The step orders checkpoints whatever the schedule; the checkpoint also holds
+its fractional epoch, step / steps per epoch.
+
+Checkpoints hold {model, optimizer, epoch, step, steps_per_epoch, config, rng, metrics}: tensors and primitives only,
+so `torch.load(weights_only=True)` reads them. A checkpoint inside an epoch holds the test loss (and accuracy) at
+that step. Data order and augmentation draw from explicit torch.Generators whose states are checkpointed, so on CPU
+a killed-and-resumed run ends with the same weights as an uninterrupted one, and the same seed gives the same
+weights. Only last.pt, at an epoch's end, is a resume point: a run killed inside an epoch replays that epoch from its
+start (on a CPU, to the same weights), and a checkpoint the killed process had already written is kept, not
+written again.
 """
 from __future__ import annotations
 
@@ -35,7 +44,7 @@ from ibprobe.models import build_model
 from ibprobe.rundir.checkpoints import list_checkpoints, load_run_checkpoint, load_run_config
 from ibprobe.rundir.files import (atomic_torch_save, atomic_write_json, atomic_write_text, cpu_state,
                                   remove_stale_temps, try_lock)
-from ibprobe.rundir.paths import RunDir, epoch_dirname
+from ibprobe.rundir.paths import RunDir
 
 RUN_FORMAT = "ibprobe-run/1"
 
@@ -74,11 +83,13 @@ def stored_config(out_dir: str | os.PathLike) -> dict | None:
     return load_run_config(out_dir)
 
 
-def _run_config(cfg: TrainConfig, ds) -> dict:
+def _run_config(cfg: TrainConfig, ds, steps_per_epoch: int) -> dict:
     d = asdict(cfg)
     d.update(format=RUN_FORMAT, dataset_spec=cfg.dataset_spec(), levels=int(ds.levels),
              in_shape=list(ds.image_shape), num_classes=int(ds.num_classes), classes=list(ds.classes),
-             checkpoint_epochs=list(cfg.schedule_epochs()))
+             steps_per_epoch=int(steps_per_epoch), schedule_steps=list(cfg.schedule_steps(steps_per_epoch)))
+    if cfg.schedule_epochs():  # an epoch schedule, resolved (the default's epochs written out)
+        d["checkpoint_epochs"] = list(cfg.schedule_epochs())
     return json.loads(json.dumps(d, default=list))  # plain lists/dicts/primitives only
 
 
@@ -143,13 +154,15 @@ def evaluate(model: nn.Module, images: np.ndarray, labels: np.ndarray, cfg: Trai
 
 
 def train(cfg: TrainConfig, out_dir: str | os.PathLike, *, device: str = "auto", progress: bool = True,
-          _after_epoch: Callable[[int], None] | None = None) -> Path:
+          _after_epoch: Callable[[int], None] | None = None,
+          _after_checkpoint: Callable[[int], None] | None = None) -> Path:
     """Train per `cfg` into out_dir (see the module docstring); resume if a run is there. Returns out_dir.
 
     A finished run is left as it is. A different config for an existing run folder is a ConfigError. Everything
-    is checked (data, model, optimizer) before config.json is written, and a folder without checkpoints takes a new
-    config, so a first run that failed never binds the folder. One process trains a folder at a time: another
-    waits for it, then resumes or finds the run finished.
+    is checked (data, model, optimizer, the checkpoint schedule) before config.json is written, and a folder without
+    checkpoints takes a new config, so a first run that failed never binds the folder. One process trains a folder
+    at a time: another waits for it, then resumes or finds the run finished. `_after_epoch(epoch)` and
+    `_after_checkpoint(step)` are called after each epoch and each checkpoint written (the tests kill a run there).
     """
     out = Path(out_dir)
     dev = resolve_device(device)
@@ -165,14 +178,15 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, *, device: str = "auto",
     with try_lock(out / ".train.lock", wait=True):
         remove_stale_temps(run.checkpoints)  # left by a kill; no other process writes there now
         remove_stale_temps(out, (run.config.name, run.metrics.name))
-        return _train(cfg, out, ds, model, g_data, dev, progress, _after_epoch)
+        return _train(cfg, out, ds, model, g_data, dev, progress, _after_epoch, _after_checkpoint)
 
 
 def _train(cfg: TrainConfig, out: Path, ds, model: nn.Module, g_data: torch.Generator, dev: torch.device,
-           progress: bool, _after_epoch: Callable[[int], None] | None) -> Path:
+           progress: bool, _after_epoch: Callable[[int], None] | None,
+           _after_checkpoint: Callable[[int], None] | None) -> Path:
     run = RunDir(out)
-    ckdir = run.checkpoints
-    run_cfg = _run_config(cfg, ds)
+    spe = cfg.steps_per_epoch(len(ds.train_idx))  # with max_train, the seeded subset load_dataset keeps
+    run_cfg = _run_config(cfg, ds, spe)  # a schedule step beyond the run is refused here, before config.json
     old = stored_config(out)
     if old is not None and _comparable(old) != _comparable(run_cfg):
         diff = sorted(k for k, v in _comparable(run_cfg).items() if _comparable(old).get(k) != v)
@@ -191,9 +205,8 @@ def _train(cfg: TrainConfig, out: Path, ds, model: nn.Module, g_data: torch.Gene
     x_train, y_train = ds.split("train")  # with max_train, the seeded subset load_dataset keeps
     x_test, y_test = ds.split("test")
     n = len(x_train)
-    steps_per_epoch = math.ceil(n / cfg.batch_size)
-    total_steps = steps_per_epoch * cfg.epochs
-    schedule = set(cfg.schedule_epochs())
+    total_steps = spe * cfg.epochs
+    schedule = set(run_cfg["schedule_steps"])
 
     epoch, step, history = 0, 0, []
     last = run.last_checkpoint
@@ -213,21 +226,35 @@ def _train(cfg: TrainConfig, out: Path, ds, model: nn.Module, g_data: torch.Gene
         if epoch >= cfg.epochs:
             return out
 
-    def save(path: Path, metrics: dict, with_history: bool) -> None:
+    def save(path: Path, metrics: dict, resume_point: bool) -> None:
+        """A checkpoint at this step (its fractional epoch), or the resume point last.pt (whole epochs, history)."""
         ck = {"model": cpu_state(model.state_dict()), "optimizer": cpu_state(opt.state_dict()),
-              "epoch": epoch, "step": step, "config": run_cfg, "metrics": metrics,
+              "epoch": epoch if resume_point else step / spe, "step": step, "steps_per_epoch": spe,
+              "config": run_cfg, "metrics": metrics,
               "rng": {"data": g_data.get_state(), "aug": g_aug.get_state(), "torch": torch.get_rng_state()}}
-        if with_history:
+        if resume_point:
             ck["history"] = history
         atomic_torch_save(path, ck)
+
+    def checkpoint(metrics: Callable[[], dict]) -> None:
+        """The scheduled checkpoint of this step, unless a killed process wrote it already (on a CPU, the same)."""
+        path = run.checkpoint(step)
+        if step in schedule and not path.exists():
+            save(path, metrics(), False)
+            if _after_checkpoint is not None:
+                _after_checkpoint(step)
+
+    def test_metrics(lr: float) -> dict:
+        te_loss, te_acc = evaluate(model, x_test, y_test, cfg, ds.levels, dev)  # eval mode: no state or RNG moves
+        m = {"step": step, "epoch": step / spe, "test_loss": float(te_loss), "lr": float(lr)}
+        return m if cfg.regime != "classify" else {**m, "test_acc": float(te_acc)}
 
     if epoch == 0 and not last.exists():
         t0 = time.time()
         tr_loss, tr_acc = evaluate(model, x_train, y_train, cfg, ds.levels, dev)
         te_loss, te_acc = evaluate(model, x_test, y_test, cfg, ds.levels, dev)
-        history.append(_metrics(0, tr_loss, tr_acc, te_loss, te_acc, 0.0, time.time() - t0, cfg.regime))
-        if 0 in schedule:
-            save(ckdir / f"{epoch_dirname(0)}.pt", history[-1], False)
+        history.append(_metrics(0, 0, tr_loss, tr_acc, te_loss, te_acc, 0.0, time.time() - t0, cfg.regime))
+        checkpoint(lambda: history[-1])
         save(last, history[-1], True)
         _write_metrics(out, history)
 
@@ -259,12 +286,13 @@ def _train(cfg: TrainConfig, out: Path, ds, model: nn.Module, g_data: torch.Gene
                 step += 1
                 tot += loss.item() * len(idx)
                 correct += c
+                if step % spe:  # inside the epoch; its last step is saved with the epoch's metrics
+                    checkpoint(lambda: test_metrics(lr))
             epoch += 1
             te_loss, te_acc = evaluate(model, x_test, y_test, cfg, ds.levels, dev)
             tr_acc = correct / n if cfg.regime == "classify" else float("nan")
-            history.append(_metrics(epoch, tot / n, tr_acc, te_loss, te_acc, lr, time.time() - t0, cfg.regime))
-            if epoch in schedule:
-                save(ckdir / f"{epoch_dirname(epoch)}.pt", history[-1], False)
+            history.append(_metrics(epoch, step, tot / n, tr_acc, te_loss, te_acc, lr, time.time() - t0, cfg.regime))
+            checkpoint(lambda: history[-1])
             save(last, history[-1], True)
             _write_metrics(out, history)
             bar.set_postfix_str(", ".join(f"{k} {v:.4g}" for k, v in history[-1].items()
@@ -277,9 +305,9 @@ def _train(cfg: TrainConfig, out: Path, ds, model: nn.Module, g_data: torch.Gene
     return out
 
 
-def _metrics(epoch, tr_loss, tr_acc, te_loss, te_acc, lr, seconds, regime) -> dict:
-    m = {"epoch": int(epoch), "train_loss": float(tr_loss), "test_loss": float(te_loss), "lr": float(lr),
-         "seconds": round(float(seconds), 3)}
+def _metrics(epoch, step, tr_loss, tr_acc, te_loss, te_acc, lr, seconds, regime) -> dict:
+    m = {"epoch": int(epoch), "step": int(step), "train_loss": float(tr_loss), "test_loss": float(te_loss),
+         "lr": float(lr), "seconds": round(float(seconds), 3)}
     if regime == "classify":
         m.update(train_acc=float(tr_acc), test_acc=float(te_acc))
     return m

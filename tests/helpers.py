@@ -5,7 +5,7 @@
 - One tiny analysis for the backend tests: digits-quick cut to 2 layers x 2 checkpoints, decoders of 4 filters
   fitted on a fifth of the images (test_fraction=0.8), by flags (FLAGS) and in this process (`analyse`), on copies of
   one trained network (`trained_copy`); and TINY, a preset of 2 layers x 2 checkpoints of a 400-image digits run for
-  the pipeline's end-to-end tests.
+  the pipeline's end-to-end tests. Checkpoints are keyed by step: LAST and TINY_LAST are the steps of their epoch 1.
 """
 from __future__ import annotations
 
@@ -61,7 +61,10 @@ TINY = Preset(
     fit=dict(epochs=1, batch_size=64, patience=1),
 )
 
+TINY_LAST = 7  # the step of TINY's last checkpoint, epoch 1: 400 training images, 64 a batch
+
 TRAIN = {"epochs": 1, "checkpoint_epochs": (0, 1), "test_fraction": 0.8}
+LAST = 6  # the step of the last checkpoint of TRAIN and FLAGS, epoch 1: 359 training images, 64 a batch
 LAYERS = ("layer1", "pool")
 DECODER = {"nr_resnet": 1, "nr_filters": 4, "nr_mix": 2, "dropout": 0.0}
 FIT = {"epochs": 2, "patience": 2}

@@ -35,8 +35,8 @@ def add_parser(sub) -> None:
         epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     flags.add_model(p, required=True)
     p.add_argument("--checkpoints", nargs="+", required=True, metavar="GLOB",
-                   help="checkpoint files or quoted globs; epoch from the file's 'epoch' key, else the last number "
-                   "in its name, else the file order")
+                   help="checkpoint files or quoted globs; keyed by the file's 'step' (ibprobe's), else its epoch: "
+                   "its 'epoch' key, else the last number in its name, else the file order")
     flags.add_layers(p, required=True)
     flags.add_data_source(p)
     p.add_argument("--normalize", default=None, metavar="MEAN,STD",
@@ -73,5 +73,5 @@ def handler(args) -> int:
     written = [run.source, run.table(MI.name)]
     if not args.no_figures and args.backend != "none":
         written += draw_figures(out, progress=not args.quiet, gallery=not args.no_gallery, device=args.device, kid=kid)
-    flags.print_summary(args.model, rows, file=sys.stdout)
+    flags.print_summary(args.model, rows, file=sys.stdout, run_dir=out)
     return flags.print_written(t0, written, rows, str(run.table(MI.name)), args.backend)

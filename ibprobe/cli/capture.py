@@ -1,4 +1,4 @@
-"""`ibprobe capture`: fill a run's activation store, DIR/activations/epoch_XXXX/<layer>/<split>.npy (float16)."""
+"""`ibprobe capture`: fill a run's activation store, DIR/activations/step_XXXXXXXX/<layer>/<split>.npy (float16)."""
 from __future__ import annotations
 
 import sys
@@ -19,11 +19,12 @@ def add_parser(sub) -> None:
         "capture", help="store a run's layer activations at its checkpoints (float16 .npy)",
         description="For each chosen checkpoint, run the model on the analysis images (the decoders' fit and test "
         "images, from one side of the network's training split, as `ibprobe run` chooses them) and stream the "
-        "chosen layers to DIR/activations/epoch_XXXX/<layer>/<split>.npy, with a manifest.json per epoch. Entries "
+        "chosen layers to DIR/activations/step_XXXXXXXX/<layer>/<split>.npy, with a manifest.json per checkpoint. "
+        "Entries "
         "already stored from the same images are kept.")
     p.add_argument("--run", required=True, type=flags.folder, metavar="DIR", help="training run folder")
     flags.add_layers(p, required=True)
-    p.add_argument("--epochs", metavar="0,3", help="checkpoint epochs (default: all)")
+    flags.add_checkpoint_choice(p)
     p.add_argument("--splits", default="fit,test", metavar="fit,test", help="which image sets (default both)")
     p.add_argument("--decoder-data", default="auto", choices=["auto", "heldout", "train"],
                    help="the side of the network's training split the images come from (default auto)")
@@ -44,17 +45,14 @@ def handler(args) -> int:
     source, spec = source_from_run(run)
     if not source.checkpoints:
         raise ConfigError(f"{run} has no checkpoints yet; run `ibprobe train --out {run}` first")
-    wanted = flags.parse_epochs(args.epochs)
-    missing = sorted(set(wanted or ()) - {e for e, _ in source.checkpoints})
-    if missing:
-        raise ConfigError(f"no checkpoint for epoch(s) {missing} in {run}; available: "
-                          f"{[e for e, _ in source.checkpoints]}")
+    chosen = source.select(steps=flags.parse_steps(args.steps), epochs=flags.parse_epochs(args.epochs))
     check_layers(build_run_model(load_run_config(run)), layers)
     ds = dataset(spec)
     sets = dict(zip(SPLITS, decoder_split(ds, resolve_side(ds, args.decoder_data), args.seed)))
     store = ActivationStore(RunDir(run).activations)
     with hold(run):  # an analysis starting now leaves this process's temp files alone
-        fill_store(store, source, {s: ds.images[sets[s]] for s in splits}, layers, levels=ds.levels, epochs=wanted,
+        fill_store(store, source, {s: ds.images[sets[s]] for s in splits}, layers, levels=ds.levels,
+                   steps=[s for s, _ in chosen],
                    device=resolve_device(args.device), batch_size=args.batch_size, overwrite=args.overwrite,
                    progress=not args.quiet)
     if not args.quiet:

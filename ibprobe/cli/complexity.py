@@ -50,17 +50,19 @@ def handler(args) -> int:
     written, compared = [], {}
     for target, out in flags.lens_targets(args):
         rows, files = complexity_lens(target, out, n=args.batch, margin_quantile=args.margin_quantile,
-                                      seed=args.seed, epochs=flags.parse_epochs(args.epochs), device=args.device,
+                                      seed=args.seed, epochs=flags.parse_epochs(args.epochs),
+                                      at_steps=flags.parse_steps(args.steps), device=args.device,
                                       progress=not args.quiet)
         metrics = read_metrics(target.metrics_path) if target.metrics_path else []
         written += files + draw_lens_tables(out, ["complexity"], title=target.title, metrics=metrics, label=target.label)
         compared[target.label if target.label not in compared else str(out)] = out
         print(f"{target.title}: complexity per checkpoint")
-        print(f"  {'epoch':>5} {'train_acc':>9} {'lipschitz':>10} {'residual_R':>10} {'bartlett_R':>10} "
+        print(f"  {'step':>7} {'epoch':>6} {'train_acc':>9} {'lipschitz':>10} {'residual_R':>10} {'bartlett_R':>10} "
               f"{'margin':>8} {'R_res/margin':>12}")
         for r in rows:
             acc, m, rm = (r.get(k, float("nan")) for k in ("train_acc_eval", "margin", "residual_margin"))
-            print(f"  {r['epoch']:>5} {acc:>9.3f} {r['lipschitz_residual']:>10.4g} {r['residual_complexity']:>10.4g} "
+            print(f"  {r['step']:>7} {r['epoch']:>6.3g} {acc:>9.3f} {r['lipschitz_residual']:>10.4g} "
+                  f"{r['residual_complexity']:>10.4g} "
                   f"{r['bartlett']:>10.4g} {m:>8.3g} {rm:>12.4g}")
     if several:
         written += compare_complexity(compared, Path(args.out))

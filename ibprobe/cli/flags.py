@@ -1,14 +1,17 @@
 """The flag vocabulary shared by every command, declared once: device, quiet, data source, model, layers, decoder
 and fit overrides, training settings, jobs and backends, seed, the other estimators and KID, what a checkpoint
-lens looks at. Also the parsers of `K=V` values and lists, and the two things every command prints: a table of
-mi.csv rows and the files it wrote."""
+lens looks at, which checkpoints (--epochs, --steps). Also the parsers of `K=V` values and lists, and the two things
+every command prints: a table of mi.csv rows (with the stages of phases.csv) and the files it wrote."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
+
+import numpy as np
 
 from ibprobe.backends import BACKENDS, Backend, make_backend
 from ibprobe.config import AnalysisConfig, check_int, check_seed, parse_value
@@ -17,7 +20,10 @@ from ibprobe.errors import ConfigError
 from ibprobe.estimators.kid import WEIGHTS_FEATURES, KidConfig
 from ibprobe.lenses.run import LensTarget, target_from_run, target_from_spec
 from ibprobe.models import parse_model_args
+from ibprobe.measure.phases import phase_line
+from ibprobe.rundir.paths import RunDir
 from ibprobe.rundir.sources import NORMALIZE_PRESETS, dataset_spec
+from ibprobe.rundir.tables import PHASES, read_table
 
 
 # ------------------------------------------------------------------------------------------------ types
@@ -187,8 +193,8 @@ def kid_config(args, defaults: Mapping[str, Any] | None = None) -> KidConfig | N
 
 def add_train(p) -> None:
     p.add_argument("--train", action="extend", nargs="+", metavar="K=V",
-                   help="TrainConfig fields, e.g. epochs=8 checkpoint_epochs=0,1,3,8 lr=3e-3 regime=autoencode "
-                   "(repeatable)")
+                   help="TrainConfig fields, e.g. epochs=8 checkpoint_epochs=0,1,3,8 (or checkpoint_schedule=log:8, "
+                   "checkpoint_steps=0,50,100) lr=3e-3 regime=autoencode (repeatable)")
 
 
 def add_lens_source(p, several_runs: bool = False) -> None:
@@ -198,7 +204,7 @@ def add_lens_source(p, several_runs: bool = False) -> None:
                    help="training run folder(s) written by `ibprobe train`/`ibprobe run`: their checkpoints and the "
                    "images they trained on; outputs go into the run folder")
     g.add_argument("--checkpoints", nargs="+", metavar="GLOB", help="with --model: checkpoint files or quoted globs")
-    g.add_argument("--epochs", metavar="E,..", help="only these checkpoint epochs (default all)")
+    add_checkpoint_choice(g)
     g.add_argument("--normalize", metavar="MEAN,STD",
                    help="with --model: per-channel normalisation after scaling to [0, 1] (or " +
                    ", ".join(NORMALIZE_PRESETS) + ")")
@@ -281,16 +287,36 @@ def model_args(args, spec: str | None) -> dict[str, Any]:
     return parse_model_args(str(spec or "resnet"), texts) if texts else {}
 
 
-def parse_epochs(text: str | None) -> list[int] | None:
-    """'0,1,3,10' -> [0, 1, 3, 10] (sorted, unique)."""
+def add_checkpoint_choice(p, what: str = "") -> None:
+    """--epochs and --steps: which checkpoints, by epoch or by optimizer step (both exact; default all)."""
+    p.add_argument("--epochs", metavar="E,..", help=f"only the checkpoints at these epochs{what}, exactly (default "
+                   "all; a log-spaced run has few whole epochs: use --steps)")
+    p.add_argument("--steps", metavar="S,..", help=f"only the checkpoints at these optimizer steps{what} (default all)")
+
+
+def parse_epochs(text: str | None) -> list[float] | None:
+    """'0,1,3,10' -> [0, 1, 3, 10] (sorted, unique; an epoch may be fractional: 0.5)."""
+    if text is None:
+        return None
+    try:
+        vals = [float(p) for p in text.replace(" ", "").split(",") if p]
+    except ValueError:
+        raise ConfigError(f"epochs {text!r} must be a comma-separated list of numbers") from None
+    if any(not np.isfinite(v) or v < 0 for v in vals):
+        raise ConfigError(f"epochs must be finite and >= 0, got {text}")
+    return sorted({int(v) if v.is_integer() else v for v in vals})
+
+
+def parse_steps(text: str | None) -> list[int] | None:
+    """'0,150,690' -> [0, 150, 690] (sorted, unique optimizer steps)."""
     if text is None:
         return None
     try:
         vals = [int(p) for p in text.replace(" ", "").split(",") if p]
     except ValueError:
-        raise ConfigError(f"epochs {text!r} must be a comma-separated list of integers") from None
+        raise ConfigError(f"steps {text!r} must be a comma-separated list of integers") from None
     if any(v < 0 for v in vals):
-        raise ConfigError(f"epochs must be >= 0, got {vals}")
+        raise ConfigError(f"steps must be >= 0, got {vals}")
     return sorted(set(vals))
 
 
@@ -314,25 +340,33 @@ def parse_list(text: str | None) -> list[str] | None:
 
 
 # ------------------------------------------------------------------------------------------------ output
-def print_summary(title: str, rows: list[dict], file=sys.stdout) -> None:
-    """A compact table of mi.csv rows, then how many estimates a self-check flagged."""
+def print_summary(title: str, rows: list[dict], file=sys.stdout, run_dir: str | os.PathLike | None = None) -> None:
+    """A compact table of mi.csv rows, how many estimates a self-check flagged, and, with `run_dir`, one line per
+    layer on its stages (analysis/phases.csv, ibprobe.measure.phases.phase_line)."""
     ok = [r for r in rows if r.get("status") == "ok"]
     side = ok[0].get("decoder_data") if ok else None
     ref = f"; reference {ok[0].get('h_x_ref')}" if ok else ""
     print(f"\n[{title}] I(X;H) and I(Y;H), bits per image (95% CI); decoders on the {side} images{ref}:", file=file)
-    print(f"  {'layer':<18} {'epoch':>5} {'I(X;H)':>8} {'95% CI':>19} {'I(Y;H)':>7}", file=file)
+    print(f"  {'layer':<18} {'step':>7} {'epoch':>6} {'I(X;H)':>8} {'95% CI':>19} {'I(Y;H)':>7}", file=file)
     for r in rows:
+        epoch = "" if r.get("epoch") is None else f"{r['epoch']:.3g}"
+        where = f"{str(r.get('step')):>7} {epoch:>6}"
         if r.get("status") != "ok":
-            print(f"  {str(r.get('layer')):<18} {str(r.get('epoch')):>5}   failed: {r.get('error')}", file=file)
+            print(f"  {str(r.get('layer')):<18} {where}   failed: {r.get('error')}", file=file)
             continue
         iy = "" if r.get("i_yh_bits") is None else f"{r['i_yh_bits']:.2f}"
         ci = f"[{r['i_xh_ci_low']:.1f}, {r['i_xh_ci_high']:.1f}]"
-        print(f"  {r['layer']:<18} {r['epoch']:>5} {r['i_xh_bits']:>8.1f} {ci:>19} {iy:>7}  {r.get('checks') or ''}",
+        print(f"  {r['layer']:<18} {where} {r['i_xh_bits']:>8.1f} {ci:>19} {iy:>7}  {r.get('checks') or ''}",
               file=file)
     flagged = [r for r in ok if r.get("checks")]
     kinds = sorted({c for r in flagged for c in r["checks"].split(";")})
     print(f"  {len(flagged)} of {len(ok)} estimates flagged" + (f" ({', '.join(kinds)})" if kinds else "")
           + "; see checks in analysis/mi.csv and README 'Self-checks'", file=file)
+    phases = RunDir(run_dir).table(PHASES.name) if run_dir is not None else None
+    if phases is not None and phases.is_file():
+        print(f"[{title}] stages of I(X;H), Holm-corrected over changes.csv (analysis/phases.csv):", file=file)
+        for p in read_table(phases, PHASES):
+            print(f"  {phase_line(p)}", file=file)
 
 
 def print_written(t0: float, written, rows: list[dict], where: str, backend: str = "local") -> int:

@@ -20,7 +20,7 @@ def add_parser(sub) -> None:
     p.add_argument("--samples", type=flags.count(1), default=4, metavar="K",
                    help="samples per image and decoder (default 4)")
     flags.add_layers(p)
-    p.add_argument("--epochs", default=None, metavar="0,10", help="comma-separated checkpoint epochs (default: all)")
+    flags.add_checkpoint_choice(p)
     flags.add_seed(p, "chooses the images and seeds the samples")
     flags.add_device(p)
     flags.add_quiet(p)
@@ -29,7 +29,8 @@ def add_parser(sub) -> None:
 
 def handler(args) -> int:
     png = make_gallery(Path(args.dir), n_images=args.n_images, n_samples=args.samples,
-                       layers=flags.parse_list(args.layers), epochs=flags.parse_epochs(args.epochs), seed=args.seed,
+                       layers=flags.parse_list(args.layers), steps=flags.parse_steps(args.steps),
+                       epochs=flags.parse_epochs(args.epochs), seed=args.seed,
                        device=args.device, progress=not args.quiet)
     if not args.quiet:
         print(f"wrote {png}, {png.with_suffix('.pdf')} and {png.with_suffix('.npz')}")

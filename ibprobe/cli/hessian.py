@@ -67,11 +67,12 @@ def handler(args) -> int:
         written = []
         for target, out in flags.lens_targets(args, other="--linear (Li et al.'s deep linear networks), "):
             rows, files = hessian_lens(target, out, k=args.k, n=args.batch, method=args.method, seed=args.seed,
-                                       epochs=flags.parse_epochs(args.epochs), device=args.device,
-                                       progress=not args.quiet)
+                                       epochs=flags.parse_epochs(args.epochs), at_steps=flags.parse_steps(args.steps),
+                                       device=args.device, progress=not args.quiet)
             written += files + draw_lens_tables(out, ["hessian"], title=target.title)
             print(f"{target.title}: top-{args.k} Hessian eigenvalues on {args.batch} training images")
-            print(f"  {'epoch':>5} {'loss':>9} {'lambda_max':>11} {'cond_estimate':>13}")
+            print(f"  {'step':>7} {'epoch':>6} {'loss':>9} {'lambda_max':>11} {'cond_estimate':>13}")
             for r in rows:
-                print(f"  {r['epoch']:>5} {r['loss']:>9.4g} {r['lambda_max']:>11.4g} {r['cond_estimate']:>13.4g}")
+                print(f"  {r['step']:>7} {r['epoch']:>6.3g} {r['loss']:>9.4g} {r['lambda_max']:>11.4g} "
+                      f"{r['cond_estimate']:>13.4g}")
     return flags.print_written(t0, written, [], "")

@@ -56,5 +56,5 @@ def handler(args) -> int:
         written.append(RunDir(run_dir).table(MI.name))
         if figures:
             written.append(RunDir(run_dir).figures)
-        flags.print_summary(regime, results[regime], file=sys.stdout)
+        flags.print_summary(regime, results[regime], file=sys.stdout, run_dir=run_dir)
     return flags.print_written(t0, written, [r for rows in results.values() for r in rows], "mi.csv", args.backend)

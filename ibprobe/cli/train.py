@@ -1,7 +1,7 @@
 """`ibprobe train`: train a classifier or autoencoder with checkpoints on a schedule.
 
     ibprobe train --dataset digits --model resnet --model-arg widths=16,32,64 \
-                  --train regime=classify epochs=8 checkpoint_epochs=0,1,2,4,8 --seed 0 --out runs/digits
+                  --train regime=classify epochs=8 checkpoint_schedule=log:8 --seed 0 --out runs/digits
 
 Rerunning with only `--out DIR` resumes (or, if finished, leaves) the run recorded in DIR/config.json.
 """
@@ -21,8 +21,10 @@ from ibprobe.train import stored_config, train, train_config
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "train", help="train a ResNet (classify or autoencode) with checkpoints on a schedule",
-        description="Train a network and write DIR/config.json, DIR/checkpoints/epoch_XXXX.pt (epoch 0 = the "
-        "initialisation) and DIR/metrics.jsonl. Rerun with only --out DIR to resume after a kill. Training "
+        description="Train a network and write DIR/config.json, DIR/checkpoints/step_XXXXXXXX.pt (named by the "
+        "optimizer step; step 0 = the initialisation; where: checkpoint_epochs, checkpoint_steps or "
+        "checkpoint_schedule=log:N, N steps log-spaced over the run) and DIR/metrics.jsonl. Rerun with only --out "
+        "DIR to resume after a kill. Training "
         f"settings (--train K=V): {', '.join(f.name for f in TrainConfig.__dataclass_fields__.values())}.")
     p.add_argument("--out", required=True, type=flags.out_dir, metavar="DIR", help="run folder")
     flags.add_data_source(p)

@@ -342,27 +342,31 @@ def kid_split_half(held_out: np.ndarray | torch.Tensor, *, subsets: int = 100, s
 
 def kid_rows(held_out: np.ndarray | torch.Tensor, conditional: Mapping[tuple[int, str], Any], *,
              unconditional: np.ndarray | torch.Tensor | None = None, cfg: KidConfig = KidConfig(),
-             features: str = "") -> list[dict]:
+             features: str = "", epochs: Mapping[int, float] | None = None) -> list[dict]:
     """The rows of a KID table (analysis/kid.csv), one per comparison, all by `kid_halves` with one seed.
 
     Args:
         held_out: features of the held-out images x_i, [N, ...].
-        conditional: {(epoch, layer): features of samples of q(x | h(x_i)), row i for image i}, [N, ...] each.
+        conditional: {(step, layer): features of samples of q(x | h(x_i)), row i for image i}, [N, ...] each; the
+            step is the checkpoint's key.
         unconditional: features of N samples of q(x), or None to leave that reference out.
         cfg: subsets, subset size and seed. Every comparison uses the same seed, so the same splits (common random
             numbers): differences between layers are not blurred by different draws.
-        features: what the features are (e.g. "run:pool@epoch_0003"), written into every row.
+        features: what the features are (e.g. "run:pool@step_00000150"), written into every row.
+        epochs: {step: fractional epoch} of the checkpoints (a step not in it: its own number).
     Returns:
-        Rows with epoch, layer, reference ("conditional", "unconditional", "split_half"), kid_mean, kid_std,
-        kid_sem, subsets, subset_size, n_real, n_fake, features. The reference rows have epoch and layer None.
+        Rows with step, epoch, layer, reference ("conditional", "unconditional", "split_half"), kid_mean, kid_std,
+        kid_sem, subsets, subset_size, n_real, n_fake, features. The reference rows have step, epoch and layer None.
     """
     opts = dict(subsets=cfg.subsets, subset_size=cfg.subset_size, seed=cfg.seed)
-    rows = [{"epoch": int(epoch), "layer": str(layer), "reference": "conditional",
-             **kid_halves(held_out, f, **opts).row()} for (epoch, layer), f in conditional.items()]
+    rows = [{"step": int(step), "epoch": float(dict(epochs or {}).get(int(step), step)), "layer": str(layer),
+             "reference": "conditional", **kid_halves(held_out, f, **opts).row()}
+            for (step, layer), f in conditional.items()]
     if unconditional is not None:
-        rows.append({"epoch": None, "layer": None, "reference": "unconditional",
+        rows.append({"step": None, "epoch": None, "layer": None, "reference": "unconditional",
                      **kid_halves(held_out, unconditional, **opts).row()})
-    rows.append({"epoch": None, "layer": None, "reference": "split_half", **kid_split_half(held_out, **opts).row()})
+    rows.append({"step": None, "epoch": None, "layer": None, "reference": "split_half",
+                 **kid_split_half(held_out, **opts).row()})
     for r in rows:
         r["features"] = features
     return rows

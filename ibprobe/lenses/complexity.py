@@ -378,10 +378,11 @@ def model_complexity(model: nn.Module, x: torch.Tensor | None = None, y: torch.T
 
 def complexity_rows(models: Iterable[tuple[int, nn.Module]], x: torch.Tensor | None = None,
                     y: torch.Tensor | None = None, **kwargs) -> tuple[list[dict], list[dict]]:
-    """(layer rows, summary rows) over checkpoints, each row with its `epoch` first; kwargs to model_complexity."""
+    """(layer rows, summary rows) over (step, model) checkpoints, each row with its `step` first; kwargs to
+    model_complexity."""
     layers, summaries = [], []
-    for epoch, model in models:
+    for step, model in models:
         rows, summary = model_complexity(model, x, y, **kwargs)
-        layers += [{"epoch": int(epoch), **r} for r in rows]
-        summaries.append({"epoch": int(epoch), **summary})
+        layers += [{"step": int(step), **r} for r in rows]
+        summaries.append({"step": int(step), **summary})
     return layers, summaries

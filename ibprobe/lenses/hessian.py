@@ -350,12 +350,12 @@ def top_hessian_eigenvalues(model: nn.Module, x: torch.Tensor, target: torch.Ten
 
 def hessian_rows(models: Iterable[tuple[int, nn.Module]], x: torch.Tensor, target: torch.Tensor,
                  regime: str = "classify", **kwargs) -> list[dict]:
-    """One row per (epoch, model): epoch, loss, lambda_max, cond_estimate, method, k, eig_1..eig_k (by |value|).
-    kwargs go to top_hessian_eigenvalues; every checkpoint sees the same batch."""
+    """One row per (step, model), the step naming the checkpoint: step, loss, lambda_max, cond_estimate, method, k,
+    eig_1..eig_k (by |value|). kwargs go to top_hessian_eigenvalues; every checkpoint sees the same batch."""
     rows = []
-    for epoch, model in models:
+    for step, model in models:
         s = top_hessian_eigenvalues(model, x, target, regime, **kwargs)
-        row = {"epoch": int(epoch), "loss": s.loss, "lambda_max": s.lambda_max, "cond_estimate": s.cond_estimate,
+        row = {"step": int(step), "loss": s.loss, "lambda_max": s.lambda_max, "cond_estimate": s.cond_estimate,
                "method": s.method, "k": int(len(s.eigenvalues))}
         row.update({f"eig_{i + 1}": float(v) for i, v in enumerate(s.eigenvalues)})
         rows.append(row)

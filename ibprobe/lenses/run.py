@@ -11,7 +11,8 @@ draws them into DIR/figures/).
 What a lens looks at is a LensTarget: the checkpoints (a ModelSource) and the training images they are measured
 on, checked up front so that a mistake costs one line: `target_from_run` for one of our training runs (the images
 it trained on, its regime, its metrics.jsonl), `target_from_spec` for a model spec and your checkpoints (the
-data set's train split). Every checkpoint sees the same seeded images.
+data set's train split). Every checkpoint sees the same seeded images. Rows name their checkpoint by `step` and
+give its fractional `epoch` (ibprobe.rundir.tables).
 """
 from __future__ import annotations
 
@@ -55,17 +56,17 @@ class LensTarget:
         return fixed_batch(self.images, self.labels, self.levels, regime or self.regime, n=n, seed=seed,
                            normalize=self.source.normalize)
 
-    def checkpoints(self, epochs: Iterable[int] | None = None) -> list[tuple[int, str]]:
-        """[(epoch, path)] of the asked epochs (None: all); ConfigError naming the missing ones."""
-        have = [(int(e), str(p)) for e, p in self.source.checkpoints]
-        if epochs is None:
-            return have
-        want = sorted(set(int(e) for e in epochs))
-        missing = [e for e in want if e not in {e for e, _ in have}]
-        if missing:
-            raise ConfigError(f"no checkpoint for epoch(s) {missing}; there are epochs "
-                              f"{', '.join(str(e) for e, _ in have)}")
-        return [(e, p) for e, p in have if e in want]
+    def checkpoints(self, epochs: Iterable[float] | None = None,
+                    steps: Iterable[int] | None = None) -> list[tuple[int, str]]:
+        """[(step, path)] of the checkpoints asked for by epoch and/or step, exactly (None: all); a ConfigError
+        names what there is (ModelSource.select)."""
+        return self.source.select(steps=None if steps is None else list(steps),
+                                  epochs=None if epochs is None else list(epochs))
+
+    def keyed(self, row: dict) -> dict:
+        """`row` (a lens row with its checkpoint's `step`) with the checkpoint's fractional `epoch` after the step."""
+        step = row["step"]
+        return {"step": step, "epoch": self.source.epoch_of(step), **{k: v for k, v in row.items() if k != "step"}}
 
 
 def target_from_run(run_dir: str | os.PathLike) -> LensTarget:
@@ -116,51 +117,54 @@ def _check_outputs(net, x: torch.Tensor, regime: str, num_classes: int, max_labe
 # ------------------------------------------------------------------------------------------------ lenses
 def hessian_lens(target: LensTarget, out_dir: str | os.PathLike, *, k: int = 10, n: int = 256,
                  method: str = "lanczos", steps: int | None = None, iters: int = 200, seed: int = 0,
-                 epochs: Iterable[int] | None = None, device: str = "auto",
-                 progress: bool = True) -> tuple[list[dict], list[Path]]:
+                 epochs: Iterable[float] | None = None, at_steps: Iterable[int] | None = None,
+                 device: str = "auto", progress: bool = True) -> tuple[list[dict], list[Path]]:
     """Top-k Hessian eigenvalues (by |value|) of the training loss on one seeded batch of n training images, per
     checkpoint, BatchNorm in eval mode (ibprobe.lenses.hessian.top_hessian_eigenvalues). Returns (rows, tables written).
 
-    Rows (analysis/hessian.csv): epoch, loss (nats: per example for classify, per pixel for autoencode),
+    Rows (analysis/hessian.csv): step, epoch, loss (nats: per example for classify, per pixel for autoencode),
     lambda_max, cond_estimate (|eig_1| / |eig_k|, a lower bound on the condition number), method, k,
     eig_1..eig_k, n_images, checkpoint. Lanczos keeps steps x (number of weights) float64 numbers in memory.
+    Checkpoints are chosen by epoch and/or by step (`at_steps`), exactly (None: all).
     """
     if k < 1 or n < 1:
         raise ConfigError(f"k and n must be at least 1, got k={k}, n={n}")
     out, dev = Path(out_dir), resolve_device(device)
-    ckpts = target.checkpoints(epochs)
+    ckpts = target.checkpoints(epochs, at_steps)
     x, t = (v.to(dev) for v in target.batch(n, seed))
     rows = []
-    for epoch, path in progress_report(ckpts, enabled=progress, desc="hessian", unit="checkpoint"):
+    for step, path in progress_report(ckpts, enabled=progress, desc="hessian", unit="checkpoint"):
         model = target.source.load_model(path, device=str(dev))
-        row = hessian_rows([(epoch, model)], x, t, target.regime, k=k, method=method, steps=steps, iters=iters,
-                           seed=seed)[0]
-        rows.append({**row, "n_images": len(x), "checkpoint": relative_to_run(path, out)})
+        row = hessian_rows([(step, model)], x, t, target.regime, k=k, method=method, steps=steps,
+                           iters=iters, seed=seed)[0]
+        rows.append({**target.keyed(row), "n_images": len(x), "checkpoint": relative_to_run(path, out)})
     return rows, [write_table(RunDir(out).table(HESSIAN.name), rows, HESSIAN)]
 
 
 def complexity_lens(target: LensTarget, out_dir: str | os.PathLike, *, n: int = 1000, margin_quantile: float = 0.1,
-                    iters: int = 1000, seed: int = 0, epochs: Iterable[int] | None = None, device: str = "auto",
+                    iters: int = 1000, seed: int = 0, epochs: Iterable[float] | None = None,
+                    at_steps: Iterable[int] | None = None, device: str = "auto",
                     progress: bool = True) -> tuple[list[dict], list[Path]]:
     """Operator norms of every weight layer and the complexity terms of ibprobe.lenses.complexity, per checkpoint; when
     classifying, the margins on a seeded subset of n training images (n <= 0: all). Returns (summary rows, tables).
 
-    analysis/complexity_layers.csv: one row per (epoch, layer) (ibprobe.lenses.complexity.layer_norms columns).
-    analysis/complexity.csv: one row per epoch (complexity_summary keys, margin terms, and train_acc_eval: the
+    analysis/complexity_layers.csv: one row per (checkpoint, layer) (ibprobe.lenses.complexity.layer_norms columns).
+    analysis/complexity.csv: one row per checkpoint (complexity_summary keys, margin terms, and train_acc_eval: the
     accuracy on those images in eval mode, so runs can be compared at equal training accuracy).
     """
     if not 0.0 < margin_quantile < 1.0 or n < 0:
         raise ConfigError(f"the margin quantile must be in (0, 1) and n >= 0 (0: all images), got {margin_quantile} "
                           f"and {n}")
     out, dev = Path(out_dir), resolve_device(device)
-    ckpts = target.checkpoints(epochs)
+    ckpts = target.checkpoints(epochs, at_steps)
     x = y = None
     if target.regime == "classify":
         x, y = (v.to(dev) for v in target.batch(n, seed, "classify"))
-    models = ((epoch, target.source.load_model(path, device=str(dev)))
-              for epoch, path in progress_report(ckpts, enabled=progress, desc="complexity", unit="checkpoint"))
+    models = ((step, target.source.load_model(path, device=str(dev)))
+              for step, path in progress_report(ckpts, enabled=progress, desc="complexity", unit="checkpoint"))
     layers, summaries = complexity_rows(models, x, y, in_shape=target.source.in_shape,
                                         margin_quantile=margin_quantile, iters=iters, seed=seed)
+    layers, summaries = [target.keyed(r) for r in layers], [target.keyed(r) for r in summaries]
     run = RunDir(out)
     return summaries, [write_table(run.table(COMPLEXITY_LAYERS.name), layers, COMPLEXITY_LAYERS),
                        write_table(run.table(COMPLEXITY.name), summaries, COMPLEXITY)]

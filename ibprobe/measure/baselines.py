@@ -27,26 +27,29 @@ from ibprobe.rundir.tables import BASELINES, SENSITIVITY, write_table
 
 
 def baseline_rows(acts: Mapping[tuple[int, str], np.ndarray], labels: np.ndarray | None = None, *,
-                  bins: Sequence[int] = (30,), noise_vars: Sequence[float] = (0.1,)) -> list[dict]:
-    """Rows of analysis/baselines.csv: one per (epoch, layer) x estimator setting.
+                  bins: Sequence[int] = (30,), noise_vars: Sequence[float] = (0.1,),
+                  epochs: Mapping[int, float] | None = None) -> list[dict]:
+    """Rows of analysis/baselines.csv: one per (checkpoint, layer) x estimator setting.
 
     Args:
-        acts: {(epoch, layer): activations [N, ...]} on the same N held-out images.
+        acts: {(step, layer): activations [N, ...]} on the same N held-out images.
         labels: [N] labels, or None (then i_yh_bits is None).
         bins: bin counts for the binning estimator; noise_vars: σ² values for the KDE one.
+        epochs: {step: fractional epoch} of the checkpoints (a step not in it: its own number).
     Returns:
-        Rows with epoch, layer, estimator ("binning" | "kde"), bins, noise_var, i_xh_bits, i_yh_bits, n, dims,
+        Rows with step, epoch, layer, estimator ("binning" | "kde"), bins, noise_var, i_xh_bits, i_yh_bits, n, dims,
         act_min, act_max (binning only: the range the bins span), status ("ok") and error ("").
     """
     rows = []
-    for (epoch, layer), a in acts.items():
-        rows += [{"epoch": int(epoch), "layer": str(layer), **r} for r in _layer_rows(a, labels, bins, noise_vars)[0]]
+    for (step, layer), a in acts.items():
+        where = {"step": int(step), "epoch": float(dict(epochs or {}).get(int(step), step)), "layer": str(layer)}
+        rows += [{**where, **r} for r in _layer_rows(a, labels, bins, noise_vars)[0]]
     return rows
 
 
 def _layer_rows(a: np.ndarray, labels: np.ndarray | None, bins: Sequence[int], noise_vars: Sequence[float],
                 sweep: Sequence[int] = ()) -> tuple[list[dict], list[dict]]:
-    """(baselines.csv rows less epoch and layer, binning_sensitivity rows over `sweep`) of one layer's codes; each
+    """(baselines.csv rows less step, epoch and layer, binning_sensitivity rows over `sweep`) of one layer's codes; each
     bin count is estimated once, over the codes' observed range."""
     bins, sweep = [int(b) for b in bins], [int(b) for b in sweep]
     lo, hi = activation_range(a)
@@ -84,15 +87,16 @@ def measure_baselines(run_dir: str | os.PathLike, specs: Sequence[JobSpec], sett
     counts = sorted({int(b) for b in sweep} | {int(bins)})
     rows, sens, keys = [], [], {}
     for s in progress_report(list(specs), enabled=progress, desc="baselines", unit="layer"):
+        where = {"step": int(s.step), "epoch": source.epoch_of(s.step), "layer": str(s.layer)}
         try:
-            if s.epoch not in keys:  # one digest of the test images per checkpoint, not per layer
-                keys[s.epoch] = codes_key(ds.images[test_idx], source, digests.get(str(s.epoch), ""))
-            a = store.read(s.epoch, s.layer, "test", keys[s.epoch])
+            if s.step not in keys:  # one digest of the test images per checkpoint, not per layer
+                keys[s.step] = codes_key(ds.images[test_idx], source, digests.get(str(s.step), ""))
+            a = store.read(s.step, s.layer, "test", keys[s.step])
             base, sens_rows = _layer_rows(a, labels, (bins,), (noise_var,), counts)
-            rows += [{"epoch": int(s.epoch), "layer": str(s.layer), **r} for r in base]
-            sens += [{"epoch": int(s.epoch), "layer": s.layer, **r} for r in sens_rows]
+            rows += [{**where, **r} for r in base]
+            sens += [{**where, **r} for r in sens_rows]
         except UserError as e:
-            rows += [{"epoch": int(s.epoch), "layer": s.layer, "estimator": est, "bins": b, "noise_var": v,
+            rows += [{**where, "estimator": est, "bins": b, "noise_var": v,
                       "status": "failed", "error": str(e).replace("\n", " ")[:500]}
                      for est, b, v in (("binning", int(bins), None), ("kde", None, float(noise_var)))]
     return rows, sens

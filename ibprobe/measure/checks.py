@@ -1,11 +1,13 @@
 """Self-checks of the estimates, and the changes users ask about, with their own paired CIs.
 
-Changes: Î of the same layer at consecutive checkpoints, and of adjacent layers at one checkpoint. Both come from
+Changes: Î of the same layer at consecutive checkpoints (kind "step"), of adjacent layers at one checkpoint (kind
+"layer"), and the stages around each layer's peak (kinds "rise" and "fall", ibprobe.measure.phases). All come from
 the per-image NLL differences of the two rows' densities on the same test images, so the shared reference cancels:
 ΔÎ = Î_b − Î_a = mean_i(−log2 q_a(x_i|h_a) + log2 q_b(x_i|h_b)), with a t-interval over images (and over seeds with
 --repeats, ibprobe.estimators.decoder.paired_difference). `significant` is decided after Holm's correction over
 every comparison in the table (their number is in each row), so a table of many changes does not report chance
-ones; the CI beside it is the uncorrected 95% interval of that one change.
+ones; the CI beside it is the uncorrected 95% interval of that one change. Each row names both checkpoints by step
+(`step`, `step_to`) and epoch (`epoch`, `epoch_to`).
 
 Self-checks flag rows of mi.csv whose estimate is suspect, in its `checks` column (names joined by ';'):
 - `dpi`: along a chain of layers where each is a function of the one before, a later layer cannot hold more
@@ -37,25 +39,28 @@ def change(nll_a: np.ndarray, nll_b: np.ndarray) -> dict:
             "p_value": d.p_value}
 
 
-def changes(rows: list[dict], nll: dict, chain: list[str] | None = None) -> list[dict]:
-    """changes.csv rows: each layer between consecutive checkpoints ("epoch"), then adjacent layers at each
-    checkpoint ("layer"; in chain order when given, else the table's order), `significant` after Holm's correction
-    over all of them. `nll`: (layer, epoch) -> per-image test NLLs of the finished rows' densities."""
-    ok = [r for r in rows if (r["layer"], r["epoch"]) in nll]
+def changes(rows: list[dict], nll: dict, chain: list[str] | None = None, extra: list[dict] = ()) -> list[dict]:
+    """changes.csv rows: each layer between consecutive checkpoints ("step"), then adjacent layers at each
+    checkpoint ("layer"; in chain order when given, else the table's order), then `extra` comparisons (the stages
+    of ibprobe.measure.phases), `significant` after Holm's correction over all of them. `nll`: (layer, step) ->
+    per-image test NLLs of the finished rows' densities."""
+    ok = [r for r in rows if (r["layer"], r["step"]) in nll]
     layers = list(dict.fromkeys(r["layer"] for r in ok))
-    epochs = sorted({r["epoch"] for r in ok})
+    steps = sorted({r["step"] for r in ok})
+    epoch = {r["step"]: r["epoch"] for r in ok}
     order = [l for l in (chain or layers) if l in layers]
     out = []
     for layer in layers:
-        have = [e for e in epochs if (layer, e) in nll]
+        have = [s for s in steps if (layer, s) in nll]
         for a, b in zip(have, have[1:]):
-            out.append({"kind": "epoch", "layer": layer, "epoch": a, "layer_to": layer, "epoch_to": b,
-                        **change(nll[(layer, a)], nll[(layer, b)])})
-    for e in epochs:
-        have = [l for l in order if (l, e) in nll]
+            out.append({"kind": "step", "layer": layer, "step": a, "epoch": epoch[a], "layer_to": layer,
+                        "step_to": b, "epoch_to": epoch[b], **change(nll[(layer, a)], nll[(layer, b)])})
+    for s in steps:
+        have = [l for l in order if (l, s) in nll]
         for a, b in zip(have, have[1:]):
-            out.append({"kind": "layer", "layer": a, "epoch": e, "layer_to": b, "epoch_to": e,
-                        **change(nll[(a, e)], nll[(b, e)])})
+            out.append({"kind": "layer", "layer": a, "step": s, "epoch": epoch[s], "layer_to": b, "step_to": s,
+                        "epoch_to": epoch[s], **change(nll[(a, s)], nll[(b, s)])})
+    out += [dict(c) for c in extra]
     if out:
         for r, p in zip(out, holm([r["p_value"] for r in out])):
             r.update(p_holm=float(p), significant=bool(p < ALPHA), comparisons=len(out))
@@ -64,15 +69,15 @@ def changes(rows: list[dict], nll: dict, chain: list[str] | None = None) -> list
 
 def self_checks(rows: list[dict], infos: dict, shared: list[dict], change_rows: list[dict],
                 chain: list[str] | None = None, partial: bool = False) -> dict[tuple, list[str]]:
-    """{(layer, epoch): [check names]} for the finished rows (see the module docstring).
+    """{(layer, step): [check names]} for the finished rows (see the module docstring).
 
-    infos: (layer, epoch) -> the fit results the row depends on beyond the shared ones (its own decoder's); shared:
+    infos: (layer, step) -> the fit results the row depends on beyond the shared ones (its own decoder's); shared:
     the fit results every row depends on (q0, the reference's decoder); change_rows: the table's changes (for the
     dpi check along `chain`); partial: whether a candidate of the reference is missing."""
     flags: dict[tuple, list[str]] = {}
     shared_ok = all(converged(i) for i in shared)
     for r in rows:
-        key = (r["layer"], r["epoch"])
+        key = (r["layer"], r["step"])
         if key not in infos:
             continue
         f = flags.setdefault(key, [])
@@ -85,8 +90,8 @@ def self_checks(rows: list[dict], infos: dict, shared: list[dict], change_rows: 
         if r.get("i_yh_bits") is not None and r["i_yh_bits"] > r["i_xh_ci_high"]:
             f.append("yh_above_xh")
     for c in change_rows if chain else []:  # with a chain, the "layer" changes follow it (see `changes`)
-        if c["kind"] == "layer" and c["significant"] and c["delta_bits"] > 0 and (c["layer_to"], c["epoch"]) in flags:
-            flags[(c["layer_to"], c["epoch"])].append("dpi")
+        if c["kind"] == "layer" and c["significant"] and c["delta_bits"] > 0 and (c["layer_to"], c["step"]) in flags:
+            flags[(c["layer_to"], c["step"])].append("dpi")
     return {k: sorted(v) for k, v in flags.items()}
 
 

@@ -18,7 +18,7 @@ from ibprobe.config import resolve_device
 from ibprobe.errors import DataError
 from ibprobe.estimators.kid import (FeatureNet, KidConfig, default_input_size, feature_net, input_channels, kid_rows,
                                     load_feature_model)
-from ibprobe.rundir.paths import RunDir, epoch_dirname
+from ibprobe.rundir.paths import RunDir, step_dirname
 from ibprobe.rundir.pinning import read_pinned
 from ibprobe.rundir.sources import NORMALIZE_PRESETS, ModelSource, decoder_split, open_source
 from ibprobe.rundir.tables import KID, write_table
@@ -26,13 +26,13 @@ from ibprobe.sample import choose_images, find_decoders, sample_decoders
 
 
 def run_features(source: ModelSource, image_shape, cfg: KidConfig) -> FeatureNet:
-    """The feature network of `cfg`: "run" -> `source`'s network at its last checkpoint, named "run@epoch_XXXX";
+    """The feature network of `cfg`: "run" -> `source`'s network at its last checkpoint, named "run@step_XXXXXXXX";
     else `cfg.features` with `cfg.weights`, resized to its input size and given ImageNet's normalisation when it
     takes 3 channels (what torchvision's ImageNet weights expect; Inception v3 also with its transform_input)."""
     if cfg.features == "run":
-        epoch, path = max(source.checkpoints, key=lambda c: int(c[0]))
+        step, path = max(source.checkpoints, key=lambda c: int(c[0]))
         return feature_net(source.load_model(path, device="cpu"), image_shape, normalize=source.normalize,
-                           name=f"run@{epoch_dirname(int(epoch))}")
+                           name=f"run@{step_dirname(int(step))}")
     inception = {"transform_input": True, "init_weights": False} if cfg.features == "torchvision:inception_v3" else None
     model = load_feature_model(cfg.features, cfg.weights, model_args=inception)
     norm = NORMALIZE_PRESETS["imagenet"] if input_channels(model) == 3 else None
@@ -62,10 +62,10 @@ def measure_kid(run_dir: str | os.PathLike, cfg: KidConfig = KidConfig(), *, dev
     with one_cpu_thread(dev):
         rows = sample_decoders(run_dir, found, pairs, images, source=source, levels=int(ds.levels), n_samples=1,
                                seed=cfg.seed, device=device, progress=progress, desc="KID: sampling")
-    feats = {(r.epoch, r.layer): net.features(r.samples[:, 0], levels=int(ds.levels), device=dev) for r in rows}
+    feats = {(r.step, r.layer): net.features(r.samples[:, 0], levels=int(ds.levels), device=dev) for r in rows}
     unconditional = feats.pop((None, None), None)
     table = kid_rows(net.features(images, levels=int(ds.levels), device=dev), feats, unconditional=unconditional,
-                     cfg=cfg, features=net.name)
+                     cfg=cfg, features=net.name, epochs=dict(source.epochs))
     write_table(RunDir(run_dir).table(KID.name), table, KID)
     return table
 

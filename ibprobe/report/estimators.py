@@ -16,8 +16,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from ibprobe.errors import ConfigError, DataError, UserError
-from ibprobe.report.figure import (MARKERS, by_layer, epoch_norm, epoch_ticks, layer_colours, new_figure, ok_rows,
-                                   save_figure, symlog_epochs)
+from ibprobe.report.figure import (MARKERS, by_layer, epoch_norm, epoch_ticks, fmt_epoch, layer_colours, linthresh,
+                                   new_figure, ok_rows, save_figure, symlog_epochs)
 from ibprobe.rundir.paths import RunDir
 from ibprobe.rundir.tables import BASELINES, KID, SENSITIVITY, Schema, read_table
 
@@ -152,8 +152,8 @@ def estimator_planes(rows: list[dict], *, estimators: Sequence[str] | None = Non
             e = np.array([r["epoch"] for r in lr], dtype=float)
             marker = MARKERS[(i if panels else k) % len(MARKERS)]
             ax.plot(x, y, ls, color=colours[layer], lw=1.3, alpha=0.85, zorder=2, gid=f"trajectory:{label}:{layer}")
-            ax.scatter(x, y, c=e + 1, cmap=_VIEW, norm=norm, marker=marker, s=34, edgecolors=colours[layer],
-                       linewidths=1.1, zorder=3)
+            ax.scatter(x, y, c=e + linthresh(epochs), cmap=_VIEW, norm=norm, marker=marker, s=34,
+                       edgecolors=colours[layer], linewidths=1.1, zorder=3)
         if panels:
             ax.set_title(label, fontsize=9)
         shown = vrows if panels else drawn
@@ -190,15 +190,15 @@ def estimator_planes(rows: list[dict], *, estimators: Sequence[str] | None = Non
 # ----------------------------------------------------------------------------------------------- sensitivity
 def binning_sensitivity_plot(rows: list[dict], *, title: str | None = None):
     """Binning I(X;T) (top) and I(T;Y) (bottom, when present) against the bin count, one line per layer, one
-    column per checkpoint epoch. The dotted line is log2 N: with enough bins every image has its own cell and
-    every layer scores the same, whatever it keeps; with 1 bin every layer scores 0."""
+    column per checkpoint (by step, titled with its epoch). The dotted line is log2 N: with enough bins every image
+    has its own cell and every layer scores the same, whatever it keeps; with 1 bin every layer scores 0."""
     drawn = ok_rows(rows, "bins", "i_xh_bits", "layer")
     if not drawn:
         raise DataError("no binning rows (bins, i_xh_bits, layer) to draw a sensitivity figure from")
     by_epoch: dict[Any, list[dict]] = {}
     for r in drawn:
-        by_epoch.setdefault(r.get("epoch"), []).append(r)
-    keys = sorted(by_epoch, key=lambda e: -1 if e is None else e)
+        by_epoch.setdefault(r.get("step"), []).append(r)
+    keys = sorted(by_epoch, key=lambda s: -1 if s is None else s)
     has_y = any(r.get("i_yh_bits") is not None for r in drawn)
     colours = layer_colours(list(by_layer([{**r, "epoch": 0} for r in drawn])))
     fig = new_figure(2.8 * len(keys) + 1.2, 2.6 * (1 + has_y) + 0.4)
@@ -218,7 +218,8 @@ def binning_sensitivity_plot(rows: list[dict], *, title: str | None = None):
             ax.set_xscale("log", base=2)
             ax.grid(True, lw=0.4, alpha=0.4)
             if row == 0:
-                ax.set_title("all epochs" if ep is None else f"epoch {ep}", fontsize=9)
+                ax.set_title("all checkpoints" if ep is None else f"epoch {fmt_epoch(by_epoch[ep][0]['epoch'])}",
+                             fontsize=9)
             if col == 0:
                 ax.set_ylabel(f"binning {what}  [bits]")
             if row == has_y:

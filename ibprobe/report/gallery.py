@@ -35,7 +35,7 @@ def _to_display(img: np.ndarray, levels: int) -> tuple[np.ndarray, str | None]:
 
 
 def gallery_figure(data: GalleryData, *, title: str | None = None):
-    """Figure: rows are (layer, epoch) decoders; per image, the original, then K samples from q(x | h(x))."""
+    """Figure: rows are (layer, checkpoint) decoders; per image, the original, then K samples from q(x | h(x))."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -85,27 +85,31 @@ def gallery_figure(data: GalleryData, *, title: str | None = None):
     return fig
 
 
-def save_gallery(data: GalleryData, out_dir: str | os.PathLike) -> Path:
-    """Draw `data` and write out_dir/gallery.png (returned), gallery.pdf and gallery.npz, atomically."""
-    fig = gallery_figure(data, title="samples from q(x | h(x)) for held-out images")
+def save_gallery(data: GalleryData, out_dir: str | os.PathLike, stem: str = "gallery",
+                 title: str = "samples from q(x | h(x)) for held-out images") -> Path:
+    """Draw `data` and write out_dir/<stem>.png (returned), <stem>.pdf and <stem>.npz, atomically."""
+    fig = gallery_figure(data, title=title)
     out_dir = Path(out_dir)
     written = []
     for ext in ("png", "pdf"):
         buf = io.BytesIO()
         fig.savefig(buf, format=ext, metadata={"CreationDate": None} if ext == "pdf" else None)
-        written.append(atomic_write_bytes(out_dir / f"gallery.{ext}", buf.getvalue()))
-    atomic_write_bytes(out_dir / "gallery.npz", _npz(data))
+        written.append(atomic_write_bytes(out_dir / f"{stem}.{ext}", buf.getvalue()))
+    atomic_write_bytes(out_dir / f"{stem}.npz", _npz(data))
     return written[0]
 
 
 def _npz(data: GalleryData) -> bytes:
-    """The drawn pixels, so the figure can be redrawn without sampling: images, index, per-row samples."""
+    """The drawn pixels, so the figure can be redrawn without sampling: images, index, per-row labels, layers,
+    checkpoint steps and epochs (-1 for q(x)), and samples."""
     buf = io.BytesIO()
     np.savez_compressed(
         buf, images=data.images, image_index=data.image_index, levels=np.int64(data.levels),
         row_labels=np.array([row.label for row in data.rows]),
         row_layers=np.array(["" if row.layer is None else row.layer for row in data.rows]),
-        row_epochs=np.array([-1 if row.epoch is None else row.epoch for row in data.rows], dtype=np.int64),
+        row_steps=np.array([-1 if row.step is None else row.step for row in data.rows], dtype=np.int64),
+        row_epochs=np.array([-1.0 if row.step is None else float(row.step if row.epoch is None else row.epoch)
+                             for row in data.rows], dtype=np.float64),
         samples=np.stack([row.samples for row in data.rows]),  # (R, N, K, C, H, W) uint8
     )
     return buf.getvalue()

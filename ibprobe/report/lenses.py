@@ -67,13 +67,14 @@ def condition_number_vs_depth(rows: Sequence[dict], *, title: str | None = None)
 
 def hessian_vs_epoch(rows: Sequence[dict], *, title: str | None = None):
     """The top of the loss Hessian's spectrum against epoch: lambda_max and every |eig_i| of the top k (log y,
-    negative ones marked), and the top-k condition estimate |eig_1| / |eig_k| (log y), one point per checkpoint."""
-    rows = sorted(rows, key=lambda r: int(r["epoch"]))
+    negative ones marked), and the top-k condition estimate |eig_1| / |eig_k| (log y), one point per checkpoint (at
+    its fractional epoch)."""
+    rows = sorted(rows, key=lambda r: float(r["epoch"]))
     fig = new_figure(8.0, 3.2)
     ax, ac = fig.subplots(1, 2)
     k = max((int(r.get("k") or 0) for r in rows), default=0)
     for i in range(1, k + 1):
-        pts = [(int(r["epoch"]), float(r[f"eig_{i}"])) for r in rows if finite(r.get(f"eig_{i}"))]
+        pts = [(float(r["epoch"]), float(r[f"eig_{i}"])) for r in rows if finite(r.get(f"eig_{i}"))]
         pos = [(e, abs(v)) for e, v in pts if v != 0]
         if pos:
             ax.plot(*zip(*pos), color="0.6", lw=0.6, label="|λ_i|, top k" if i == 1 else None)
@@ -82,11 +83,11 @@ def hessian_vs_epoch(rows: Sequence[dict], *, title: str | None = None):
             ax.plot(*zip(*neg), ls="none", marker="v", ms=4, color="tab:red",
                     label="negative λ (|λ| shown)" if not any(l.get_label().startswith("negative")
                                                              for l in ax.get_lines()) else None)
-    top = [(int(r["epoch"]), float(r["lambda_max"])) for r in rows
+    top = [(float(r["epoch"]), float(r["lambda_max"])) for r in rows
            if finite(r.get("lambda_max")) and float(r["lambda_max"]) > 0]
     if top:
         ax.plot(*zip(*top), marker="o", ms=4, lw=1.5, color="tab:blue", label="λ_max")
-    cond = [(int(r["epoch"]), float(r["cond_estimate"])) for r in rows if finite(r.get("cond_estimate"))]
+    cond = [(float(r["epoch"]), float(r["cond_estimate"])) for r in rows if finite(r.get("cond_estimate"))]
     if cond:
         ac.plot(*zip(*cond), marker="s", ms=4, lw=1.5, color="tab:green")
     ax.set_ylabel("eigenvalue  [nats per weight²]", fontsize=8)
@@ -106,7 +107,7 @@ def hessian_vs_epoch(rows: Sequence[dict], *, title: str | None = None):
     return fig
 
 
-def generalization_gap(metrics_rows: Sequence[dict]) -> list[tuple[int, float]]:
+def generalization_gap(metrics_rows: Sequence[dict]) -> list[tuple[float, float]]:
     """[(epoch, train_acc - test_acc)] for the metrics.jsonl rows that have both accuracies.
 
     train_acc in metrics.jsonl is the running accuracy over an epoch's batches (train mode, the weights still
@@ -115,7 +116,7 @@ def generalization_gap(metrics_rows: Sequence[dict]) -> list[tuple[int, float]]:
     out = []
     for r in metrics_rows:
         if finite(r.get("train_acc")) and finite(r.get("test_acc")):
-            out.append((int(r["epoch"]), float(r["train_acc"]) - float(r["test_acc"])))
+            out.append((float(r["epoch"]), float(r["train_acc"]) - float(r["test_acc"])))
     return sorted(out)
 
 
@@ -135,7 +136,7 @@ def complexity_vs_epoch(runs: Mapping[str, tuple[Sequence[dict], Sequence[dict]]
     for ri, (label, (summary, metrics)) in enumerate(runs.items()):
         style = dict(color=cmap(ri % cmap.N), marker=MARKERS[ri % len(MARKERS)], ms=4, lw=1.5, label=label)
         for ax, term in zip(axes, terms):
-            pts = sorted((int(r["epoch"]), float(r[term])) for r in summary
+            pts = sorted((float(r["epoch"]), float(r[term])) for r in summary
                          if finite(r.get(term)) and float(r[term]) > 0)
             if pts:
                 ax.plot(*zip(*pts), **style)
@@ -181,7 +182,7 @@ def save_complexity(runs: Mapping[str, tuple[Sequence[dict], Sequence[dict]]], p
     table = []
     for label, (summary, metrics) in runs.items():
         gap = dict(generalization_gap(metrics))
-        table += [{"run": label, **r, "gap": gap.get(int(r["epoch"]))} for r in summary]
+        table += [{"run": label, **r, "gap": gap.get(float(r["epoch"]))} for r in summary]
     return save_figure(fig, path_stem, table)
 
 

@@ -7,8 +7,14 @@ Checkpoints from other people are untrusted. They are always read with `torch.lo
 only rebuilds tensors and primitive containers and never runs code from the file; a file that needs more
 (pickled classes, functions, NumPy arrays) is refused, not executed.
 
+How a checkpoint is keyed: by the optimizer step at which it was taken, with its (fractional) epoch beside it
+(ibprobe.rundir.paths). Ours hold both (`step`, and `epoch` = step / steps per epoch); a run folder names them
+step_XXXXXXXX.pt (older runs epoch_XXXX.pt, whose files hold their step too). A file from elsewhere that holds no
+step is keyed by its epoch number, which then stands for both: its `epoch` key, else the last number in its name,
+else its place in the sorted file list (see `resolve_checkpoints`).
+
 Formats understood by `extract_state_dict`:
-  - ours: {"model": state_dict, "epoch": int, "config": {...}, ...} (see ibprobe.train);
+  - ours: {"model": state_dict, "epoch": float, "step": int, "config": {...}, ...} (see ibprobe.train);
   - a raw state_dict (a mapping of names to tensors);
   - {"model": sd, ...}, {"state_dict": sd, ...}, {"model_state_dict": sd, ...} (plain, Lightning, common scripts);
   - keys prefixed by "module." (DataParallel/DDP), "model." (Lightning) or "_orig_mod." (torch.compile), also
@@ -17,6 +23,7 @@ Formats understood by `extract_state_dict`:
 from __future__ import annotations
 
 import glob
+import math
 import os
 import pickle
 import re
@@ -32,7 +39,7 @@ from ibprobe.config import resolve_device
 from ibprobe.errors import CheckpointError
 from ibprobe.models import build_model
 from ibprobe.rundir.files import atomic_write_json, read_json
-from ibprobe.rundir.paths import RunDir
+from ibprobe.rundir.paths import RunDir, checkpoint_name_key
 
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "network")
 STRIP_PREFIXES = ("module.", "model.", "_orig_mod.")
@@ -108,18 +115,19 @@ def extract_state_dict(obj: Any, source: str = "the checkpoint") -> tuple[dict[s
     """Find the model weights in a loaded checkpoint (`source` names it in an error).
 
     Returns:
-        (state_dict, meta): meta has "format" (what was recognised), "epoch" if the file has an integer
-        "epoch" key, "config" if it has a dict "config" (our runs), and "stripped_prefix" ("" if none).
+        (state_dict, meta): meta has "format" (what was recognised), "epoch" if the file has a number >= 0 under
+        "epoch" (an int, or our fractional epochs), "step" if it has an integer >= 0 under "step", "config" if it
+        has a dict "config" (our runs), and "stripped_prefix" ("" if none).
     Raises:
         CheckpointError: no state_dict could be found.
     """
     meta: dict[str, Any] = {"format": "state_dict", "stripped_prefix": ""}
     if isinstance(obj, Mapping):
-        ep = obj.get("epoch")
-        if isinstance(ep, torch.Tensor) and ep.numel() == 1 and not ep.is_floating_point():
-            ep = int(ep.item())
-        if isinstance(ep, int) and not isinstance(ep, bool) and ep >= 0:
+        ep, st = _number(obj.get("epoch")), _number(obj.get("step"))
+        if ep is not None:
             meta["epoch"] = ep
+        if isinstance(st, int):
+            meta["step"] = st
         if isinstance(obj.get("config"), Mapping):
             meta["config"] = dict(obj["config"])
     sd = obj
@@ -146,6 +154,15 @@ def extract_state_dict(obj: Any, source: str = "the checkpoint") -> tuple[dict[s
     sd, prefix = _strip_common_prefixes(dict(sd))
     meta["stripped_prefix"] = prefix
     return sd, meta
+
+
+def _number(v: Any) -> int | float | None:
+    """A finite number >= 0 (an int stays an int, a one-element tensor counts), else None."""
+    if isinstance(v, torch.Tensor) and v.numel() == 1:
+        v = v.item()
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+        return None
+    return v
 
 
 def _strip_common_prefixes(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], str]:
@@ -235,14 +252,17 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> dict:
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
 
-def resolve_checkpoints(globs: str | os.PathLike | list) -> list[tuple[int, Path]]:
-    """Expand checkpoint globs into [(epoch, path), ...] sorted by epoch.
+def resolve_checkpoints(globs: str | os.PathLike | list) -> list[tuple[int, float, Path]]:
+    """Expand checkpoint globs into [(step, epoch, path), ...] sorted by step.
 
-    The epoch of a file is its integer "epoch" key, else the last number in its file name; if no file has
-    either, the files are numbered 0, 1, ... in sorted-path order. Each file is loaded once (safely) to read it.
+    A file that holds its step and epoch (ours) is keyed by its step. A file without them is keyed by its epoch
+    number, which then stands for both step and epoch: its integer "epoch" key, else the last number in its file
+    name; if no file has either, the files are numbered 0, 1, ... in sorted-path order. Each file is loaded once
+    (safely) to read it.
 
     Raises:
-        CheckpointError: a pattern matches nothing, a file cannot be read, epochs are ambiguous or repeated.
+        CheckpointError: a pattern matches nothing, a file cannot be read, some files hold their step and others do
+            not, epochs are ambiguous, or two files have one key.
     """
     if isinstance(globs, (str, os.PathLike)):
         globs = [globs]
@@ -266,14 +286,23 @@ def resolve_checkpoints(globs: str | os.PathLike | list) -> list[tuple[int, Path
                 paths.append(Path(h))
     paths.sort(key=lambda p: str(p))
 
+    stepped: list[tuple[Path, int, float]] = []
     found: list[tuple[Path, int | None, str]] = []
     for p in paths:
         _, meta = extract_state_dict(load_checkpoint_file(p), f"checkpoint {p}")
-        if "epoch" in meta:
+        if "step" in meta and "epoch" in meta:
+            stepped.append((p, meta["step"], float(meta["epoch"])))
+        elif isinstance(meta.get("epoch"), int):
             found.append((p, meta["epoch"], "its 'epoch' key"))
         else:
             nums = re.findall(r"\d+", p.stem)
             found.append((p, int(nums[-1]) if nums else None, "its file name"))
+    if stepped and found:
+        raise CheckpointError(
+            f"{stepped[0][0]} holds its training step and {found[0][0]} does not, so they cannot be put in one order; "
+            "pass checkpoints of one kind (ibprobe's, keyed by step, or others, keyed by epoch)")
+    if stepped:
+        return _unique([(st, ep, p, "its 'step' key") for p, st, ep in stepped], "step")
     unknown = [p for p, e, _ in found if e is None]
     if unknown and len(unknown) == len(found):
         found = [(p, i, "file order") for i, (p, _, _) in enumerate(found)]
@@ -282,27 +311,57 @@ def resolve_checkpoints(globs: str | os.PathLike | list) -> list[tuple[int, Path
             f"cannot tell the epoch of {unknown[0]}: it has no 'epoch' key and no number in its name, while other "
             "checkpoints have one; rename it with its epoch, e.g. model_epoch12.pt"
         )
-    by_epoch: dict[int, tuple[Path, str]] = {}
-    for p, e, how in found:
-        if e in by_epoch:
-            q, how_q = by_epoch[e]
-            raise CheckpointError(
-                f"checkpoints {q} and {p} both are epoch {e} (from {how_q} and {how}); pass one file per epoch"
-            )
-        by_epoch[e] = (p, how)
-    return sorted((e, p) for e, (p, _) in by_epoch.items())
+    return _unique([(int(e), float(e), p, how) for p, e, how in found], "epoch")
+
+
+def _unique(found: list[tuple[int, float, Path, str]], what: str) -> list[tuple[int, float, Path]]:
+    """[(step, epoch, path)] sorted by step; two files of one key (a step, or an epoch standing for it) are refused."""
+    by_key: dict[int, tuple[Path, str]] = {}
+    for step, epoch, p, how in found:
+        if step in by_key:
+            q, how_q = by_key[step]
+            raise CheckpointError(f"checkpoints {q} and {p} both are {what} {step} (from {how_q} and {how}); pass one "
+                                  f"file per {what}")
+        by_key[step] = (p, how)
+    return sorted(((step, epoch, p) for step, epoch, p, _ in found), key=lambda t: t[0])
 
 
 # ------------------------------------------------------------------------------------------------ our run folders
 def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
-    """[(epoch, path)] of run_dir/checkpoints/epoch_*.pt, sorted by epoch (last.pt excluded)."""
+    """[(step, path)] of run_dir/checkpoints/step_*.pt, sorted by step (last.pt excluded). A run of an older version
+    named its checkpoints by epoch (epoch_XXXX.pt): those files are read once for the step they hold."""
     out = []
-    for p in RunDir(run_dir).checkpoints.glob("epoch_*.pt"):
-        try:
-            out.append((int(p.stem.split("_", 1)[1]), p))
-        except ValueError:
+    for p in RunDir(run_dir).checkpoints.glob("*.pt"):
+        named = checkpoint_name_key(p.stem)
+        if named is None:
             continue
+        kind, n = named
+        out.append((n if kind == "step" else _step_in(p), p))
     return sorted(out)
+
+
+def _step_in(path: Path) -> int:
+    """The training step an ibprobe checkpoint holds (one named by epoch, from an older version)."""
+    step = load_run_checkpoint(path).get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise CheckpointError(f"{path} holds no training step; it is not an ibprobe training checkpoint")
+    return step
+
+
+def run_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, float, Path]]:
+    """[(step, epoch, path)] of a training run's checkpoints, sorted by step: the epoch is step / steps per epoch
+    (config.json's `steps_per_epoch`), or the epoch an older run's file is named by."""
+    spe = load_run_config(run_dir).get("steps_per_epoch")
+    out = []
+    for step, p in list_checkpoints(run_dir):
+        named = checkpoint_name_key(p.stem)
+        if named and named[0] == "epoch":
+            out.append((step, float(named[1]), p))
+        elif isinstance(spe, int) and spe > 0:
+            out.append((step, step / spe, p))
+        else:  # a config.json without it: the checkpoint says
+            out.append((step, float(load_run_checkpoint(p)["epoch"]), p))
+    return out
 
 
 def load_run_config(run_dir: str | os.PathLike) -> dict:
@@ -349,7 +408,7 @@ def run_config_from_checkpoints(run_dir: str | os.PathLike) -> dict | None:
 
 
 def load_run_checkpoint(path: str | os.PathLike) -> dict:
-    """One of our training checkpoints (epoch_XXXX.pt, last.pt), read safely; CheckpointError if it is not one."""
+    """One of our training checkpoints (step_XXXXXXXX.pt, last.pt), read safely; CheckpointError if it is not one."""
     ckpt = load_checkpoint_file(path)
     if not isinstance(ckpt, dict) or not {"model", "config"} <= set(ckpt):
         raise CheckpointError(f"{path} is not an ibprobe training checkpoint (needs 'model' and 'config' entries)")
@@ -366,7 +425,7 @@ def build_run_model(config: dict) -> nn.Module:
 
 
 def load_run_model(checkpoint_path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
-    """(model in eval mode on `device`, checkpoint dict) from one of our epoch_XXXX.pt / last.pt files."""
+    """(model in eval mode on `device`, checkpoint dict) from one of our step_XXXXXXXX.pt / last.pt files."""
     ckpt = load_run_checkpoint(checkpoint_path)
     model = build_run_model(ckpt["config"])
     try:

@@ -2,7 +2,7 @@
 
     runs/<name>/
       config.json, metrics.jsonl            the training run (ibprobe.train)
-      checkpoints/epoch_0000.pt, last.pt    its checkpoints
+      checkpoints/step_00000000.pt, last.pt its checkpoints, named by optimizer step (step 0 = the initialisation)
       source.json, analysis.json            the analysed network; the pinned settings, data and inputs
       activations/                          the activation store (ibprobe.capture)
       decoders/jobs.json                    the job index (ibprobe.jobs)
@@ -10,8 +10,13 @@
       analysis/<table>.csv                  the tables (ibprobe.rundir.tables)
       figures/<figure>.{png,pdf,csv}        the figures (ibprobe.report)
 
-A layer's name becomes a folder name only through `sanitize_name`, and a checkpoint's epoch only through
-`epoch_dirname`, so the same layer and checkpoint always land in the same folder.
+A layer's name becomes a folder name only through `sanitize_name`, and a checkpoint's step only through
+`step_dirname`, so the same layer and checkpoint always land in the same folder.
+
+A checkpoint is identified by the optimizer step at which it was taken: the one number that orders checkpoints
+whatever the schedule (several inside the first epoch, or one per epoch), and an integer, so a folder name. Its
+epoch (step / steps per epoch, fractional) travels beside it. Training runs of older versions named checkpoints by
+epoch (epoch_0003.pt); `checkpoint_name_key` still reads those names.
 """
 from __future__ import annotations
 
@@ -43,9 +48,24 @@ def sanitize_name(name: str) -> str:
     return s[:200]
 
 
-def epoch_dirname(epoch: int) -> str:
-    """The one name for a checkpoint epoch on disk: epoch_0003."""
-    return f"epoch_{int(epoch):04d}"
+def step_dirname(step: int) -> str:
+    """The one name for a checkpoint on disk, by its optimizer step: step_00000150 (a checkpoint file adds .pt,
+    the activation store and a decoder job use it as a folder)."""
+    return f"step_{int(step):08d}"
+
+
+_STEP_NAME = re.compile(r"^step_(\d+)$")
+_EPOCH_NAME = re.compile(r"^epoch_(\d+)$")
+
+
+def checkpoint_name_key(stem: str) -> tuple[str, int] | None:
+    """("step", n) for a name step_n, ("epoch", n) for a name epoch_n (a training run of an older version), else
+    None: how a run folder's checkpoint file is keyed by its name alone."""
+    for kind, pattern in (("step", _STEP_NAME), ("epoch", _EPOCH_NAME)):
+        m = pattern.match(stem)
+        if m:
+            return kind, int(m.group(1))
+    return None
 
 
 def nll_file(which: str, mixture: bool = False) -> str:
@@ -75,8 +95,9 @@ class RunDir:
     def checkpoints(self) -> Path:
         return self.root / "checkpoints"
 
-    def checkpoint(self, epoch: int) -> Path:
-        return self.checkpoints / f"{epoch_dirname(epoch)}.pt"
+    def checkpoint(self, step: int) -> Path:
+        """checkpoints/step_XXXXXXXX.pt, the checkpoint taken after `step` optimizer steps."""
+        return self.checkpoints / f"{step_dirname(step)}.pt"
 
     @property
     def last_checkpoint(self) -> Path:
@@ -104,11 +125,11 @@ class RunDir:
     def job_index(self) -> Path:
         return self.decoders / "jobs.json"
 
-    def job(self, folder: str, epoch: int | None = None, repeat: int = 0) -> Path:
-        """A decoder job's folder: decoders/<folder> (a reference's) or decoders/<layer>/epoch_XXXX, under
+    def job(self, folder: str, step: int | None = None, repeat: int = 0) -> Path:
+        """A decoder job's folder: decoders/<folder> (a reference's) or decoders/<layer>/step_XXXXXXXX, under
         decoders/_repeat<r>/ for repeat r > 0."""
         base = self.decoders / f"_repeat{int(repeat)}" if repeat else self.decoders
-        return base / folder if epoch is None else base / sanitize_name(folder) / epoch_dirname(epoch)
+        return base / folder if step is None else base / sanitize_name(folder) / step_dirname(step)
 
     # outputs
     @property

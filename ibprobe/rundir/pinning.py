@@ -1,7 +1,7 @@
 """What a run folder holds and promises, and what each of its results was made from.
 
 DIR/analysis.json pins the settings (resolved values, so a resume on other hardware cannot mix architectures), the
-data and the inputs: the network (its spec and normalisation) and each checkpoint's content digest, by epoch. Every
+data and the inputs: the network (its spec and normalisation) and each checkpoint's content digest, by step. Every
 finished decoder job records in its result.json what it was made from (`job_inputs`): the settings, the data side's
 images, and for a q(x|h) the checkpoint's digest and the keys of its codes. So:
 
@@ -31,19 +31,20 @@ from ibprobe.errors import CheckpointError, ConfigError, DataError
 from ibprobe.rundir.files import atomic_write_json, file_digest, jsonable, read_json, remove_stale_temps, try_lock
 from ibprobe.rundir.paths import FAILED, Q0_FOLDER, RESULT, RunDir
 
-ANALYSIS_FORMAT = "ibprobe.analysis/4"  # 4: + the inputs (network, checkpoint contents) the results are made from
+ANALYSIS_FORMAT = "ibprobe.analysis/5"  # 4: + the inputs (network, checkpoint contents); 5: checkpoints keyed by step
 _ACTIVE = ".active.lock"  # held shared by every process working on the folder's analysis
+_BY_EPOCH = ("ibprobe.analysis/3", "ibprobe.analysis/4")  # formats whose checkpoints, jobs and tables are by epoch
 
 
 # ------------------------------------------------------------------------------------------------ the folder
 def source_inputs(source, run_dir: str | os.PathLike | None = None) -> dict:
     """What an analysis of `source` (a ModelSource) is made from, besides its settings and data: the network (the
-    source without its checkpoint paths) and each checkpoint's content digest, keyed by epoch (and, for the reader,
-    the file each digest was read from, relative to `run_dir` when inside it)."""
+    source without its checkpoints) and each checkpoint's content digest, keyed by step (and, for the reader, the file
+    each digest was read from, relative to `run_dir` when inside it)."""
     d = source.to_dict(None if run_dir is None else Path(run_dir))
-    net = {k: v for k, v in d.items() if k != "checkpoints"}
-    return {"network": jsonable(net), "checkpoints": {str(int(e)): file_digest(p) for e, p in source.checkpoints},
-            "files": {str(int(e)): str(p) for e, p in d["checkpoints"]}}
+    return {"network": jsonable(source.network()),
+            "checkpoints": {str(int(s)): file_digest(p) for s, p in source.checkpoints},
+            "files": {str(int(s)): str(p) for s, p in d["checkpoints"]}}
 
 
 @contextlib.contextmanager
@@ -53,7 +54,7 @@ def claim(run_dir: str | os.PathLike, settings: Settings, dataset_spec: dict, ne
 
     Under the folder's lock: a folder that holds results keeps its settings, data and inputs (other ones are refused
     with one line); one without results takes new ones, unless another process is working on it now (refused too).
-    New checkpoint epochs and layers are added. While the block runs the folder is held shared, so no process can
+    New checkpoints and layers are added. While the block runs the folder is held shared, so no process can
     re-pin it under this one; a process that finds it free first removes the temp files a kill left behind.
     """
     run_dir = Path(run_dir)
@@ -126,7 +127,7 @@ def read_pinned(run_dir: str | os.PathLike) -> tuple[Settings, dict, list[str]]:
 
 
 def read_inputs(run_dir: str | os.PathLike) -> dict:
-    """The inputs pinned in DIR/analysis.json: {"network": ..., "checkpoints": {epoch (str): digest}}."""
+    """The inputs pinned in DIR/analysis.json: {"network": ..., "checkpoints": {step (str): digest}}."""
     return read_pinned_analysis(run_dir)["inputs"]
 
 
@@ -155,6 +156,9 @@ def _read_analysis(path: Path) -> dict:
         raise ConfigError(f"{path} is unreadable ({type(e).__name__}); {start_over}") from None
     if not isinstance(meta, dict) or meta.get("format") != ANALYSIS_FORMAT:
         got = meta.get("format") if isinstance(meta, dict) else None
+        if got in _BY_EPOCH:
+            raise ConfigError(f"{path} is of format {got}, whose checkpoints are keyed by epoch; use a new --out "
+                              f"folder to analyse the run again (checkpoints are keyed by step since {ANALYSIS_FORMAT})")
         raise ConfigError(f"{path} is of format {got!r}, not {ANALYSIS_FORMAT} (an older ibprobe's, or not ours); "
                           f"{start_over}")
     ok = (isinstance(meta.get("settings"), dict) and isinstance(meta.get("dataset"), dict)
@@ -174,13 +178,13 @@ def _describe_diff(old: dict, new: dict) -> str | None:
     a, b = old["inputs"], new["inputs"]
     if a.get("network") != b.get("network"):
         return "network (" + "; ".join(_dict_diff(a.get("network") or {}, b.get("network") or {})) + ")"
-    changed = sorted((int(e) for e in set(a["checkpoints"]) & set(b["checkpoints"])
-                      if a["checkpoints"][e] != b["checkpoints"][e]))
+    changed = sorted((int(s) for s in set(a["checkpoints"]) & set(b["checkpoints"])
+                      if a["checkpoints"][s] != b["checkpoints"][s]))
     if changed:
         was, now = a.get("files", {}), b.get("files", {})
         return "checkpoint content (" + "; ".join(
-            f"epoch {e}: was {was.get(str(e), '?')} ({a['checkpoints'][str(e)][:12]}), now {now.get(str(e), '?')} "
-            f"({b['checkpoints'][str(e)][:12]})" for e in changed) + ")"
+            f"step {s}: was {was.get(str(s), '?')} ({a['checkpoints'][str(s)][:12]}), now {now.get(str(s), '?')} "
+            f"({b['checkpoints'][str(s)][:12]})" for s in changed) + ")"
     return None
 
 
@@ -263,7 +267,7 @@ def load_nll(path: Path, n: int | None = None) -> np.ndarray:
 def check_checkpoints(run_dir: str | os.PathLike, source) -> None:
     """A CheckpointError unless every checkpoint of `source` still has the content the folder pinned."""
     pinned = read_inputs(run_dir)["checkpoints"]
-    for e, p in source.checkpoints:
-        if str(int(e)) in pinned and file_digest(p) != pinned[str(int(e))]:
-            raise CheckpointError(f"checkpoint {p} (epoch {e}) has other content than when {run_dir} was analysed; "
+    for s, p in source.checkpoints:
+        if str(int(s)) in pinned and file_digest(p) != pinned[str(int(s))]:
+            raise CheckpointError(f"checkpoint {p} (step {s}) has other content than when {run_dir} was analysed; "
                                   f"restore it, or analyse it into a new --out folder")

@@ -22,8 +22,8 @@ from ibprobe.config import AnalysisConfig, Settings, check_int
 from ibprobe.data import Dataset, describe_sizes, load_dataset, stratified_split
 from ibprobe.errors import ConfigError, DataError, LayerError, UserError
 from ibprobe.models import build_model
-from ibprobe.rundir.checkpoints import (build_run_model, list_checkpoints, load_run_checkpoint, load_run_config,
-                                        load_run_model, load_weights, resolve_checkpoints)
+from ibprobe.rundir.checkpoints import (build_run_model, load_run_checkpoint, load_run_config, load_run_model,
+                                        load_weights, resolve_checkpoints, run_checkpoints)
 from ibprobe.rundir.files import jsonable, read_json
 from ibprobe.rundir.paths import RunDir, sanitize_name
 
@@ -39,6 +39,9 @@ class ModelSource:
 
     kind "run": one of our training runs (checkpoints carry their own config).
     kind "spec": a model spec (`resnet`, `torchvision:NAME`, `pkg.mod:callable`) plus foreign checkpoints.
+
+    A checkpoint is keyed by its optimizer step (ibprobe.rundir.checkpoints); `epochs` gives each one's fractional
+    epoch. A foreign checkpoint that holds no step is keyed by its epoch number, which is then its epoch too.
     """
 
     kind: str
@@ -46,8 +49,9 @@ class ModelSource:
     model_args: dict = field(default_factory=dict)
     in_shape: tuple = ()
     num_classes: int = 10
-    checkpoints: tuple = ()  # ((epoch, path), ...) sorted by epoch
+    checkpoints: tuple = ()  # ((step, path), ...) sorted by step
     normalize: tuple | None = None  # ((mean per channel), (std per channel)) after scaling to [0, 1]
+    epochs: tuple = ()  # ((step, epoch), ...): each checkpoint's fractional epoch (a step not here: its own number)
 
     def __post_init__(self):
         if self.normalize:  # JSON lists or numpy arrays -> ((mean, ...), (std, ...)) of floats
@@ -55,6 +59,31 @@ class ModelSource:
             object.__setattr__(self, "normalize", (tuple(float(v) for v in mean), tuple(float(v) for v in std)))
         elif self.normalize is not None:
             object.__setattr__(self, "normalize", None)
+        object.__setattr__(self, "epochs", tuple((int(s), float(e)) for s, e in self.epochs))
+
+    def epoch_of(self, step: int) -> float:
+        """The fractional epoch of the checkpoint at `step` (its own number where the step is not known)."""
+        return dict(self.epochs).get(int(step), float(step))
+
+    def select(self, *, steps=None, epochs=None) -> list[tuple[int, str]]:
+        """[(step, path)] of the checkpoints asked for by step and/or by epoch (None: all), in step order.
+
+        Both select exactly: an epoch asked for must be a checkpoint's epoch (a log-spaced run has few whole
+        epochs; ask for its checkpoints by step). A ConfigError lists what there is."""
+        if steps is None and epochs is None:
+            return [(int(s), str(p)) for s, p in self.checkpoints]
+        have = {int(s): str(p) for s, p in self.checkpoints}
+        want = set(int(s) for s in steps or ())
+        by_epoch = {self.epoch_of(s): s for s in have}
+        missing_e = [e for e in epochs or () if float(e) not in by_epoch]
+        missing_s = sorted(want - set(have))
+        if missing_e or missing_s:
+            asked = [f"epoch {e:g}" for e in missing_e] + [f"step {s}" for s in missing_s]
+            there = ", ".join(f"{s} (epoch {self.epoch_of(s):.3g})" for s in sorted(have))
+            raise ConfigError(f"no checkpoint at {', '.join(asked)}; the checkpoints are at steps {there}; choose "
+                              f"among them with --steps (or --epochs for their whole epochs)")
+        want |= {by_epoch[float(e)] for e in epochs or ()}
+        return [(s, p) for s, p in sorted(have.items()) if s in want]
 
     def load_model(self, path: str | os.PathLike, device: str = "cpu"):
         """The network at checkpoint `path`, in eval mode, on `device`."""
@@ -76,16 +105,22 @@ class ModelSource:
         return build_model(self.model, in_shape=tuple(self.in_shape), num_classes=self.num_classes,
                            **dict(self.model_args))
 
+    def network(self) -> dict:
+        """The source without its checkpoints: what the network is, whichever checkpoints it is looked at."""
+        return {k: v for k, v in asdict(self).items() if k not in ("checkpoints", "epochs")}
+
     def to_dict(self, root: Path | None = None) -> dict:
         d = asdict(self)
-        d["checkpoints"] = [[int(e), _relative(p, root)] for e, p in self.checkpoints]
+        d["checkpoints"] = [[int(s), _relative(p, root)] for s, p in self.checkpoints]
+        d["epochs"] = [[int(s), float(e)] for s, e in self.epochs]
         return d
 
     @classmethod
     def from_dict(cls, d: dict, root: Path | None = None) -> "ModelSource":
         d = dict(d)
         d["in_shape"] = tuple(d.get("in_shape") or ())
-        d["checkpoints"] = tuple((int(e), _absolute(p, root)) for e, p in d.get("checkpoints", ()))
+        d["checkpoints"] = tuple((int(s), _absolute(p, root)) for s, p in d.get("checkpoints", ()))
+        d["epochs"] = tuple((int(s), float(e)) for s, e in d.get("epochs", ()))
         return cls(**d)
 
 
@@ -293,10 +328,11 @@ class Prepared:
 def source_from_run(run_dir: str | os.PathLike) -> tuple[ModelSource, dict]:
     """(ModelSource, data spec) of one of our training runs, from its config.json and checkpoints."""
     conf = load_run_config(run_dir)
+    found = run_checkpoints(run_dir)
     source = ModelSource(kind="run", model=conf["model"], model_args=dict(conf.get("model_args") or {}),
                          in_shape=tuple(conf.get("in_shape", ())), num_classes=int(conf.get("num_classes", 10)),
-                         checkpoints=tuple((e, str(p)) for e, p in list_checkpoints(run_dir)),
-                         normalize=conf.get("normalize"))
+                         checkpoints=tuple((s, str(p)) for s, _, p in found), normalize=conf.get("normalize"),
+                         epochs=tuple((s, e) for s, e, _ in found))
     spec = dict(conf.get("dataset_spec") or {"name": conf.get("dataset", "digits")})
     if conf.get("max_train") is not None:  # runs from before the spec carried it
         spec.setdefault("max_train", int(conf["max_train"]))
@@ -319,8 +355,8 @@ def prepare_analysis(*, model: str, checkpoints, dataset_spec: dict, cfg: Analys
     code_shapes = probe_layers(net.eval(), ds, cfg.layers, norm, spec=str(model),
                                weights=f"checkpoint {source.checkpoints[-1][1]}")
     if cfg.progress:
-        print(f"{describe_sizes(ds)}; {model} with {len(source.checkpoints)} checkpoint(s) (epochs "
-              f"{', '.join(str(e) for e, _ in source.checkpoints)}); layers "
+        print(f"{describe_sizes(ds)}; {model} with {len(source.checkpoints)} checkpoint(s) (steps "
+              f"{', '.join(str(s) for s, _ in source.checkpoints)}); layers "
               + ", ".join(f"{l} {tuple(s)}" for l, s in code_shapes.items()), file=sys.stderr)
     return Prepared(source=source, dataset_spec=dict(dataset_spec), cfg=cfg, settings=settings, dataset=ds,
                     code_shapes=code_shapes)
@@ -342,11 +378,12 @@ def spec_source(model: str, checkpoints, ds: Dataset, *, model_args: dict | None
     num_classes = check_int("--model-arg num_classes", margs.pop("num_classes", ds.num_classes), 1)
     net = build_model(model, in_shape=ds.image_shape, num_classes=num_classes, **margs)
     ckpts = resolve_checkpoints(checkpoints)
-    for _, path in ckpts:
+    for _, _, path in ckpts:
         load_weights(net, path)
     source = ModelSource(kind="spec", model=str(model), model_args=margs, in_shape=tuple(ds.image_shape),
                          num_classes=num_classes, normalize=normalize,
-                         checkpoints=tuple((int(e), str(Path(p).resolve())) for e, p in ckpts))
+                         checkpoints=tuple((int(s), str(Path(p).resolve())) for s, _, p in ckpts),
+                         epochs=tuple((int(s), float(e)) for s, e, _ in ckpts))
     return source, net
 
 

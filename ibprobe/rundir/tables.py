@@ -7,6 +7,10 @@ not what its column holds is a DataError naming the file.
 
 Schemas name their columns in order; a schema without columns (`columns=None`) takes them from the rows, in
 first-seen order (the lens tables, whose eigenvalue and norm columns depend on the request).
+
+Checkpoints: every table that has a row per checkpoint orders them by `step`, the integer optimizer step at which
+the checkpoint was taken (0 = the initialisation), and gives its fractional `epoch` (step / steps per epoch) beside
+it. A foreign checkpoint that holds no step is keyed by its epoch number, so there step and epoch are that number.
 """
 from __future__ import annotations
 
@@ -45,30 +49,41 @@ def _schema(name: str, columns: Sequence[str] | None, *, ints: Iterable[str] = (
 
 
 MI = _schema("mi", [
-    "epoch", "checkpoint", "layer", "i_xh_bits", "i_xh_ci_low", "i_xh_ci_high", "i_xh_seed_sd", "i_xh_raw_bits",
+    "step", "epoch", "checkpoint", "layer", "i_xh_bits", "i_xh_ci_low", "i_xh_ci_high", "i_xh_seed_sd", "i_xh_raw_bits",
     "i_xh_from", "h_x_bits", "h_x_ref", "h_x_plain_bits", "h_x_given_h_bits", "bits_per_dim", "i_yh_bits", "n_test",
     "seeds", "decoder_data", "decoder", "checks", "status", "error"],
-    ints={"epoch", "n_test", "seeds"},
+    ints={"step", "n_test", "seeds"},
     texts={"checkpoint", "layer", "i_xh_from", "h_x_ref", "decoder_data", "decoder", "checks", "status", "error"})
-CHANGES = _schema("changes", ["kind", "layer", "epoch", "layer_to", "epoch_to", "delta_bits", "ci_low", "ci_high",
-                              "p_value", "p_holm", "significant", "comparisons", "n_test", "seeds"],
-                  ints={"epoch", "epoch_to", "n_test", "seeds", "comparisons"}, bools={"significant"},
+# kind: "step" (a layer between consecutive checkpoints), "layer" (adjacent layers at one checkpoint), "rise" and
+# "fall" (a layer from its first checkpoint to its peak, from its peak to its last: the stages of phases.csv)
+CHANGES = _schema("changes", ["kind", "layer", "step", "epoch", "layer_to", "step_to", "epoch_to", "delta_bits",
+                              "ci_low", "ci_high", "p_value", "p_holm", "significant", "comparisons", "n_test",
+                              "seeds"],
+                  ints={"step", "step_to", "n_test", "seeds", "comparisons"}, bools={"significant"},
                   texts={"kind", "layer", "layer_to"})
-BASELINES = _schema("baselines", ["epoch", "layer", "estimator", "bins", "noise_var", "i_xh_bits", "i_yh_bits", "n",
-                                  "dims", "act_min", "act_max", "status", "error"],
-                    ints={"epoch", "bins", "n", "dims"}, texts={"layer", "estimator", "status", "error"})
-SENSITIVITY = _schema("binning_sensitivity", ["epoch", "layer", "bins", "i_xh_bits", "i_yh_bits", "n", "dims",
+# one row per (regime, layer): step, epoch and i_xh_bits of its peak (the checkpoint of the largest Î(X;H)), and the
+# two stages around it with their paired CIs and Holm-corrected significance (ibprobe.measure.phases)
+PHASES = _schema("phases", ["regime", "layer", "step", "epoch", "i_xh_bits", "first_step", "first_epoch",
+                            "last_step", "last_epoch", "rise_bits", "rise_ci_low", "rise_ci_high", "rise_p_holm",
+                            "rise_significant", "fall_bits", "fall_ci_low", "fall_ci_high", "fall_p_holm",
+                            "fall_significant", "comparisons", "checkpoints", "n_test", "seeds"],
+                 ints={"step", "first_step", "last_step", "comparisons", "checkpoints", "n_test", "seeds"},
+                 bools={"rise_significant", "fall_significant"}, texts={"regime", "layer"})
+BASELINES = _schema("baselines", ["step", "epoch", "layer", "estimator", "bins", "noise_var", "i_xh_bits",
+                                  "i_yh_bits", "n", "dims", "act_min", "act_max", "status", "error"],
+                    ints={"step", "bins", "n", "dims"}, texts={"layer", "estimator", "status", "error"})
+SENSITIVITY = _schema("binning_sensitivity", ["step", "epoch", "layer", "bins", "i_xh_bits", "i_yh_bits", "n", "dims",
                                               "ceiling_bits"],
-                      ints={"epoch", "bins", "n", "dims"}, texts={"layer"})
-KID = _schema("kid", ["epoch", "layer", "reference", "kid_mean", "kid_std", "kid_sem", "subsets", "subset_size",
-                      "n_real", "n_fake", "features"],
-              ints={"epoch", "subsets", "subset_size", "n_real", "n_fake"}, texts={"layer", "reference", "features"})
-HESSIAN = _schema("hessian", None, ints={"epoch", "k", "n_images"}, texts={"method", "checkpoint"})
+                      ints={"step", "bins", "n", "dims"}, texts={"layer"})
+KID = _schema("kid", ["step", "epoch", "layer", "reference", "kid_mean", "kid_std", "kid_sem", "subsets",
+                      "subset_size", "n_real", "n_fake", "features"],
+              ints={"step", "subsets", "subset_size", "n_real", "n_fake"}, texts={"layer", "reference", "features"})
+HESSIAN = _schema("hessian", None, ints={"step", "k", "n_images"}, texts={"method", "checkpoint"})
 HESSIAN_LINEAR = _schema("hessian_linear", None, ints={"shortcut_depth", "depth", "n_params", "n_zero", "n_negative"},
                          texts={"init"})
-COMPLEXITY_LAYERS = _schema("complexity_layers", None, ints={"epoch"}, bools={"bn_folded"},
+COMPLEXITY_LAYERS = _schema("complexity_layers", None, ints={"step"}, bools={"bn_folded"},
                             texts={"layer", "role", "unit", "in_shape", "kind"})
-COMPLEXITY = _schema("complexity", None, ints={"epoch", "n_layers", "n_units", "n_images"}, texts={"run"})
+COMPLEXITY = _schema("complexity", None, ints={"step", "n_layers", "n_units", "n_images"}, texts={"run"})
 # figures/estimators.csv: the mi.csv rows (estimator "decoder") and the baselines.csv rows that figure draws
 ESTIMATOR_PLANES = Schema("estimators", tuple(dict.fromkeys(("estimator", *MI.columns, *BASELINES.columns))),
                           MI.ints | BASELINES.ints, frozenset(), MI.texts | BASELINES.texts)
@@ -76,8 +91,11 @@ ESTIMATOR_PLANES = Schema("estimators", tuple(dict.fromkeys(("estimator", *MI.co
 # one, text otherwise.
 FIGURE = _schema("figure", None)
 
-SCHEMAS = {s.name: s for s in (MI, CHANGES, BASELINES, SENSITIVITY, KID, HESSIAN, HESSIAN_LINEAR, COMPLEXITY_LAYERS,
-                               COMPLEXITY, ESTIMATOR_PLANES)}
+# figures/info_plane_regimes.csv: the mi.csv rows of every regime of a preset, each with its regime
+PLANE_REGIMES = Schema("info_plane_regimes", ("regime", *MI.columns), MI.ints, frozenset(), MI.texts | {"regime"})
+
+SCHEMAS = {s.name: s for s in (MI, CHANGES, PHASES, BASELINES, SENSITIVITY, KID, HESSIAN, HESSIAN_LINEAR,
+                               COMPLEXITY_LAYERS, COMPLEXITY, ESTIMATOR_PLANES, PLANE_REGIMES)}
 SCHEMAS.update(info_plane=MI, mi_vs_epoch=MI)  # the figures drawn from mi.csv rows
 
 
@@ -135,10 +153,10 @@ def read_table(path: str | os.PathLike, schema: Schema | None = None) -> list[di
 
     >>> import tempfile
     >>> path = Path(tempfile.mkdtemp()) / "mi.csv"
-    >>> _ = write_table(path, [{"epoch": 3, "layer": "layer1", "i_xh_bits": 12.5, "status": "ok"}], MI)
+    >>> _ = write_table(path, [{"step": 150, "epoch": 6.5, "layer": "layer1", "i_xh_bits": 12.5, "status": "ok"}], MI)
     >>> row = read_table(path)[0]
-    >>> row["epoch"], row["layer"], row["i_xh_bits"], row["i_yh_bits"]
-    (3, 'layer1', 12.5, None)
+    >>> row["step"], row["epoch"], row["layer"], row["i_xh_bits"], row["i_yh_bits"]
+    (150, 6.5, 'layer1', 12.5, None)
     """
     path = Path(path)
     schema = schema or SCHEMAS.get(path.stem, FIGURE)
@@ -146,8 +164,11 @@ def read_table(path: str | os.PathLike, schema: Schema | None = None) -> list[di
         raise DataError(f"{path} not found; run `ibprobe run` or `ibprobe analyze` first")
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
-        need = [c for c in ("epoch", "layer") if schema.columns is None or c in schema.columns][:2] \
+        need = [c for c in ("step", "layer") if schema.columns is None or c in schema.columns][:2] \
             if schema.columns is not None else []
+        if reader.fieldnames and "step" in need and "step" not in reader.fieldnames and "epoch" in reader.fieldnames:
+            raise DataError(f"{path} keys its checkpoints by epoch (an older ibprobe's table); re-analyse the run into "
+                            f"a new --out folder")
         if not reader.fieldnames or any(c not in reader.fieldnames for c in need):
             raise DataError(f"{path} is not a {schema.name} table (needs the columns {', '.join(need) or 'a header'})")
         rows = [{k: _typed(schema, k, v, path) for k, v in r.items() if k is not None} for r in reader]

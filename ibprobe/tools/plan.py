@@ -104,8 +104,8 @@ def jobs_of_preset(name: str, *, data_root: str | None = None, device: str = "au
         classes = DATASET_SHAPES.get(tcfg.dataset, (0, 10))[1]
         model = build_model(tcfg.model, in_shape=shape, num_classes=classes, **dict(tcfg.model_args))
         codes = capture(model, np.zeros((2, *shape), np.uint8), list(acfg.layers), levels=levels)
-        epochs = tcfg.schedule_epochs()
-        specs = reference_jobs(settings, labelled=classes > 1) + [JobSpec.conditional(layer, e) for e in epochs
+        steps = tcfg.schedule_steps(tcfg.steps_per_epoch(_train_images(tcfg.dataset_spec())))
+        specs = reference_jobs(settings, labelled=classes > 1) + [JobSpec.conditional(layer, s) for s in steps
                                                                     for layer in acfg.layers]
         out += [_planned(s, regime, settings, n_images, n_test, classes if s.role is Role.LABELS else
                          None if s.layer is None else codes[s.layer].shape[1:]) for s in specs]
@@ -126,7 +126,7 @@ def jobs_of_run(run_dir: str | Path) -> list[PlannedJob]:
     out = []
     for s in read_job_index(run_dir):
         shape = ds.num_classes if s.role is Role.LABELS else None if s.layer is None else \
-            store.read(s.epoch, s.layer, "fit").shape[1:]
+            store.read(s.step, s.layer, "fit").shape[1:]
         job = _planned(s, regime, settings, len(fit_idx), len(test_idx), shape)
         state = job_state(s.job_dir(run_dir))
         log = s.job_dir(run_dir) / FIT_LOG
@@ -155,6 +155,17 @@ def _planned(s: JobSpec, regime: str, settings: Settings, n_images: int, n_test:
         mixture = settings.mixture_codes if s.role is Role.CONDITIONAL and settings.reference != "plain" else 0
     return PlannedJob(s.key, regime, s.role.value, settings.decoder_for(code_shape), fit, int(n_images), int(n_test),
                       int(mixture))
+
+
+def _train_images(spec: dict) -> int:
+    """The images the network trains on (its training split, or the max_train subset), which set the steps of an
+    epoch and so where a step schedule puts the checkpoints: loaded when here, else the known size of the set."""
+    try:
+        return len(dataset(spec).train_idx)
+    except DataError:
+        if spec["name"] not in KNOWN_SPLITS:
+            raise
+        return min(KNOWN_SPLITS[spec["name"]][0], int(spec.get("max_train") or KNOWN_SPLITS[spec["name"]][0]))
 
 
 def _split_sizes(spec: dict, requested_side: str = "auto") -> tuple[int, int, tuple, int, str]:

@@ -120,7 +120,7 @@ def test_tappable_layers_of_ours_and_foreign_models():
 def test_store_roundtrip_manifest_and_skip(tmp_path):
     model, x = _net(), _images(11)
     store = ActivationStore(tmp_path / "acts")
-    paths = capture_to_store(model, x, ["layer1", "pool"], store, epoch=3, split="test", levels=17, batch_size=4,
+    paths = capture_to_store(model, x, ["layer1", "pool"], store, step=3, split="test", levels=17, batch_size=4,
                              checkpoint="ck.pt")
     ref = capture(model, x, ["layer1", "pool"], levels=17)
     for layer in ("layer1", "pool"):
@@ -128,12 +128,12 @@ def test_store_roundtrip_manifest_and_skip(tmp_path):
         assert isinstance(got, np.memmap) and got.dtype == np.float16 and got.shape == ref[layer].shape
         np.testing.assert_allclose(got, ref[layer].astype(np.float16))
         assert store.has(3, layer, "test") and not store.has(3, layer, "train")
-    assert paths["pool"] == tmp_path / "acts" / "epoch_0003" / "pool" / "test.npy"
-    man = json.loads((tmp_path / "acts" / "epoch_0003" / "manifest.json").read_text())
+    assert paths["pool"] == tmp_path / "acts" / "step_00000003" / "pool" / "test.npy"
+    man = json.loads((tmp_path / "acts" / "step_00000003" / "manifest.json").read_text())
     assert man["layer1"]["splits"]["test"] == {"shape": [11, 4, 8, 8], "dtype": "float16", "n": 11, "key": None,
                                                "checkpoint": "ck.pt", "file": "layer1/test.npy"}
     stamp = paths["pool"].stat().st_mtime_ns
-    capture_to_store(model, x, ["pool"], store, epoch=3, split="test", levels=17)
+    capture_to_store(model, x, ["pool"], store, step=3, split="test", levels=17)
     assert paths["pool"].stat().st_mtime_ns == stamp  # already stored: skipped
     assert not list((tmp_path / "acts").rglob("*.tmp"))
     with pytest.raises(LayerError, match="run `ibprobe capture`"):
@@ -152,14 +152,14 @@ class Huge(nn.Module):
 def test_store_refuses_float16_overflow_and_leaves_nothing(tmp_path):
     store = ActivationStore(tmp_path)
     with pytest.raises(LayerError, match="float16"):
-        capture_to_store(Huge(), _images(4), ["big"], store, epoch=0, split="train", levels=17)
+        capture_to_store(Huge(), _images(4), ["big"], store, step=0, split="train", levels=17)
     assert not store.has(0, "big", "train") and not list(tmp_path.rglob("*.npy")) and not list(tmp_path.rglob("*.tmp"))
 
 
 def test_layer_names_are_sanitised_into_one_folder(tmp_path):
     store = ActivationStore(tmp_path)
     p = store.path(1, "../../evil layer", "test")
-    assert p.parent.parent == tmp_path / "epoch_0001"
+    assert p.parent.parent == tmp_path / "step_00000001"
 
 
 _PEAK = """
@@ -170,7 +170,7 @@ from ibprobe.capture import ActivationStore, capture_to_store
 model = build_model("resnet", in_shape=(1, 8, 8), widths=(16, 8))
 for n in map(int, sys.argv[2:]):
     x = np.zeros((n, 1, 8, 8), np.uint8)
-    capture_to_store(model, x, ["layer1"], ActivationStore(sys.argv[1]), epoch=n, split="train", levels=17,
+    capture_to_store(model, x, ["layer1"], ActivationStore(sys.argv[1]), step=n, split="train", levels=17,
                      batch_size=200)
     del x
     print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, flush=True)  # KiB, high-water mark so far
@@ -182,7 +182,7 @@ def test_store_peak_memory_does_not_grow_with_n(tmp_path):
     out = subprocess.run([sys.executable, "-c", _PEAK, str(tmp_path), "1000", "12000"], capture_output=True,
                          text=True, check=True)
     small, large = map(int, out.stdout.split()[-2:])
-    assert (tmp_path / "epoch_12000" / "layer1" / "train.npy").stat().st_size > 12000 * 2048
+    assert (tmp_path / "step_00012000" / "layer1" / "train.npy").stat().st_size > 12000 * 2048
     assert large - small < 6 * 1024, (small, large)  # far less than the 21 MiB of extra activations
 
 
@@ -198,6 +198,11 @@ def test_cli_layers_and_capture(tmp_path, capsys):
     store = ActivationStore(run / "activations")
     assert store.has(1, "pool", "fit") and store.has(1, "layer2", "test") and not store.has(0, "pool", "test")
     assert store.read(1, "pool", "test").shape[1:] == (8,)
+    assert main(["capture", "--run", str(run), "--layers", "pool", "--steps", "0", "--quiet"]) == 0
+    assert store.has(0, "pool", "test") and not store.has(0, "layer2", "test")  # 64 images, 64 a batch: step = epoch
+    assert main(["capture", "--run", str(run), "--layers", "pool", "--epochs", "0.5", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "no checkpoint at epoch 0.5; the checkpoints are at steps 0 (epoch 0), 1 (epoch 1)" in err
     assert main(["capture", "--run", str(run), "--layers", "nope", "--quiet"]) == 2
     assert "unknown layer" in capsys.readouterr().err
     assert main(["layers", "--model", "resnet_ae", "--dataset", "digits"]) == 0
@@ -245,7 +250,7 @@ def test_a_store_entry_from_other_inputs_is_never_read_as_this_one(tmp_path):
     assert not store.has(0, "layer1", "test", key)
     fill_store(store, source, {"test": b}, ["layer1"], levels=17, progress=False)
     assert store.has(0, "layer1", "test", key)
-    (store.epoch_dir(0) / "manifest.json").write_text("{truncated")
+    (store.step_dir(0) / "manifest.json").write_text("{truncated")
     assert store.manifest(0) == {} and not store.has(0, "layer1", "test", key)
     fill_store(store, source, {"test": b}, ["layer1"], levels=17, progress=False)
     assert store.has(0, "layer1", "test", key)

@@ -23,7 +23,7 @@ from ibprobe.jobs import JobSpec, run_job
 from ibprobe.pipeline import run_preset
 from ibprobe.rundir.files import try_lock
 from ibprobe.rundir.tables import MI, read_table
-from tests.helpers import FIXTURES, TINY
+from tests.helpers import FIXTURES, TINY, TINY_LAST
 
 QUIET = AnalysisConfig(jobs=1, progress=False)
 
@@ -68,31 +68,32 @@ def test_mi_csv_schema_and_sane_values(tiny_run):
         assert r["n_test"] == _n_test() == 80 and r["decoder_data"] == "train"
         assert r["h_x_plain_bits"] is not None and r["h_x_ref"] == table[0]["h_x_ref"]  # one reference per run
         assert r["decoder"].startswith("pcnn-1x8x2")
-        assert r["checkpoint"] == f"checkpoints/epoch_{r['epoch']:04d}.pt"
+        assert r["checkpoint"] == f"checkpoints/step_{r['step']:08d}.pt"
     # Every conditional job pairs against the same reference, chosen on validation images.
     assert len({r["h_x_bits"] for r in table}) == 1
     for r in table:
-        job = JobSpec.conditional(r["layer"], r["epoch"]).job_dir(out)
+        job = JobSpec.conditional(r["layer"], r["step"]).job_dir(out)
         assert (job / "result.json").exists() and (job / "decoder.pt").exists()
         assert json.loads((job / "result.json").read_text())["decoder"] == r["decoder"]  # one id everywhere
     # finished jobs keep their decoder and results, not their resume state (optimizer moments)
     assert not list((out / "decoders").rglob("fit_state.pt"))
     index = json.loads((out / "decoders" / "jobs.json").read_text())["jobs"]
     assert [j["id"] for j in index] == ["_unconditional_init", "_unconditional", "_labels", "layer1@0", "pool@0",
-                                        "layer1@1", "pool@1"]
+                                        f"layer1@{TINY_LAST}", f"pool@{TINY_LAST}"]
     changes = read_table(out / "analysis" / "changes.csv")
-    assert [(c["kind"], c["layer"], c["epoch"], c["layer_to"], c["epoch_to"]) for c in changes] == [
-        ("epoch", "layer1", 0, "layer1", 1), ("epoch", "pool", 0, "pool", 1), ("layer", "layer1", 0, "pool", 0),
-        ("layer", "layer1", 1, "pool", 1)]
+    assert [(c["kind"], c["layer"], c["step"], c["layer_to"], c["step_to"]) for c in changes][:4] == [
+        ("step", "layer1", 0, "layer1", TINY_LAST), ("step", "pool", 0, "pool", TINY_LAST),
+        ("layer", "layer1", 0, "pool", 0), ("layer", "layer1", TINY_LAST, "pool", TINY_LAST)]
+    assert {c["kind"] for c in changes[4:]} <= {"rise", "fall"}  # the stages of phases.csv, in the same family
 
 
 def test_run_job_runs_one_job_by_id(tiny_run, capsys):
     out, _ = tiny_run
-    assert main(["run-job", str(out), "pool@1", "--device", "cpu", "--quiet"]) == 0
-    assert capsys.readouterr().out.strip() == "pool@1: ok"
-    assert main(["run-job", str(out), "pool@7"]) == 2
+    assert main(["run-job", str(out), f"pool@{TINY_LAST}", "--device", "cpu", "--quiet"]) == 0
+    assert capsys.readouterr().out.strip() == f"pool@{TINY_LAST}: ok"
+    assert main(["run-job", str(out), "pool@99"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "has no job 'pool@7'" in err and "layer1@0" in err
+    assert err.count("\n") == 0 and "has no job 'pool@99'" in err and "layer1@0" in err
 
 
 def test_keep_fit_state_keeps_the_resume_state(tmp_path):
@@ -136,7 +137,7 @@ def test_a_resume_uses_the_pinned_settings_whatever_this_machine_defaults_to(tin
     from ibprobe.errors import ConfigError
 
     out, _ = tiny_run
-    job = JobSpec.conditional("pool", 1).job_dir(out)
+    job = JobSpec.conditional("pool", TINY_LAST).job_dir(out)
     before = np.load(job / "test_nll_bits.npy")
     moved = tmp_path / "pool_1"
     shutil.move(job, moved)
@@ -146,7 +147,7 @@ def test_a_resume_uses_the_pinned_settings_whatever_this_machine_defaults_to(tin
     monkeypatch.setattr(config, "default_fit_config", lambda *a, **k: __import__("dataclasses").replace(
         real_fit(*a, **k), lr_decay=0.5, grad_clip=None))
     try:
-        res = run_job(out, JobSpec.conditional("pool", 1, str(out / "checkpoints" / "epoch_0001.pt")), Runtime(progress=False))
+        res = run_job(out, JobSpec.conditional("pool", TINY_LAST, str(out / "checkpoints" / f"step_{TINY_LAST:08d}.pt")), Runtime(progress=False))
         assert res["status"] == "ok"
         assert np.array_equal(np.load(job / "test_nll_bits.npy"), before)
         cfg = load_decoder(job / "decoder.pt").cfg
@@ -168,14 +169,14 @@ def test_starting_from_a_q0_of_another_shape_is_an_error_not_a_skip(tiny_run, tm
 
     out, _ = tiny_run
     q0 = JobSpec.q0().job_dir(out) / "decoder.pt"
-    job = JobSpec.conditional("layer1", 1).job_dir(out)
+    job = JobSpec.conditional("layer1", TINY_LAST).job_dir(out)
     saved_q0, moved = tmp_path / "q0.pt", tmp_path / "layer1_1"
     shutil.copy(q0, saved_q0)
     shutil.move(job, moved)
     try:
         torch.manual_seed(0)
         save_decoder(PixelCNNPP(DecoderConfig((1, 8, 8), 17, nr_resnet=1, nr_filters=16, nr_mix=2)), q0)
-        res = run_job(out, JobSpec.conditional("layer1", 1, str(out / "checkpoints" / "epoch_0001.pt")), Runtime(progress=False))
+        res = run_job(out, JobSpec.conditional("layer1", TINY_LAST, str(out / "checkpoints" / f"step_{TINY_LAST:08d}.pt")), Runtime(progress=False))
         assert res["status"] == "failed"
         assert "cannot start this decoder" in res["error"] and "nr_filters 16 vs 8" in res["error"]
         assert not (job / "decoder.pt").exists()
@@ -259,7 +260,7 @@ def test_two_processes_on_one_folder(tmp_path):
     table = read_table(out / "analysis" / "mi.csv")
     assert len(table) == 4 and all(r["status"] == "ok" for r in table)
     # Both processes report the same numbers: each job was fitted once and read by the other.
-    assert all((JobSpec.conditional(r["layer"], r["epoch"]).job_dir(out) / "result.json").exists() for r in table)
+    assert all((JobSpec.conditional(r["layer"], r["step"]).job_dir(out) / "result.json").exists() for r in table)
 
 
 def test_flock_claims_are_exclusive_and_released(tmp_path):
@@ -327,8 +328,8 @@ def test_repeats_refit_with_other_seeds_and_report_their_spread(tiny_run):
 
     out, rows = tiny_run
     again = run_preset(TINY, out, replace(QUIET, repeats=2), figures=False)["classify"]
-    assert (out / "decoders" / "_repeat1" / "pool" / "epoch_0001" / "result.json").exists()
-    seeds = [json.loads((JobSpec.conditional("pool", 1, repeat=r).job_dir(out) / "fit_log.json").read_text())["fit_config"]["seed"]
+    assert (out / "decoders" / "_repeat1" / "pool" / f"step_{TINY_LAST:08d}" / "result.json").exists()
+    seeds = [json.loads((JobSpec.conditional("pool", TINY_LAST, repeat=r).job_dir(out) / "fit_log.json").read_text())["fit_config"]["seed"]
              for r in (0, 1)]
     assert seeds[1] == seeds[0] + 1000
     checked = 0
@@ -343,7 +344,7 @@ def test_repeats_refit_with_other_seeds_and_report_their_spread(tiny_run):
             else:
                 ref = (JobSpec.reference(k) if name == "plain" else JobSpec.labels(k)).job_dir(out)
             mix = "" if name == "plain" else "mix_"
-            job = JobSpec.conditional(r["layer"], r["epoch"], repeat=k).job_dir(out)
+            job = JobSpec.conditional(r["layer"], r["step"], repeat=k).job_dir(out)
             ref_val, ref_test = (np.load(ref / f"{mix}{w}_nll_bits.npy") for w in ("val", "test"))
             used, _ = with_ignorance(ref_val, ref_test, *(np.load(job / f"{w}_nll_bits.npy") for w in ("val", "test")))
             per_seed.append(np.mean(ref_test - used))

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from ibprobe.backends import make_backend, number_of_tasks, task_job_ids
+from tests.helpers import LAST
 from ibprobe.backends.tasks import require
 from ibprobe.cli import main
 from ibprobe.errors import ConfigError
@@ -61,12 +62,12 @@ def test_backend_none_prepares_a_folder_that_run_job_tasks_fit(reference, tmp_pa
     assert main(["run-job", str(out), "_unconditional_init", "--quiet"]) == 0  # every other job starts from q0
     n = number_of_tasks(6, 3)
     assert [task_job_ids(out, i, 3) for i in range(n)] == [["_unconditional", "_labels", "layer1@0"],
-                                                             ["pool@0", "layer1@1", "pool@1"]]
+                                                             ["pool@0", f"layer1@{LAST}", f"pool@{LAST}"]]
     with pytest.raises(ConfigError, match="use an array of 0-1"):
         task_job_ids(out, 2, 3)
     for i in range(n):
         assert main(["run-job", str(out), "--task", str(i), "--jobs-per-task", "3", "--quiet"]) == 0
-    assert "pool@1: ok" in capsys.readouterr().out
+    assert f"pool@{LAST}: ok" in capsys.readouterr().out
     assert main(["run", "--out", str(out), *FLAGS]) == 0  # every job done: it measures, fits nothing
     assert (out / "analysis" / "mi.csv").read_bytes() == (reference / "analysis" / "mi.csv").read_bytes()
 

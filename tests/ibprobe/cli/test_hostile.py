@@ -31,6 +31,7 @@ from ibprobe.rundir.sources import ModelSource, decoder_split, open_source, sour
 TRAIN = ["--train", "epochs=1", "checkpoint_epochs=0,1", "max_train=150"]
 TINY = ["--layers", "pool", "--decoder", "nr_resnet=1", "nr_filters=4", "nr_mix=1", "--fit", "epochs=1",
         "--reference", "plain", "--no-probe", "--jobs", "1", "--no-figures", "--quiet"]
+LAST = 3  # the step of the last checkpoint, epoch 1: 150 training images, 64 a batch
 NET = ["--model", "resnet", "--model-arg", "widths=16,32,64", "blocks=1,1,1"]  # what `run` trains by default
 
 
@@ -151,7 +152,7 @@ OPTIONS = [
 def test_a_bad_option_is_one_line_before_any_work(finished, tmp_path, capsys, argv, needle):
     before = digest(finished)
     np.save(tmp_path / "x0.npy", np.zeros((0, 1, 8, 8), np.uint8))
-    fill = {F: str(finished), T: str(tmp_path / "new"), CK: str(finished / "checkpoints" / "epoch_0001.pt"),
+    fill = {F: str(finished), T: str(tmp_path / "new"), CK: str(finished / "checkpoints" / "step_00000003.pt"),
             X0: str(tmp_path / "x0.npy")}
     rc = main([fill.get(a, a).replace(F, str(finished)) for a in argv])
     one_line(capsys, rc, needle)
@@ -168,13 +169,14 @@ def _npy(a: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-POOL1 = "decoders/pool/epoch_0001"
+POOL1 = "decoders/pool/step_00000003"
 GARBAGE = b"garbage\x00{"
 DAMAGED = [  # (file, new content or "half", command: "run" | "run-job" | "plot" | "gallery", needle)
     ("analysis.json", GARBAGE, "run", "analysis.json is unreadable"),
     ("analysis.json", "half", "run", "analysis.json is unreadable"),
     ("analysis.json", b'{"format": "ibprobe.analysis/3"}', "run", "analysis.json is of format"),
-    ("analysis.json", b'{"format": "ibprobe.analysis/4", "settings": []}', "run", "lacks its settings"),
+    ("analysis.json", b'{"format": "ibprobe.analysis/4"}', "run", "keyed by epoch"),
+    ("analysis.json", b'{"format": "ibprobe.analysis/5", "settings": []}', "run", "lacks its settings"),
     (f"{POOL1}/result.json", GARBAGE, "run", "result.json is unreadable"),
     (f"{POOL1}/result.json", "half", "run", "result.json is unreadable"),
     (f"{POOL1}/result.json", b"[]", "run", "result.json is not a job result"),
@@ -189,7 +191,7 @@ DAMAGED = [  # (file, new content or "half", command: "run" | "run-job" | "plot"
     ("source.json", GARBAGE, "gallery", "source.json is damaged"),
     ("metrics.jsonl", b'not json\n{"epoch": 1}\n', "plot", "metrics.jsonl line 1"),
     ("checkpoints/last.pt", GARBAGE, "run", "last.pt"),
-    ("checkpoints/epoch_0001.pt", GARBAGE, "run", "other checkpoint content"),
+    ("checkpoints/step_00000003.pt", GARBAGE, "run", "other checkpoint content"),
     (f"{POOL1}/decoder.pt", GARBAGE, "gallery", "decoder.pt is damaged"),
 ]
 
@@ -249,8 +251,8 @@ def test_a_damaged_q0_stops_the_jobs_that_start_from_it_without_failing_them(fin
 
 REBUILT = [  # damage that a rerun repairs, to the same numbers
     ("config.json", GARBAGE), ("config.json", "half"), ("metrics.jsonl", "half"), ("analysis/mi.csv", GARBAGE),
-    ("activations/epoch_0001/manifest.json", GARBAGE), ("activations/epoch_0001/pool/test.npy", "half"),
-    ("activations/epoch_0000/pool/fit.npy", GARBAGE), (f"{POOL1}/fit_state.pt", GARBAGE),
+    ("activations/step_00000003/manifest.json", GARBAGE), ("activations/step_00000003/pool/test.npy", "half"),
+    ("activations/step_00000000/pool/fit.npy", GARBAGE), (f"{POOL1}/fit_state.pt", GARBAGE),
 ]
 
 
@@ -262,7 +264,7 @@ def test_what_can_be_rebuilt_is_rebuilt_to_the_same_numbers(finished, tmp_path, 
         (run / POOL1 / "result.json").unlink()
     p = run / rel
     p.write_bytes(p.read_bytes()[: p.stat().st_size // 2] if content == "half" else content)
-    for leftover in ("decoders/.jobs.json.1x2y.tmp", "activations/epoch_0001/pool/.fit.npy.3z.tmp",
+    for leftover in ("decoders/.jobs.json.1x2y.tmp", "activations/step_00000003/pool/.fit.npy.3z.tmp",
                      "checkpoints/.last.pt.9q.tmp", ".analysis.json.7k.tmp"):  # what a kill -9 leaves
         (run / leftover).write_bytes(b"partial")
     assert rerun(run) == 0, capsys.readouterr().err[-2000:]
@@ -279,7 +281,7 @@ def test_a_full_disk_is_one_line_leaves_no_temp_files_and_a_rerun_finishes(finis
     """The fail_at-th durable write of a rerun (that must capture and fit again) finds the disk full."""
     run = _copy(finished, tmp_path)
     shutil.rmtree(run / POOL1)
-    shutil.rmtree(run / "activations" / "epoch_0001")
+    shutil.rmtree(run / "activations" / "step_00000003")
     before = digest(run)
     calls = {"n": 0}
     real = os.fsync
@@ -328,11 +330,11 @@ def test_a_read_only_folder_is_one_line(finished, tmp_path, capsys, monkeypatch)
 def test_changed_checkpoint_content_is_refused_and_the_folder_kept(finished, tmp_path, capsys):
     """A1: other weights saved as a checkpoint the folder has results for."""
     run = _copy(finished, tmp_path)
-    ck = torch.load(run / "checkpoints" / "epoch_0000.pt", weights_only=True)
-    ck["epoch"] = 1
-    torch.save(ck, run / "checkpoints" / "epoch_0001.pt")
+    ck = torch.load(run / "checkpoints" / "step_00000000.pt", weights_only=True)
+    ck["epoch"], ck["step"] = 1.0, LAST
+    torch.save(ck, run / "checkpoints" / "step_00000003.pt")
     before = digest(run)
-    one_line(capsys, rerun(run), "other checkpoint content", "epoch 1", "epoch_0001.pt")
+    one_line(capsys, rerun(run), "other checkpoint content", f"step {LAST}", "step_00000003.pt")
     assert digest(run) == before
 
 
@@ -345,13 +347,13 @@ def test_an_analysis_keeps_its_inputs_and_a_folder_without_results_takes_new_one
     np.save(tmp_path / "x.npy", ds.images[:80])
     np.save(tmp_path / "y.npy", ds.labels[:80])
     out = tmp_path / "S"
-    ckpts = [str(finished / "checkpoints" / f"epoch_000{e}.pt") for e in (0, 1)]
+    ckpts = [str(finished / "checkpoints" / f"step_{s:08d}.pt") for s in (0, LAST)]
     base = ["analyze", *NET, "--images", str(tmp_path / "x.npy"), "--labels", str(tmp_path / "y.npy"), "--levels",
             "17", "--out", str(out), *TINY]
     assert main([*base, "--checkpoints", *ckpts]) == 0
     before = digest(out)
     other = torch.load(ckpts[0], weights_only=True)
-    other["epoch"] = 1
+    other["epoch"], other["step"] = 1.0, LAST
     torch.save(other, tmp_path / "e1.pt")
     one_line(capsys, main([*base, "--checkpoints", str(tmp_path / "e1.pt")]), "other checkpoint content", "e1.pt")
     one_line(capsys, main([*base, "--checkpoints", *ckpts, "--normalize", "0.5,0.01"]), "normalize")
@@ -367,9 +369,9 @@ def test_an_analysis_keeps_its_inputs_and_a_folder_without_results_takes_new_one
     x_test = ds.images[decoder_split(ds, settings.decoder_data, settings.seed)[1]]
     pinned = read_inputs(out)["checkpoints"]
     plain = ModelSource(**{**source.__dict__, "normalize": None})
-    for e in (0, 1):  # every job was made from the normalised codes, none from the old ones
-        codes = json.loads((out / "decoders" / "pool" / f"epoch_000{e}" / "result.json").read_text())["inputs"]["codes"]
-        assert codes["test"] == codes_key(x_test, source, pinned[str(e)]) != codes_key(x_test, plain, pinned[str(e)])
+    for st in (0, LAST):  # every job was made from the normalised codes, none from the old ones
+        codes = json.loads((out / "decoders" / "pool" / f"step_{st:08d}" / "result.json").read_text())["inputs"]["codes"]
+        assert codes["test"] == codes_key(x_test, source, pinned[str(st)]) != codes_key(x_test, plain, pinned[str(st)])
 
 
 # ------------------------------------------------------------------------------------------------ two processes

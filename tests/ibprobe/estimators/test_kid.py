@@ -120,7 +120,8 @@ def test_kid_rows_share_splits_and_are_reproducible():
     assert [r["reference"] for r in rows] == ["conditional", "conditional", "unconditional", "split_half"]
     assert {r["subset_size"] for r in rows} == {30}  # half the held-out set
     assert all(set(r) == set(KID.columns) for r in rows) and rows[0]["features"] == "run:pool"
-    assert rows[2]["epoch"] is None and rows[2]["layer"] is None
+    assert rows[2]["step"] is None and rows[2]["epoch"] is None and rows[2]["layer"] is None
+    assert [(r["step"], r["epoch"]) for r in rows[:2]] == [(0, 0.0), (3, 3.0)]  # a step without an epoch: its own
     assert rows[1]["kid_mean"] > rows[0]["kid_mean"]
     assert rows == kid_rows(held, cond, unconditional=_gauss(60, d=4, seed=4), cfg=cfg, features="run:pool")
     with pytest.raises(DataError, match="at least 4"):

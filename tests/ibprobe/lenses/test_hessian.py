@@ -129,7 +129,7 @@ def test_hessian_operator_is_symmetric_and_autoencoder_loss_works():
     u, v = (torch.randn(op.dim, generator=g, dtype=torch.float64) for _ in range(2))
     assert float(u @ op(v)) == pytest.approx(float(v @ op(u)), rel=1e-8)
     rows = hessian_rows([(0, ae), (3, ae)], x, x, "autoencode", k=2, steps=20)
-    assert [r["epoch"] for r in rows] == [0, 3] and rows[0]["eig_1"] == rows[1]["eig_1"]
+    assert [r["step"] for r in rows] == [0, 3] and rows[0]["eig_1"] == rows[1]["eig_1"]
     assert abs(rows[0]["eig_1"]) >= abs(rows[0]["eig_2"])
 
 

@@ -71,7 +71,7 @@ def test_complexity_of_a_run_agrees_with_its_layers_and_metrics(tiny_run, capsys
 def test_complexity_of_your_checkpoints_equals_that_of_the_run_and_runs_compare(tiny_run, tmp_path):
     mine = tmp_path / "mine"
     assert main(["complexity", "--model", "resnet", "--model-arg", "widths=8,8", "blocks=1,1", "--checkpoints",
-                 str(tiny_run / "checkpoints" / "epoch_*.pt"), "--dataset", "digits", "--epochs", "3",
+                 str(tiny_run / "checkpoints" / "step_*.pt"), "--dataset", "digits", "--epochs", "3",
                  "--out", str(mine), "--quiet"]) == 0
     if not (tiny_run / "analysis" / "complexity_layers.csv").is_file():
         assert main(["complexity", "--run", str(tiny_run), "--quiet"]) == 0

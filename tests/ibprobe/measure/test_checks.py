@@ -6,8 +6,8 @@ import pytest
 from ibprobe.measure.checks import change, changes, converged, self_checks
 
 
-def _row(layer, epoch, i_xh, ci, h_x=100.0, i_yh=None):
-    return {"layer": layer, "epoch": epoch, "i_xh_bits": i_xh, "i_xh_ci_low": i_xh - ci, "i_xh_ci_high": i_xh + ci,
+def _row(layer, step, i_xh, ci, h_x=100.0, i_yh=None):
+    return {"layer": layer, "step": step, "epoch": step / 10, "i_xh_bits": i_xh, "i_xh_ci_low": i_xh - ci, "i_xh_ci_high": i_xh + ci,
             "h_x_bits": h_x, "i_yh_bits": i_yh, "status": "ok"}
 
 
@@ -44,7 +44,7 @@ def test_significance_is_corrected_for_every_comparison_in_the_table():
     rows = [_row("layer1", e, 1.0, 0.1) for e in range(22)]
     got = changes(rows, nll)
     assert len(got) == 21 and all(c["comparisons"] == 21 for c in got)
-    assert [c["epoch_to"] for c in got if c["significant"]] == [21]
+    assert [c["step_to"] for c in got if c["significant"]] == [21]
     assert all(c["p_holm"] >= c["p_value"] for c in got)
 
 
@@ -53,10 +53,11 @@ def test_changes_between_checkpoints_and_adjacent_layers():
     nll = {(l, e): 60 + rng.normal(size=50) for l in ("layer1", "pool") for e in (0, 3, 8)}
     rows = [_row(l, e, 1.0, 0.1) for (l, e) in nll]
     got = changes(rows, nll, chain=["layer1", "pool"])
-    assert [(c["kind"], c["layer"], c["epoch"], c["layer_to"], c["epoch_to"]) for c in got] == [
-        ("epoch", "layer1", 0, "layer1", 3), ("epoch", "layer1", 3, "layer1", 8), ("epoch", "pool", 0, "pool", 3),
-        ("epoch", "pool", 3, "pool", 8), ("layer", "layer1", 0, "pool", 0), ("layer", "layer1", 3, "pool", 3),
+    assert [(c["kind"], c["layer"], c["step"], c["layer_to"], c["step_to"]) for c in got] == [
+        ("step", "layer1", 0, "layer1", 3), ("step", "layer1", 3, "layer1", 8), ("step", "pool", 0, "pool", 3),
+        ("step", "pool", 3, "pool", 8), ("layer", "layer1", 0, "pool", 0), ("layer", "layer1", 3, "pool", 3),
         ("layer", "layer1", 8, "pool", 8)]
+    assert [(c["epoch"], c["epoch_to"]) for c in got[:2]] == [(0.0, 0.3), (0.3, 0.8)]  # each checkpoint's epoch
     assert got[0]["delta_bits"] == pytest.approx(np.mean(nll[("layer1", 0)] - nll[("layer1", 3)]))
 
 
@@ -68,7 +69,7 @@ def test_each_self_check_fires_on_what_it_names():
     rows = [_row("layer1", 0, 10.0, 0.5), _row("pool", 0, 15.0, 0.5, i_yh=3.0),
             _row("layer1", 1, 110.0, 0.5), _row("pool", 1, 1.0, 0.5, i_yh=3.0)]
     done = {"best_epoch": 3, "epochs": 4, "stopped_early": True}
-    infos = {(r["layer"], r["epoch"]): [done] for r in rows}
+    infos = {(r["layer"], r["step"]): [done] for r in rows}
     infos[("layer1", 1)] = [{"best_epoch": 4, "epochs": 4, "epochs_run": 4, "stopped_early": False, "patience": 2}]
     chain = ["layer1", "pool"]
     flags = self_checks(rows, infos, [done], changes(rows, nll, chain), chain)

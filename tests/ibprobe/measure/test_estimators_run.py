@@ -20,7 +20,8 @@ from ibprobe.sample import kid_captions
 from tests import helpers as tiny_analysis
 
 TINY = replace(tiny_analysis.TINY, init_epochs=1)  # q0 fitted for 1 epoch
-PAIRS = [(0, "layer1"), (0, "pool"), (1, "layer1"), (1, "pool")]
+LAST = tiny_analysis.TINY_LAST
+PAIRS = [(0, "layer1"), (0, "pool"), (LAST, "layer1"), (LAST, "pool")]  # (step, layer)
 
 
 @pytest.fixture(scope="module")
@@ -35,21 +36,22 @@ def tiny_run(tmp_path_factory):
 
 def test_baselines_csv_on_the_decoders_test_images(tiny_run):
     out, _ = tiny_run
-    mi = {(r["epoch"], r["layer"]): r for r in read_table(out / "analysis" / "mi.csv")}
+    mi = {(r["step"], r["layer"]): r for r in read_table(out / "analysis" / "mi.csv")}
     with open(out / "analysis" / "baselines.csv", encoding="utf-8") as f:
         assert f.readline().strip().split(",") == list(BASELINES.columns)
     rows = read_table(out / "analysis" / "baselines.csv")
-    assert [(r["epoch"], r["layer"], r["estimator"]) for r in rows] == [(e, l, est) for e, l in PAIRS
-                                                                        for est in ("binning", "kde")]
+    assert [(r["step"], r["layer"], r["estimator"]) for r in rows] == [(s, l, est) for s, l in PAIRS
+                                                                       for est in ("binning", "kde")]
+    assert [r["epoch"] for r in rows] == [0.0] * 4 + [1.0] * 4
     for r in rows:
-        n = mi[(r["epoch"], r["layer"])]["n_test"]  # the same test images as the decoder estimate
+        n = mi[(r["step"], r["layer"])]["n_test"]  # the same test images as the decoder estimate
         assert r["status"] == "ok" and r["n"] == n == 80
         assert 0.0 <= r["i_yh_bits"] <= r["i_xh_bits"] + 1e-6 <= math.log2(n) + 2e-6  # CSV keeps 10 digits
         assert r["i_yh_bits"] <= math.log2(10) + 1e-6
         assert (r["bins"], r["noise_var"]) == ((8, None) if r["estimator"] == "binning" else (None, 0.5))
     sens = read_table(out / "analysis" / "binning_sensitivity.csv")
     for e, l in PAIRS:
-        curve = {r["bins"]: r["i_xh_bits"] for r in sens if (r["epoch"], r["layer"]) == (e, l)}
+        curve = {r["bins"]: r["i_xh_bits"] for r in sens if (r["step"], r["layer"]) == (e, l)}
         assert curve[1] == 0.0 and 8 in curve  # one bin holds everything; --bins is on the curve
         powers = [curve[b] for b in sorted(curve) if b & (b - 1) == 0]
         assert all(b >= a - 1e-12 for a, b in zip(powers, powers[1:]))  # doubling the bins refines the cells
@@ -61,10 +63,11 @@ def test_kid_csv_conditional_rows_and_both_references(tiny_run):
     with open(out / "analysis" / "kid.csv", encoding="utf-8") as f:
         assert f.readline().strip().split(",") == list(KID.columns)
     rows = read_table(out / "analysis" / "kid.csv")
-    assert [(r["epoch"], r["layer"], r["reference"]) for r in rows] == \
-        [(e, l, "conditional") for e, l in PAIRS] + [(None, None, "unconditional"), (None, None, "split_half")]
+    assert [(r["step"], r["layer"], r["reference"]) for r in rows] == \
+        [(s, l, "conditional") for s, l in PAIRS] + [(None, None, "unconditional"), (None, None, "split_half")]
+    assert [r["epoch"] for r in rows] == [0.0, 0.0, 1.0, 1.0, None, None]
     assert {(r["subsets"], r["subset_size"], r["n_real"], r["n_fake"]) for r in rows} == {(30, 32, 32, 32)}
-    assert {r["features"] for r in rows} == {"run@epoch_0001:pool"}  # the last checkpoint's penultimate layer
+    assert {r["features"] for r in rows} == {f"run@step_{LAST:08d}:pool"}  # the last checkpoint's penultimate layer
     floor = rows[-1]
     assert floor["kid_std"] > 0 and abs(floor["kid_mean"]) < 2 * floor["kid_std"]  # same law: within 2 std of 0
     assert all(r["kid_std"] > 0 for r in rows)
@@ -74,7 +77,7 @@ def test_kid_csv_conditional_rows_and_both_references(tiny_run):
     assert [r["kid_mean"] for r in rows] == pytest.approx([r["kid_mean"] for r in kid], rel=1e-9)
     captions = kid_captions(out)
     assert set(captions) == {(l, e) for e, l in PAIRS} | {(None, None)}
-    assert captions[("pool", 1)].startswith("KID ") and " ± " in captions[("pool", 1)]
+    assert captions[("pool", LAST)].startswith("KID ") and " ± " in captions[("pool", LAST)]
 
 
 def test_plot_estimators_option(tiny_run, capsys):
@@ -84,7 +87,7 @@ def test_plot_estimators_option(tiny_run, capsys):
         assert all((out / "figures" / f"{name}.{ext}").is_file() for ext in ("png", "pdf", "csv"))
     drawn = read_table(out / "figures" / "estimators.csv")
     assert {r["estimator"] for r in drawn} == {"decoder", "kde"}
-    assert {(r["epoch"], r["layer"]) for r in drawn} == set(PAIRS)
+    assert {(r["step"], r["layer"]) for r in drawn} == set(PAIRS)
     assert main(["plot", str(out), "--estimators", "binning,mine", "--quiet"]) == 2
     assert "unknown estimator(s) mine" in capsys.readouterr().err
     rows = read_table(out / "analysis" / "mi.csv") + read_table(out / "analysis" / "baselines.csv")

@@ -67,11 +67,11 @@ def test_estimator_planes_panels_overlay_and_filter():
 
 
 def test_binning_sensitivity_plot_columns_per_epoch_and_ceiling():
-    rows = [dict(epoch=e, layer=l, bins=b, i_xh_bits=min(math.log2(b) * (i + 1), 8.0), i_yh_bits=1.0, n=256)
-            for e in EPOCHS for i, l in enumerate(LAYERS) for b in (1, 2, 4, 8, 16)]
+    rows = [dict(step=9 * e, epoch=9 * e / 23, layer=l, bins=b, i_xh_bits=min(math.log2(b) * (i + 1), 8.0),
+                 i_yh_bits=1.0, n=256) for e in EPOCHS for i, l in enumerate(LAYERS) for b in (1, 2, 4, 8, 16)]
     fig = binning_sensitivity_plot(rows)
     top = [ax for ax in fig.axes if ax.get_title()]
-    assert [ax.get_title() for ax in top] == [f"epoch {e}" for e in EPOCHS]
+    assert [ax.get_title() for ax in top] == ["epoch 0", "epoch 0.391", "epoch 1.17"]  # a column per checkpoint
     assert len(fig.axes) == 2 * len(EPOCHS)  # I(X;T) row and I(T;Y) row
     for ax in top:
         assert len([ln for ln in ax.get_lines() if ln.get_gid() != "ceiling"]) == len(LAYERS)

@@ -1,19 +1,21 @@
-"""Plots drawn from a fixed MI table: trajectories, colorbar, units, error bars, files written."""
+"""Plots drawn from a fixed MI table: trajectories, colorbar, units, error bars, each layer's peak, fractional epochs,
+the regimes side by side, files written."""
 from __future__ import annotations
 
 import csv
 import json
 
+import numpy as np
 import pytest
 from matplotlib.collections import PolyCollection
 from matplotlib.container import ErrorbarContainer
 
 from ibprobe.cli import main
 from ibprobe.errors import DataError
-from ibprobe.report.plots import info_plane, mi_vs_epoch, plot_run, save_figure, training_curves
-from ibprobe.rundir.tables import read_table
+from ibprobe.report.plots import info_plane, info_plane_regimes, mi_vs_epoch, plot_run, save_figure, training_curves
+from ibprobe.rundir.tables import PHASES, read_table, write_table
 
-COLUMNS = ("epoch,checkpoint,layer,i_xh_bits,i_xh_ci_low,i_xh_ci_high,h_x_bits,h_x_given_h_bits,bits_per_dim,"
+COLUMNS = ("step,epoch,checkpoint,layer,i_xh_bits,i_xh_ci_low,i_xh_ci_high,h_x_bits,h_x_given_h_bits,bits_per_dim,"
            "i_yh_bits,n_test,decoder,status,error").split(",")
 LAYERS = ["stem", "layer1", "layer2.0.relu_out"]
 EPOCHS = [0, 1, 3, 10]
@@ -24,7 +26,8 @@ def _write_run(run_dir, *, labels=True):
     for li, layer in enumerate(LAYERS):
         for e in EPOCHS:
             ixh = 100.0 - 20 * li + 0.5 * e + 0.125
-            rows.append(dict(epoch=e, checkpoint=f"checkpoints/epoch_{e:04d}.pt", layer=layer, i_xh_bits=ixh,
+            rows.append(dict(step=23 * e, epoch=e, checkpoint=f"checkpoints/step_{23 * e:08d}.pt", layer=layer,
+                             i_xh_bits=ixh,
                              i_xh_ci_low=ixh - 2.5, i_xh_ci_high=ixh + 3.0, h_x_bits=150.0,
                              h_x_given_h_bits=150.0 - ixh, bits_per_dim=(150.0 - ixh) / 64,
                              i_yh_bits=round(0.3 + 0.2 * li + 0.1 * e, 6) if labels else "", n_test=90, decoder="d0",
@@ -55,7 +58,8 @@ def test_read_table_types_and_empty_cells(run):
     rows = read_table(run / "analysis" / "mi.csv")
     assert len(rows) == len(LAYERS) * len(EPOCHS)
     r = rows[0]
-    assert r["epoch"] == 0 and isinstance(r["epoch"], int) and r["n_test"] == 90
+    assert r["step"] == 0 and isinstance(r["step"], int) and r["n_test"] == 90
+    assert rows[1]["epoch"] == 1.0 and isinstance(rows[1]["epoch"], float)
     assert r["i_xh_bits"] == pytest.approx(100.125) and isinstance(r["i_xh_bits"], float)
     assert r["layer"] == "stem" and r["status"] == "ok" and r["error"] is None
     failed = [x for x in rows if x["status"] == "failed"]
@@ -75,8 +79,11 @@ def test_info_plane_trajectories_colorbar_errorbars(run):
     assert "bits" in ax.get_xlabel() and "bits" in ax.get_ylabel()
     bars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
     assert len(bars) == len(LAYERS) and all(c.has_xerr for c in bars)
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == LAYERS
-    assert any("layer1 @ 3" in t.get_text() for t in fig.texts)  # the failed job is named
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend[:3] == LAYERS and "peak" in legend[3]
+    assert any("layer1 @ step 69" in t.get_text() for t in fig.texts)  # the failed job is named
+    rings = [c for c in ax.collections if c.get_gid() == "peak"]  # each layer's largest I(X;H): its last point
+    assert [tuple(c.get_offsets()[0]) for c in rings] == [(101.625, 0.6), (85.125, 1.5), (65.125, 1.7)]
 
 
 def test_mi_vs_epoch_lines_bands_and_label_panel(run):
@@ -84,8 +91,10 @@ def test_mi_vs_epoch_lines_bands_and_label_panel(run):
     fig = mi_vs_epoch(rows)
     ax_x, ax_y = fig.axes
     assert ax_x.get_xscale() == "symlog" and "bits" in ax_x.get_ylabel() and "bits" in ax_y.get_ylabel()
-    assert len(ax_x.get_lines()) == len(LAYERS) and len(ax_y.get_lines()) == len(LAYERS)
-    assert min(ax_x.get_lines()[0].get_xdata()) == 0  # epoch 0 is drawn on the log axis
+    lines = [ln for ln in ax_x.get_lines() if ln.get_gid() is None]
+    assert len(lines) == len(LAYERS) and len(ax_y.get_lines()) == len(LAYERS)
+    assert min(lines[0].get_xdata()) == 0  # epoch 0 is drawn on the log axis
+    assert len([ln for ln in ax_x.get_lines() if ln.get_gid() == "peak"]) == len(LAYERS)
     assert sum(isinstance(c, PolyCollection) for c in ax_x.collections) == len(LAYERS)  # CI bands
 
 
@@ -152,13 +161,15 @@ def test_plot_run_draws_each_regime_of_a_multi_regime_folder(tmp_path):
 
 
 def test_flagged_points_are_hollow_and_significant_changes_starred():
-    rows = [{"epoch": e, "layer": l, "i_xh_bits": v, "i_xh_ci_low": v - 1, "i_xh_ci_high": v + 1, "i_yh_bits": 1.0,
+    rows = [{"step": e, "epoch": e, "layer": l, "i_xh_bits": v, "i_xh_ci_low": v - 1, "i_xh_ci_high": v + 1, "i_yh_bits": 1.0,
              "status": "ok", "checks": "dpi" if (l, e) == ("pool", 3) else ""}
             for (l, e, v) in [("layer1", 0, 50.0), ("layer1", 3, 40.0), ("pool", 0, 10.0), ("pool", 3, 9.5)]]
-    changes = [{"kind": "epoch", "layer": "layer1", "epoch": 0, "layer_to": "layer1", "epoch_to": 3,
+    changes = [{"kind": "step", "layer": "layer1", "step": 0, "layer_to": "layer1", "step_to": 3,
                 "significant": True},
-               {"kind": "epoch", "layer": "pool", "epoch": 0, "layer_to": "pool", "epoch_to": 3,
-                "significant": False}]
+               {"kind": "step", "layer": "pool", "step": 0, "layer_to": "pool", "step_to": 3,
+                "significant": False},
+               {"kind": "fall", "layer": "pool", "step": 0, "layer_to": "pool", "step_to": 3,
+                "significant": True}]  # a stage, not a change between consecutive checkpoints: no star
     fig = mi_vs_epoch(rows, changes=changes)
     ax = fig.axes[0]
     hollow = [l for l in ax.get_lines() if l.get_gid() == "flagged" and len(l.get_xdata())]
@@ -170,3 +181,58 @@ def test_flagged_points_are_hollow_and_significant_changes_starred():
     plane = info_plane(rows)
     flagged = [c for c in plane.axes[0].collections if c.get_gid() == "flagged"]
     assert sum(len(c.get_offsets()) for c in flagged) == 1
+
+
+def _log_rows(layer="layer1", shift=0.0):
+    """A log-spaced run: steps 0, 1, 3, 9, 27, 80, 235, 690 of 23-step epochs; I(X;H) peaks at step 9."""
+    steps, bits = (0, 1, 3, 9, 27, 80, 235, 690), (60, 64, 70, 75, 71, 66, 62, 58)
+    return [{"step": s, "epoch": s / 23, "layer": layer, "i_xh_bits": b + shift, "i_xh_ci_low": b + shift - 1,
+             "i_xh_ci_high": b + shift + 1, "i_yh_bits": 0.25 + 0.5 * i, "status": "ok"}
+            for i, (s, b) in enumerate(zip(steps, bits))]
+
+
+def test_fractional_epochs_spread_out_on_the_symlog_axis_and_colour_scale():
+    rows = _log_rows()
+    fig = mi_vs_epoch(rows)
+    ax = fig.axes[0]
+    assert ax.xaxis.get_transform().linthresh == pytest.approx(1 / 23)  # linear only up to the first step after 0
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert labels[0] == "0" and "0.391" in labels and labels[-1] == "30"
+    shown = ax.transData.transform([(r["epoch"], 0) for r in rows])[:, 0]
+    gaps = shown[2:] - shown[1:-1]
+    assert gaps.min() > 0.5 * gaps.max()  # log-spaced checkpoints are evenly spaced on the axis, 1 to 690
+    plane = info_plane(rows)
+    points = [c for c in plane.axes[0].collections if c.get_array() is not None and len(c.get_offsets()) == 8][0]
+    shade = np.asarray(points.norm(points.get_array()))  # where each checkpoint sits on the colour scale
+    assert shade[0] == pytest.approx(0.0) and shade[-1] == pytest.approx(1.0)
+    assert np.diff(shade).min() > 0.05  # every checkpoint its own colour, step 0 and those inside epoch 1 included
+
+
+def test_the_peak_follows_phases_and_greys_without_a_stage():
+    rows = _log_rows() + _log_rows("pool", shift=-30.0)
+    phases = [{"layer": "layer1", "step": 9, "rise_significant": True, "fall_significant": True},
+              {"layer": "pool", "step": 9, "rise_significant": False, "fall_significant": False}]
+    ax = info_plane(rows, phases=phases).axes[0]
+    rings = {tuple(c.get_offsets()[0]): tuple(c.get_edgecolor()[0]) for c in ax.collections if c.get_gid() == "peak"}
+    assert set(rings) == {(75.0, 1.75), (45.0, 1.75)}
+    assert rings[(75.0, 1.75)][:3] == (0.0, 0.0, 0.0) and rings[(45.0, 1.75)][:3] == pytest.approx((0.6, 0.6, 0.6))
+    peaks = [ln for ln in mi_vs_epoch(rows, phases=phases).axes[0].get_lines() if ln.get_gid() == "peak"]
+    assert [(ln.get_xdata()[0], ln.get_ydata()[0]) for ln in peaks] == [(9 / 23, 75.0), (9 / 23, 45.0)]
+
+
+def test_the_regimes_planes_side_by_side_on_shared_axes(tmp_path):
+    fig = info_plane_regimes({"classify": _log_rows(), "autoencode": _log_rows("bottleneck", shift=40.0)})
+    left, right, bar = fig.axes
+    assert (left.get_title(), right.get_title()) == ("classify", "autoencode") and "epoch" in bar.get_ylabel()
+    assert left.get_xlim() == right.get_xlim() and left.get_ylim() == right.get_ylim()
+    assert left.get_xlim()[1] > 115 and left.get_xlim()[0] < 58  # both regimes' points within the shared axes
+    _write_run(tmp_path / "both" / "classify")
+    _write_run(tmp_path / "both" / "autoencode")
+    write_table(tmp_path / "both" / "classify" / "analysis" / "phases.csv",
+                [{"regime": "classify", "layer": "stem", "step": 0, "epoch": 0.0}], PHASES)
+    written = plot_run(tmp_path / "both")
+    figs = tmp_path / "both" / "figures"
+    assert {figs / f"info_plane_regimes.{e}" for e in ("png", "pdf", "csv")} <= set(written)
+    table = read_table(figs / "info_plane_regimes.csv")
+    assert {r["regime"] for r in table} == {"classify", "autoencode"} and len(table) == 2 * 10
+    assert list(table[0])[:3] == ["regime", "step", "epoch"]

@@ -1,6 +1,7 @@
 """Foreign checkpoints: every format loads into the same weights; hostile or broken files are refused clearly."""
 from __future__ import annotations
 
+import json
 import os
 import pickle
 from collections import OrderedDict
@@ -173,18 +174,62 @@ def test_pickle_payload_is_refused_and_not_executed(tmp_path, how):
 
 
 def test_resolve_epochs_from_key_then_name_then_order(tmp_path):
+    """A foreign checkpoint without a step is keyed by its epoch number, which stands for its step too."""
     sd = _small().state_dict()
     torch.save({"model": sd, "epoch": 5}, tmp_path / "a.pt")  # key wins over name
     torch.save(sd, tmp_path / "ckpt_e2_step10.pt")  # last number
     got = resolve_checkpoints([str(tmp_path / "*.pt")])
-    assert [(e, p.name) for e, p in got] == [(5, "a.pt"), (10, "ckpt_e2_step10.pt")]
+    assert [(s, e, p.name) for s, e, p in got] == [(5, 5.0, "a.pt"), (10, 10.0, "ckpt_e2_step10.pt")]
 
     d = tmp_path / "order"
     d.mkdir()
     for name in ("first.pt", "second.pt", "third.pt"):
         torch.save(sd, d / name)
     got = resolve_checkpoints([str(d / "*.pt"), str(d / "first.pt")])  # duplicates dropped
-    assert [(e, p.name) for e, p in got] == [(0, "first.pt"), (1, "second.pt"), (2, "third.pt")]
+    assert [(s, e, p.name) for s, e, p in got] == [(0, 0.0, "first.pt"), (1, 1.0, "second.pt"), (2, 2.0, "third.pt")]
+
+
+def test_resolve_ours_by_step_with_fractional_epochs(tmp_path):
+    """Our checkpoints hold their step and fractional epoch (older ones an integer epoch): keyed by step, in step
+    order, whatever their names; mixed with files that hold no step, they are refused in one line."""
+    sd = _small().state_dict()
+    torch.save({"model": sd, "epoch": 3, "step": 69}, tmp_path / "epoch_0003.pt")  # an older run's
+    torch.save({"model": sd, "epoch": 9 / 23, "step": 9}, tmp_path / "step_00000009.pt")
+    torch.save({"model": sd, "epoch": 0.0, "step": 0}, tmp_path / "zzz.pt")
+    got = resolve_checkpoints([str(tmp_path / "*.pt")])
+    assert [(s, e, p.name) for s, e, p in got] == [(0, 0.0, "zzz.pt"), (9, pytest.approx(9 / 23), "step_00000009.pt"),
+                                                   (69, 3.0, "epoch_0003.pt")]
+    torch.save({"model": sd, "epoch": 2}, tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="holds its training step and .*foreign.pt does not") as e:
+        resolve_checkpoints([str(tmp_path / "*.pt")])
+    assert "\n" not in str(e.value)
+    os.remove(tmp_path / "foreign.pt")
+    torch.save({"model": sd, "epoch": 0.5, "step": 9}, tmp_path / "again.pt")
+    with pytest.raises(CheckpointError, match="both are step 9"):
+        resolve_checkpoints([str(tmp_path / "*.pt")])
+
+
+def test_run_folder_checkpoints_by_step_and_of_older_runs_by_epoch(tmp_path):
+    """A run folder lists step_*.pt by the step in the name (its epoch from config.json's steps_per_epoch); an older
+    run's epoch_*.pt by the step inside each file and the epoch in its name."""
+    from ibprobe.rundir.checkpoints import list_checkpoints, run_checkpoints
+
+    sd = _small().state_dict()
+    new, old = tmp_path / "new", tmp_path / "old"
+    for run, spe in ((new, 23), (old, None)):
+        (run / "checkpoints").mkdir(parents=True)
+        (run / "config.json").write_text(json.dumps({"model": "resnet", **({"steps_per_epoch": spe} if spe else {})}))
+    for step in (0, 9, 690):
+        torch.save({"model": sd, "config": {"model": "resnet"}, "step": step, "epoch": step / 23},
+                   new / "checkpoints" / f"step_{step:08d}.pt")
+    for epoch in (0, 1, 8):
+        torch.save({"model": sd, "config": {"model": "resnet"}, "step": 5 * epoch, "epoch": epoch},
+                   old / "checkpoints" / f"epoch_{epoch:04d}.pt")
+    (new / "checkpoints" / "last.pt").write_bytes(b"not listed")
+    assert [s for s, _ in list_checkpoints(new)] == [0, 9, 690]
+    assert [(s, e) for s, e, _ in run_checkpoints(new)] == [(0, 0.0), (9, 9 / 23), (690, 30.0)]
+    assert [(s, e, p.name) for s, e, p in run_checkpoints(old)] == [
+        (0, 0.0, "epoch_0000.pt"), (5, 1.0, "epoch_0001.pt"), (40, 8.0, "epoch_0008.pt")]
 
 
 def test_resolve_errors(tmp_path):
