@@ -297,8 +297,8 @@ def test_torchvision_resnet18_end_to_end_and_rerun_is_idempotent(tmp_path, capsy
     assert src["kind"] == "spec" and src["model"] == "torchvision:resnet18" and src["num_classes"] == 2
     assert "layer1" in cap.out and "wrote" in cap.out
     # a rerun finds every job done: same table, nothing refitted
-    mtime = (out / "decoders" / "layer1" / "epoch_0002" / "result.json").stat().st_mtime_ns
+    mtime = (out / "decoders" / "layer1" / "step_00000002" / "result.json").stat().st_mtime_ns
     assert main(argv) == 0
     capsys.readouterr()
     assert (out / "analysis" / "mi.csv").read_text() == table
-    assert (out / "decoders" / "layer1" / "epoch_0002" / "result.json").stat().st_mtime_ns == mtime
+    assert (out / "decoders" / "layer1" / "step_00000002" / "result.json").stat().st_mtime_ns == mtime
