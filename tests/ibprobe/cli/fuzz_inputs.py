@@ -412,6 +412,16 @@ RUN_FILES = ["config.json", "metrics.jsonl", "source.json", "analysis.json", "ch
              "decoders/_unconditional/decoder.pt", "decoders/_unconditional_init/decoder.pt",
              "decoders/_unconditional_init/result.json", "analysis/mi.csv", "analysis/changes.csv",
              "analysis/baselines.csv"]
+def on_disk(folder: Path, rel: str) -> str:
+    """`rel` with its checkpoint placeholder epoch_0000 / epoch_0001 named as on disk: the folder's first / second
+    checkpoint by optimizer step (step_XXXXXXXX)."""
+    steps = sorted(q.stem for q in (folder / "checkpoints").glob("step_*.pt"))
+    for i, name in enumerate(("epoch_0000", "epoch_0001")):
+        if i < len(steps):
+            rel = rel.replace(name, steps[i])
+    return rel
+
+
 DAMAGES = ["truncate", "truncate", "garbage", "empty", "delete", "folder", "json", "field", "field", "field", "npy",
            "swap"]
 RUN_COMMANDS = ["run", "run", "plot", "run-job", "gallery", "plan", "capture", "layers", "complexity"]
@@ -434,7 +444,7 @@ class RunDamage:
 
     def apply(self, folder: Path, scratch: Path) -> None:
         """Damage `self.file` of the run folder `folder` (`scratch`: a folder for temporary files)."""
-        p = folder / self.file
+        p = folder / on_disk(folder, self.file)
         d = self.damage
         frac = self.value if isinstance(self.value, float) and 0 <= self.value <= 1 else 0.5
         if d == "field" and p.suffix not in (".json", ".jsonl", ".pt", ".csv"):
@@ -460,7 +470,8 @@ class RunDamage:
             recipe = self.value if isinstance(self.value, ArrayFile) else ArrayFile(fill=((frac, float("nan")),))
             recipe.write(p, base)
         elif d == "swap":
-            other = folder / (self.where if isinstance(self.where, str) else RUN_FILES[int(self.where * len(RUN_FILES))])
+            other = folder / on_disk(folder, self.where if isinstance(self.where, str)
+                                     else RUN_FILES[int(self.where * len(RUN_FILES))])
             p.write_bytes(other.read_bytes())
         elif d == "field":
             value = self.value if _jsonable(self.value) else None

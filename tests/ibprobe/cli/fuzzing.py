@@ -114,7 +114,7 @@ class Workspace:
         (root / "unreadable").write_bytes(b"\x00" * 64)
         (root / "unreadable").chmod(0)
         (root / "cwd").mkdir()
-        self.places = {"{CK}": str(self.fin / "checkpoints" / "epoch_0001.pt"), "{X}": str(root / "x.npy"),
+        self.places = {"{CK}": str(self.fin / fi.on_disk(self.fin, "checkpoints/epoch_0001.pt")), "{X}": str(root / "x.npy"),
                        "{Y}": str(root / "y.npy"), "{NPZ}": str(root / "xy.npz"),
                        "{BYO}": f"{root / 'byo_nets.py'}:TinyNet", "{BYOCK}": str(root / "byo.pt"),
                        "{FILE}": str(root / "file.txt"), "{DIR}": str(root / "dir"),
