@@ -444,7 +444,8 @@ class AnalysisConfig:
     decoder_data: str = "auto"  # heldout | train | auto (held out where it holds enough images)
     reference: str = "best"  # best | plain
     mixture_codes: int = 16  # M of the code-mixture references (0: none)
-    code_lr: str = "trunk"  # trunk | fresh: the code path's schedule in paired fits (see Settings)
+    code_lr: str | None = None  # trunk | fresh: the code path's schedule in paired fits (see Settings); None: the
+    # preset's, else trunk
     ignorance: str = "switch"  # switch | none: optional ignorance (see Settings)
     repeats: int = 1  # every decoder fitted with this many seeds; the spread between them is reported
     chain: tuple = ()  # layers of which each is a function of the one before (default: our models' tap order)
@@ -486,5 +487,5 @@ class AnalysisConfig:
         check_seed(fit.seed, "--fit seed")
         return Settings(decoder=decoder, fit=fit, seed=int(self.seed), probe=bool(self.probe),
                         paired=bool(self.paired), init_epochs=self.init_epochs, decoder_data=decoder_data,
-                        reference=self.reference, mixture_codes=self.mixture_codes, code_lr=self.code_lr,
+                        reference=self.reference, mixture_codes=self.mixture_codes, code_lr=self.code_lr or "trunk",
                         ignorance=self.ignorance)

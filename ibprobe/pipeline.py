@@ -213,7 +213,8 @@ def preset_configs(preset: str | Preset, regime: str, request: AnalysisConfig = 
     tcfg = apply_overrides(TrainConfig(**tkw), train_overrides, "--train")
     acfg = dataclasses.replace(
         request, layers=tuple(request.layers or p.layers[regime]), decoder={**p.decoder, **request.decoder},
-        fit={**p.fit, **request.fit}, init_epochs=p.init_epochs if request.init_epochs is None else request.init_epochs)
+        fit={**p.fit, **request.fit}, init_epochs=p.init_epochs if request.init_epochs is None else request.init_epochs,
+        code_lr=request.code_lr or p.code_lr)
     return tcfg, acfg
 
 

@@ -132,9 +132,9 @@ def add_analysis(p, jobs_default: int) -> None:
                    help="optional ignorance: a row whose q(x|h) does not beat the reference on validation images reads "
                    "the reference (switch, the default: I(X;H) = 0), or always its own q(x|h) (none); mi.csv keeps "
                    "the raw value in i_xh_raw_bits")
-    g.add_argument("--code-lr", default="trunk", choices=["trunk", "fresh"],
-                   help="the code path of each paired fit: the trunk's continued learning rate (trunk, the default) "
-                   "or its own Adam group from the fit's lr (fresh)")
+    g.add_argument("--code-lr", default=None, choices=["trunk", "fresh"],
+                   help="the code path of each paired fit: the trunk's continued learning rate (trunk) or its own "
+                   "Adam group from the fit's lr (fresh); default: the preset's, else trunk")
     g.add_argument("--repeats", type=count(1), default=1, metavar="K",
                    help="fit every decoder with K seeds and report the spread (i_xh_seed_sd); K times the work")
 

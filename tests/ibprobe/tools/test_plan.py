@@ -23,12 +23,12 @@ def _job(key: str, role: str, regime: str = "classify") -> plan.PlannedJob:
 def test_digits_quick_jobs_are_what_run_would_fit():
     jobs = plan.jobs_of_preset("digits-quick", device="cpu")
     assert [j.key for j in jobs[:4]] == ["_unconditional_init", "_unconditional", "_labels", "layer1@0"]
-    assert len(jobs) == 3 + 3 * 4
+    assert len(jobs) == 3 + 3 * 3
     shapes = {j.key.split("@")[0]: j.decoder.code_shape for j in jobs}
     assert shapes == {"_unconditional_init": None, "_unconditional": None, "_labels": (10,), "layer1": (16, 8, 8),
                       "layer2": (32, 4, 4), "pool": (64,)}
-    assert [j.fit.epochs for j in jobs[:3]] == [8, 4, 4]  # q0 runs init_epochs, the others the fit's budget
-    assert {(j.decoder.nr_resnet, j.decoder.nr_filters, j.decoder.nr_mix) for j in jobs} == {(1, 24, 3)}
+    assert [j.fit.epochs for j in jobs[:3]] == [40, 40, 40]  # every fit's cap (q0 has no init_epochs of its own)
+    assert {(j.decoder.nr_resnet, j.decoder.nr_filters, j.decoder.nr_mix) for j in jobs} == {(1, 16, 3)}
     # digits: 359 held-out images are too few, so the decoders use the training side's 1438, a fifth for testing
     assert {(j.n_images, j.n_test) for j in jobs} == {(1151, 287)}  # stratified: a fifth of each class
     assert [j.mixture for j in jobs[:4]] == [0, 0, 10, 16]  # the label mixture's 10 classes, M codes per layer
@@ -89,13 +89,13 @@ def test_plan_command_reads_a_bench_file_and_prices_the_workers(tmp_path, capsys
     assert main(["plan", "--preset", "digits-quick", "--bench", str(bench), "--workers", "4", "--device", "cpu",
                  "--price-per-hour", "2"]) == 0
     out = capsys.readouterr().out
-    assert "pool@184" in out and "15 decoder jobs (14 after q0, 14 task(s) of 1)" in out and "(cuda)" in out
+    assert "pool@184" in out and "12 decoder jobs (11 after q0, 11 task(s) of 1)" in out and "(cuda)" in out
     rows = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit() and len(line.split()) == 4]
     walls = [sum(int(p) * f for p, f in zip(r[1].split(":"), (3600, 60, 1))) for r in rows]
     steps = math.ceil((1151 - 115) / 64)  # digits' training side: 1151 fit images, 115 of them for validation
-    q0, job = 8 * steps * 0.1, 4 * steps * 0.1  # q0 (8 epochs), then 14 jobs of 4 epochs (scoring is free here)
+    q0, job = 40 * steps * 0.1, 40 * steps * 0.1  # q0, then 11 jobs, each at its cap of 40 epochs (scoring is free)
     assert [int(r[0]) for r in rows] == [1, 2, 4]
-    assert walls == [round(q0 + 2 + 14 * job), round(q0 + 2 + 7 * job), round(q0 + 2 + 4 * job)]
+    assert walls == [round(q0 + 2 + 11 * job), round(q0 + 2 + 6 * job), round(q0 + 2 + 3 * job)]
     assert all(math.isclose(float(r[3]), 2 * float(r[2]), abs_tol=0.011) for r in rows)  # cost = price x worker-h
 
 
