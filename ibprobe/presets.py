@@ -121,18 +121,18 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             name="digits",
-            description="embedded digits, classify and autoencode, 5 and 4 layers x 8 log-spaced checkpoints "
-                        "(step 0 and 3 inside the first epoch); its time with this schedule is not measured yet",
+            description="embedded digits, classify and autoencode, 4 and 3 layers x 8 log-spaced checkpoints "
+                        "(step 0 and 3 inside the first epoch), tiny decoders fitted to their plateau",
             train=dict(dataset="digits", model="resnet", model_args=_DIGITS_NET, epochs=30,
                        checkpoint_schedule="log:8", optimizer="adam", lr=3e-3, batch_size=64),
             layers={
-                "classify": ("stem", "layer1", "layer2", "layer3", "pool"),
-                "autoencode": ("encoder.layer1", "encoder.layer2", "bottleneck", "decoder.layer1"),
+                "classify": ("layer1", "layer2", "layer3", "pool"),
+                "autoencode": ("encoder.layer1", "encoder.layer2", "bottleneck"),
             },
             regimes=("classify", "autoencode"),
-            decoder=dict(nr_resnet=2, nr_filters=32, nr_mix=5, dropout=0.0),
-            fit=dict(epochs=4, batch_size=64, lr=4e-3, lr_decay=0.9, patience=2),
-            init_epochs=12,
+            decoder=dict(nr_resnet=1, nr_filters=16, nr_mix=3, dropout=0.0),
+            fit=dict(epochs=40, batch_size=64, lr=4e-3, lr_decay=0.9, patience=2, min_delta=0.05),
+            code_lr="fresh",
             gallery_epochs=(0, 30),
         ),
         _paper("cifar10", "CIFAR-10 from --data-root at Darlow & Storkey's scale, classify and autoencode: "
