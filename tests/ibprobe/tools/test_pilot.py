@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from ibprobe.presets import PIXELCNN_STEP_DECAY, get_preset
-from ibprobe.tools import pilot
+from ibprobe.tools import pilot, plan
 from ibprobe.tools.validate import entropy_bits, logistic_pmf
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -53,6 +53,8 @@ def test_the_smoke_pilot_runs_end_to_end(tmp_path):
     assert "an epoch of q(x|id): measured" in text
     bench = json.loads((out / "bench.json").read_text())
     assert bench["format"] == "ibprobe.bench/1" and bench["decoders"]
-    assert "worker-h" in text and "15 decoder jobs" in text  # the plan read the bench file
+    n_jobs = len(plan.jobs_of_preset("digits-quick", data_root=None, device="cpu", layers=None))
+    assert "worker-h" in text and f"{n_jobs} decoder jobs" in text  # the whole preset was planned
+    assert f"from {out / 'bench.json'}" in text  # at the speeds of the bench file, not measured again
     for name in ("_unconditional_init", "_unconditional", "id", "noise"):
         assert (out / "fits" / name / "fit_log.json").is_file()
