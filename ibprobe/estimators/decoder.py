@@ -172,7 +172,7 @@ def estimate_mi(images, codes, *, levels: int | None = None, labels=None, decode
                 test_fraction: float = 0.2, seed: int = 0, device: str = "auto", workdir=None,
                 progress: bool = True, paired: bool = True, init_epochs: int | None = None,
                 reference: str = "best", mixture_codes: int = 16, ignorance: str = "switch",
-                code_lr: str = "trunk") -> MIEstimate | dict[str, MIEstimate]:
+                code_lr: str = "trunk", label_reference: bool = True) -> MIEstimate | dict[str, MIEstimate]:
     """Estimate I(X;H) (bits per image) for codes H of images X, and I(Y;H) when labels are given.
 
     Args:
@@ -197,6 +197,9 @@ def estimate_mi(images, codes, *, levels: int | None = None, labels=None, decode
             reference: Î = 0) or "none" (see ibprobe.estimators.reference.with_ignorance). `bits_raw` keeps the
             value of q(x|h) alone.
         code_lr: the code path of each paired fit: "trunk" (the trunk's continued schedule) or "fresh" (its own).
+        label_reference: with labels, whether the label mixture is a reference candidate. False leaves the labels
+            to the split and the probe, so that the same `workdir` gives the estimates without and then with the
+            label reference from one set of fits (the known-answer suites do this).
 
     Returns:
         An MIEstimate, or a dict name -> MIEstimate when `codes` is a dict (q(x) is fitted once and shared).
@@ -264,7 +267,7 @@ def estimate_mi(images, codes, *, levels: int | None = None, labels=None, decode
     candidates.update({CODES + name: (f.mix_val_nll, f.mix_test_nll) for name, f in fitted.items()
                        if f.mix_val_nll is not None})
     labelled = y is not None and len(np.unique(y[tr])) > 1
-    if best and labelled:
+    if best and labelled and label_reference:
         k = int(y.max()) + 1
         onehot = np.eye(k, dtype=np.float32)
         lab = one("labels", "_labels", onehot[y], q0, "q(x|y)", Mixture(onehot, labels=y[tr]))

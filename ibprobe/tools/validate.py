@@ -46,8 +46,10 @@ Tolerance per case: |estimate − truth| ≤ max(0.5 bits, 5% of truth). The est
 from __future__ import annotations
 
 import math
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -276,26 +278,40 @@ def _run(plan: dict, quick: bool, device: str, seed: int, progress: bool, log, t
     rows: list[Row] = []
     ordering: dict[str, bool] = {}
     refs: list[Reference] = []
-    for name, labelled in plan["runs"]:
-        fam = FAMILIES[name](plan["n"], seed, quick=quick)
-        title = fam.name + (" with labels" if labelled else "")
-        if log:
-            log(f"{title}: {len(fam.cases)} codes, H(X) = {fam.h_x:.2f} bits, N = {len(fam.images)}")
-        est = estimate_mi(fam.images, {c.name: c.codes for c in fam.cases}, levels=LEVELS,
-                          labels=fam.templates if labelled else None, decoder=plan["decoder"], fit=plan["fit"],
-                          seed=seed, device=device, progress=progress, paired=plan["paired"],
-                          init_epochs=plan["init_epochs"], reference=reference)
-        any_est = est[fam.cases[0].name]
-        refs.append(Reference(title, fam.h_x, any_est.h_x_bits, any_est.h_x_ref, any_est.h_x_plain_bits))
-        for c in fam.cases:
-            e = est[c.name]
-            tol = tolerance(c.truth)
-            rows.append(Row(title, c.name, c.truth, e.bits, e.ci_low, e.ci_high, tol, abs(e.bits - c.truth) <= tol,
-                            eps_ref=e.h_x_bits - fam.h_x, eps_cond=e.h_x_given_h_bits - (fam.h_x - c.truth),
-                            raw=e.bits_raw))
-        vals = [est[n].bits for n in fam.order]
-        ordering[title] = all(a < b for a, b in zip(vals, vals[1:]))
+    # A family run both without and with labels shares one split (stratified by template) and every fit: the two
+    # runs differ only in whether the label mixture is a reference candidate, so the second reads the first's fits.
+    both = {name for name, labelled in plan["runs"] if labelled and (name, False) in plan["runs"]}
+    families: dict[str, Family] = {}
+    with tempfile.TemporaryDirectory(prefix="ibprobe-validate-") as tmp:
+        for name, labelled in plan["runs"]:
+            if name not in families:
+                families[name] = FAMILIES[name](plan["n"], seed, quick=quick)
+            fam = families[name]
+            title = fam.name + (" with labels" if labelled else "")
+            if log:
+                log(f"{title}: {len(fam.cases)} codes, H(X) = {fam.h_x:.2f} bits, N = {len(fam.images)}")
+            shared = name in both
+            est = estimate_mi(fam.images, {c.name: c.codes for c in fam.cases}, levels=LEVELS,
+                              labels=fam.templates if labelled or shared else None, label_reference=labelled,
+                              workdir=Path(tmp) / name if shared else None, decoder=plan["decoder"],
+                              fit=plan["fit"], seed=seed, device=device, progress=progress, paired=plan["paired"],
+                              init_epochs=plan["init_epochs"], reference=reference)
+            _rows_of(fam, title, est, rows, ordering, refs)
     return ValidationReport(rows, ordering, time.perf_counter() - t0, references=refs)
+
+
+def _rows_of(fam: Family, title: str, est: dict, rows: list, ordering: dict, refs: list) -> None:
+    """One run's rows, its ordering check and its reference, appended to the report's lists."""
+    any_est = est[fam.cases[0].name]
+    refs.append(Reference(title, fam.h_x, any_est.h_x_bits, any_est.h_x_ref, any_est.h_x_plain_bits))
+    for c in fam.cases:
+        e = est[c.name]
+        tol = tolerance(c.truth)
+        rows.append(Row(title, c.name, c.truth, e.bits, e.ci_low, e.ci_high, tol, abs(e.bits - c.truth) <= tol,
+                        eps_ref=e.h_x_bits - fam.h_x, eps_cond=e.h_x_given_h_bits - (fam.h_x - c.truth),
+                        raw=e.bits_raw))
+    vals = [est[n].bits for n in fam.order]
+    ordering[title] = all(a < b for a, b in zip(vals, vals[1:]))
 
 
 def format_table(report: ValidationReport) -> str:

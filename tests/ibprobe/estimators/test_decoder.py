@@ -213,6 +213,25 @@ def test_labels_and_codes_give_reference_candidates(tmp_path):
     assert plain["id"].h_x_ref == "plain" and plain["id"].h_x_bits == plain["id"].h_x_plain_bits
 
 
+def test_without_the_label_reference_one_workdir_gives_both_label_modes(tmp_path):
+    """label_reference=False: no label decoder, the reference is chosen among the plain q(x) and the code mixtures;
+    the same workdir then gives the estimate with the label reference by fitting q(x|y) only."""
+    x, t = _structured(80)
+    codes = {"id": np.eye(2, dtype=np.float32)[t], "noise": np.random.default_rng(0).normal(size=(80, 2))}
+    without = _est(x, codes, labels=t, workdir=tmp_path, mixture_codes=4, label_reference=False)
+    assert not (tmp_path / "_labels").exists() and without["id"].h_x_ref != "labels"
+    val = {n: np.load(tmp_path / d / f).mean() for n, d, f in [
+        ("plain", "_unconditional", "val_nll_bits.npy"), ("codes:id", "id", "mix_val_nll_bits.npy"),
+        ("codes:noise", "noise", "mix_val_nll_bits.npy")]}
+    assert without["id"].h_x_ref == min(val, key=val.get)
+    stamp = (tmp_path / "id" / "result.json").stat().st_mtime_ns
+    both = _est(x, codes, labels=t, workdir=tmp_path, mixture_codes=4)
+    assert (tmp_path / "_labels" / "result.json").is_file()
+    assert (tmp_path / "id" / "result.json").stat().st_mtime_ns == stamp  # read, not fitted again
+    assert both["id"].h_x_given_h_bits == pytest.approx(without["id"].h_x_given_h_bits) or \
+        both["id"].from_decoder != without["id"].from_decoder  # same q(x|h); only the reference may differ
+
+
 def test_init_epochs_sets_q0s_budget_only(monkeypatch):
     import decoders.fitting
 
