@@ -7,6 +7,7 @@ from typing import Any
 from decoders.errors import DecoderConfigError
 
 MAX_LEVELS = 256  # samples are uint8
+VECTOR_CONDS = ("linear", "mlp")  # DecoderConfig.vector_cond
 
 
 def _int_tuple(value: Any, name: str) -> tuple[int, ...]:
@@ -31,7 +32,11 @@ class DecoderConfig:
         nr_mix: logistic mixture components per pixel.
         dropout: dropout probability inside each gated block (train mode only).
         code_shape: None (unconditional), (D,) for a vector code, (C', H', W') for a spatial code of any size.
-        cond_filters: channels of the conditioning network for spatial codes (unused otherwise).
+        cond_filters: width of the conditioning network: its channels for a spatial code, its hidden units for a
+            vector code under vector_cond="mlp" (unused for unconditional decoders).
+        vector_cond: how a vector code reaches the blocks: "linear" (each block's own linear map of the code to a
+            per-channel bias) or "mlp" (two ELU layers of cond_filters units first, so that a bias can be a
+            non-monotone function of a scalar code, such as bit 0 of a template id T given as one number).
     """
 
     image_shape: tuple[int, int, int]
@@ -42,6 +47,7 @@ class DecoderConfig:
     dropout: float = 0.5
     code_shape: tuple[int, ...] | None = None
     cond_filters: int = 64
+    vector_cond: str = "linear"
 
     def __post_init__(self) -> None:
         shape = _int_tuple(self.image_shape, "image_shape")
@@ -65,6 +71,9 @@ class DecoderConfig:
             if isinstance(v, bool) or int(v) != v or int(v) < lo:
                 raise DecoderConfigError(f"DecoderConfig.{name} must be an integer >= {lo}, got {v!r}")
             object.__setattr__(self, name, int(v))
+        if self.vector_cond not in VECTOR_CONDS:
+            raise DecoderConfigError(f"DecoderConfig.vector_cond must be one of {', '.join(VECTOR_CONDS)}, got "
+                                     f"{self.vector_cond!r}")
         if self.levels > MAX_LEVELS:
             raise DecoderConfigError(f"DecoderConfig.levels must be <= {MAX_LEVELS} (samples are uint8), got "
                                      f"{self.levels}")

@@ -5,9 +5,10 @@ Two streams (u: rows above; ul: rows above and pixels to the left), gated residu
 three resolutions with strided down-sampling and transposed-conv up-sampling, skip connections from every
 up-pass block into the matching down-pass block, dropout, weight normalisation, and a discretized logistic
 mixture output. The code h may see the whole image; only x is autoregressive (rows, then columns, then
-channels within a pixel). A vector code enters every gated block as a per-channel bias; a spatial code goes
-through a small conditioning network to each resolution and enters every block through a 1x1 conv. Both
-projections start at zero, so a conditional model warm-started from an unconditional one equals it.
+channels within a pixel). A vector code enters every gated block as a per-channel bias (with vector_cond="mlp"
+through a two-layer ELU network first); a spatial code goes through a small conditioning network
+to each resolution and enters every block through a 1x1 conv. The blocks' projections start at zero, so a
+conditional model warm-started from an unconditional one equals it.
 """
 from __future__ import annotations
 
@@ -62,6 +63,20 @@ class ConditioningNet(nn.Module):
         return [f0, f1, f2]
 
 
+class VectorConditioningNet(nn.Module):
+    """Vector code (B, D) -> features (B, width): two ELU layers, so each block's linear map of them can be any
+    smooth function of the code (a scalar template id selects its template). Not zero-initialised: the blocks'
+    maps of its output are, so a fresh conditional decoder still computes its unconditional start."""
+
+    def __init__(self, code_dim: int, width: int):
+        super().__init__()
+        self.hidden = nn.Linear(code_dim, width)
+        self.out = nn.Linear(width, width)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return elu(self.out(elu(self.hidden(h))))  # (B, width)
+
+
 class PixelCNNPP(nn.Module):
     """Conditional PixelCNN++ over integer images (B, C, H, W) in [0, L-1]; see the module docstring."""
 
@@ -72,9 +87,12 @@ class PixelCNNPP(nn.Module):
         nf, nr, kind = cfg.nr_filters, cfg.nr_resnet, cfg.code_kind
         cond = None
         if kind == "vector":
-            cond = ("vector", cfg.code_shape[0])
+            mlp = cfg.vector_cond == "mlp"
+            cond = ("vector", cfg.cond_filters if mlp else cfg.code_shape[0])
             self.register_buffer("code_mean", torch.zeros(cfg.code_shape[0]))
             self.register_buffer("code_std", torch.ones(cfg.code_shape[0]))
+            if mlp:
+                self.cond_net = VectorConditioningNet(cfg.code_shape[0], cfg.cond_filters)
         elif kind == "spatial":
             cond = ("spatial", cfg.cond_filters)
             self.register_buffer("code_mean", torch.zeros(cfg.code_shape[0], 1, 1))
@@ -197,7 +215,7 @@ class PixelCNNPP(nn.Module):
             raise DecoderInputError(f"this decoder is conditional (code_shape={tuple(self.cfg.code_shape)}); give a "
                                     f"code")
         h = (self._as_code_tensor(code, batch) - self.code_mean) / self.code_std  # (B, *code_shape)
-        return self.cond_net(h) if self.cfg.code_kind == "spatial" else h
+        return self.cond_net(h) if hasattr(self, "cond_net") else h
 
     # ------------------------------------------------------------------------------------------ network
     def _check_x(self, x: torch.Tensor) -> torch.Tensor:

@@ -261,6 +261,13 @@ def config_from_dict(d: dict) -> TrainConfig:
 
 
 # ------------------------------------------------------------------------------------------------ analysis
+def _pinned_decoder(d: dict) -> dict:
+    """A decoder config as pinned and hashed: without code_shape (every layer shares it), and without vector_cond
+    at its default "linear", the only form before the field existed, so that folders and decoder ids made before
+    it stay valid."""
+    return {k: v for k, v in d.items() if k != "code_shape" and not (k == "vector_cond" and v == "linear")}
+
+
 def default_decoder_config(image_shape, levels: int, device: str = "cpu") -> DecoderConfig:
     """An unconditional DecoderConfig sized to the image and device.
 
@@ -396,7 +403,7 @@ class Settings:
         Hashes the decoder config (without code_shape, so every layer shares it) and the fit config without its
         runtime fields; '-paired' marks paired fitting.
         """
-        d = {k: v for k, v in asdict(self.decoder).items() if k != "code_shape"}
+        d = _pinned_decoder(asdict(self.decoder))
         f = {k: v for k, v in asdict(self.fit).items() if k not in RUNTIME_FIELDS}
         blob = json.dumps({"decoder": d, "fit": f}, sort_keys=True,
                           default=lambda o: list(o) if isinstance(o, tuple) else str(o))
@@ -406,7 +413,7 @@ class Settings:
 
     def to_dict(self) -> dict:
         """JSON-ready; runtime fit fields are left out."""
-        return jsonable({"decoder": {k: v for k, v in self.decoder.to_dict().items() if k != "code_shape"},
+        return jsonable({"decoder": _pinned_decoder(self.decoder.to_dict()),
                          "fit": {k: v for k, v in asdict(self.fit).items() if k not in RUNTIME_FIELDS},
                          "seed": int(self.seed), "probe": bool(self.probe), "paired": bool(self.paired),
                          "init_epochs": self.init_epochs, "decoder_data": self.decoder_data,

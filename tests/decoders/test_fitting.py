@@ -349,3 +349,22 @@ def test_code_path_has_its_own_schedule_and_a_frozen_trunk_stays_put():
     assert moved and moved <= names
     assert all(p.requires_grad for p in model.parameters())
     assert res.curve[0]["code_lr"] == pytest.approx(1e-2)
+
+
+@pytest.mark.skipif(not HAVE_REAL, reason="needs decoders.pixelcnn")
+def test_a_scalar_code_is_read_through_the_vector_mlp():
+    """Images black or white by the parity of a template id T in {0..3} given as one number: H(X | T) = 0 while
+    H(X) = 1 bit. Parity is no monotone function of T; the vector conditioning MLP (vector_cond="mlp") reads it to
+    within 0.05 bit in 25 epochs. (A per-block linear bias of T, the default, ended 0.10 to 0.75 bit above it over
+    seeds 0-2 with the same budget: its gates can bend the bias, slowly.)"""
+    rng = np.random.default_rng(0)
+    t = rng.integers(0, 4, 240)
+    x = np.broadcast_to(((t % 2) * (L - 1)).astype(np.uint8)[:, None, None, None], (240, *SHAPE)).copy()
+    code = t[:, None].astype(np.float32)
+    torch.manual_seed(0)
+    model = PixelCNNPP(DecoderConfig(image_shape=SHAPE, levels=L, nr_resnet=1, nr_filters=12, nr_mix=2,
+                                     dropout=0.0, code_shape=(1,), cond_filters=16, vector_cond="mlp"))
+    assert "cond_net.hidden.weight" in model.code_path_names()
+    res = fit(model, x[:200], code[:200], replace(FAST, epochs=25, batch_size=16, lr=1e-2), eval_images=x[200:],
+              eval_codes=code[200:])
+    assert float(res.eval_nll_bits.mean()) < 0.05

@@ -142,12 +142,12 @@ def test_code_changes_the_first_pixel_distribution(code_shape):
     assert (p_a - p_b).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("code_shape", [(6,), (5, 3, 3)])
-def test_starting_from_an_unconditional_decoder_is_exact(code_shape):
+@pytest.mark.parametrize("code_shape,vector_cond", [((6,), "linear"), ((6,), "mlp"), ((5, 3, 3), "linear")])
+def test_starting_from_an_unconditional_decoder_is_exact(code_shape, vector_cond):
     uncond = tiny((3, 8, 8), 17, None)
     torch.manual_seed(9)
     cond = PixelCNNPP(DecoderConfig((3, 8, 8), levels=17, nr_resnet=1, nr_filters=8, nr_mix=3,
-                                    code_shape=code_shape, cond_filters=8)).eval()
+                                    code_shape=code_shape, cond_filters=8, vector_cond=vector_cond)).eval()
     cond.start_from(uncond)
     assert set(cond.state_dict()) - set(uncond.state_dict()) == set(cond.code_path_names())
     x, code = rand_images(3, (3, 8, 8), 17), rand_code(3, code_shape)
@@ -327,6 +327,29 @@ def test_load_rejects_corrupt_and_foreign_files(tmp_path):
         load_decoder(other)
     with pytest.raises(FileNotFoundError):
         load_decoder(tmp_path / "missing.pt")
+
+
+def test_vector_cond_mlp_round_trips_and_older_files_load_as_linear(tmp_path):
+    """A decoder with the vector MLP saves and loads exactly; a file written before vector_cond existed (vector
+    codes fed linearly, the default) loads as such; an unknown form is a config error."""
+    torch.manual_seed(0)
+    mlp = PixelCNNPP(DecoderConfig((1, 4, 4), levels=17, nr_resnet=1, nr_filters=8, nr_mix=2, code_shape=(3,),
+                                   cond_filters=8, vector_cond="mlp")).eval()
+    loaded = load_decoder(save_decoder(mlp, tmp_path / "mlp.pt"))
+    x, code = rand_images(2, (1, 4, 4), 17), rand_code(2, (3,))
+    with torch.no_grad():
+        assert torch.equal(loaded.log_prob(x, code), mlp.log_prob(x, code))
+    old = tiny((1, 4, 4), 17, (3,))
+    path = save_decoder(old, tmp_path / "old.pt")
+    raw = torch.load(path, weights_only=True)
+    del raw["config"]["vector_cond"]
+    torch.save(raw, path)
+    loaded = load_decoder(path)
+    assert loaded.cfg.vector_cond == "linear" and not hasattr(loaded, "cond_net")
+    with torch.no_grad():
+        assert torch.equal(loaded.log_prob(x, code), old.log_prob(x, code))
+    with pytest.raises(ValueError, match="vector_cond"):
+        DecoderConfig((1, 4, 4), code_shape=(3,), vector_cond="deep")
 
 
 def test_decoders_fitted_before_the_log_scale_cap_are_refused(tmp_path):

@@ -40,3 +40,17 @@ def test_typed_takes_unions_and_annotations_of_any_spelling():
     assert annotation_text(Optional[List[int]]) == "tuple[int,...]|None"
     assert annotation_text(Tuple[int, str]) == "tuple[int,str]" and annotation_text(int | None) == "int|None"
     assert annotation_text(dict) == "Any"
+
+
+
+def test_the_default_vector_cond_leaves_pins_and_decoder_ids_as_they_were():
+    """vector_cond at its default (linear, the only form before the field) is left out of the pinned settings and
+    the decoder id, so folders made before it resume; "mlp" is pinned and changes the id."""
+    from ibprobe.config import AnalysisConfig, Settings
+
+    now = AnalysisConfig(device="cpu").settings((1, 8, 8), 17)
+    assert now.decoder.vector_cond == "linear" and "vector_cond" not in now.to_dict()["decoder"]
+    assert Settings.from_dict(now.to_dict()).to_dict() == now.to_dict()
+    mlp = AnalysisConfig(device="cpu", decoder={"vector_cond": "mlp"}).settings((1, 8, 8), 17)
+    assert mlp.to_dict()["decoder"]["vector_cond"] == "mlp" and mlp.decoder_id != now.decoder_id
+    assert Settings.from_dict(mlp.to_dict()).decoder.vector_cond == "mlp"
