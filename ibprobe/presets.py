@@ -114,7 +114,7 @@ PRESETS: dict[str, Preset] = {
         Preset(
             name="digits-quick",
             description="embedded sklearn digits, 3 layers x 3 checkpoints, tiny decoders fitted to their plateau; "
-                        "about 5.5 min on 2 CPU cores",
+                        "about 4.5 min on 2 idle CPU cores",
             train=dict(dataset="digits", model="resnet", model_args=_DIGITS_NET, epochs=8,
                        checkpoint_epochs=(0, 1, 8), optimizer="adam", lr=3e-3, batch_size=64),
             layers={"classify": ("layer1", "layer2", "pool")},

@@ -35,8 +35,8 @@ conditioning MLP, fitted to their plateau: up to 60 epochs, patience 3, min_delt
   every pixel. Measured (seed 0, with the best reference and optional ignorance, the defaults): noise 0.00, id
   mod 2 1.03 (truth 1), id 2.40 (2), band map 2.28 (2), image 130.88 (130): all within tolerance. With the
   linear bias for vector codes (the analyses' default) id mod 2 read 0.00: its decoder stopped before its code
-  path had learned. With fits stopped after 8 epochs and no ignorance the same family read noise −7.14, id mod 2 −6.14,
-  id −2.75: weak codes' decoders left as under-trained as q(x) turn a good reference into an underestimate.
+  path had learned. With fits stopped after 8 epochs and no ignorance the same family read noise −7.14, id mod 2
+  −6.14, id −2.75: weak codes' decoders left as under-trained as q(x) turn a good reference into an underestimate.
 - `random4`: 1×8×8, K = 4 random per-pixel band patterns: q(x) must in addition recognise which memorised pattern
   it is in and recall it pixel by pixel. Measured as above: noise 0.00, id 2.23 (truth 2).
 

@@ -42,7 +42,6 @@ def test_typed_takes_unions_and_annotations_of_any_spelling():
     assert annotation_text(dict) == "Any"
 
 
-
 def test_the_default_vector_cond_leaves_pins_and_decoder_ids_as_they_were():
     """vector_cond at its default (linear, the only form before the field) is left out of the pinned settings and
     the decoder id, so folders made before it resume; "mlp" is pinned and changes the id."""

@@ -120,6 +120,8 @@ OPTIONS = [
      "nr_filters"),
     ("decoder nr_mix not an integer", ["run", "--out", T, *TRAIN, "--decoder", "nr_mix=2.5"], "nr_mix"),
     ("decoder unknown field", ["run", "--out", T, *TRAIN, "--decoder", "nr_filter=3"], "nr_filter"),
+    ("decoder vector_cond unknown", ["run", "--out", T, *TRAIN, "--decoder", "vector_cond=deep"],
+     "vector_cond must be one of linear, mlp"),
     ("analyze levels 1", [*ANALYZE[:-6], "--layers", "pool", "--images", X0, "--levels", "1", "--out", T], "--levels"),
     ("analyze no images", [*ANALYZE[:-6], "--layers", "pool", "--images", X0, "--levels", "17", "--out", T],
      "holds no images"),
